@@ -1,0 +1,1 @@
+//! The otter artifact format.

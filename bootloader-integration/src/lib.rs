@@ -1,0 +1,1 @@
+//! A/B slot model and bootloader backends.
