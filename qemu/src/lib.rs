@@ -1,0 +1,1 @@
+//! Harness for booting A/B disk images under QEMU.
