@@ -1,1 +1,18 @@
-//! The otter artifact format.
+//! The otter artifact format: a signed manifest and chunked, independently verifiable payloads in a plain tar
+//! stream. The normative description is `docs/artifact-format.md`; this crate is its reference implementation.
+//!
+//! - [`ArtifactReader`] reads an artifact from any `Read` without seeking or temporary storage: signature first,
+//!   then policy, then payload chunks, each verified against the signed manifest before it is handed out.
+//! - [`builder`] creates and re-signs artifacts on build hosts.
+
+pub mod builder;
+mod error;
+pub mod keys;
+pub mod manifest;
+mod reader;
+pub mod tar;
+
+pub use error::ArtifactError;
+pub use keys::{KeyId, Keyring, SignatureBlock};
+pub use manifest::{Chunk, Compression, Digest, Manifest, Payload};
+pub use reader::{ArtifactReader, ChunkDecoder, ChunkRef, Limits, Policy};

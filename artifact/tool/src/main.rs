@@ -1,1 +1,425 @@
-fn main() {}
+//! `otter-artifact`: builds, signs, verifies, inspects and installs otter artifacts.
+
+use std::fs::File;
+use std::io::{self, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use otter_artifact::builder::{self, BuildOptions, ImageSource};
+use otter_artifact::keys::{self, KeyId};
+use otter_artifact::manifest::{self, Compression};
+use otter_artifact::{ArtifactReader, Keyring, Limits, Policy};
+use otter_installer::{CancelToken, HttpOptions, InstallRequest, Phase, Progress, Source, Target};
+
+#[derive(Parser)]
+#[command(
+    name = "otter-artifact",
+    version,
+    about = "Build, sign, verify, inspect and install otter artifacts"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate an ed25519 key pair: PATH/NAME.key (mode 0600) and PATH/NAME.pub.
+    Keygen {
+        /// PATH/NAME of the key pair to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Create a signed artifact from one or more images.
+    Create(CreateArgs),
+    /// Add a signature to an artifact (for key rotation or multi-party signing).
+    Sign {
+        /// Secret key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Input artifact.
+        input: PathBuf,
+        /// Output artifact.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+    },
+    /// Verify an artifact completely: signature, manifest, and every payload byte.
+    Verify {
+        #[command(flatten)]
+        trust: TrustArgs,
+        /// Artifact file, or `-` for stdin.
+        file: String,
+    },
+    /// Show an artifact's manifest (signatures are listed, not verified).
+    Inspect {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Artifact file, or `-` for stdin.
+        file: String,
+    },
+    /// Install an artifact's slot image into a slot device or file.
+    Install(InstallArgs),
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct TrustArgs {
+    /// A trusted public key file.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// A directory of trusted `*.pub` key files.
+    #[arg(long)]
+    keyring: Option<PathBuf>,
+}
+
+impl TrustArgs {
+    fn load(&self) -> Result<Keyring> {
+        Ok(match (&self.key, &self.keyring) {
+            (Some(k), _) => Keyring::from_file(k)?,
+            (_, Some(d)) => Keyring::from_dir(d)?,
+            _ => bail!("give --key or --keyring"),
+        })
+    }
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// Secret key to sign with (repeat to sign with several keys).
+    #[arg(long, required = true)]
+    key: Vec<PathBuf>,
+    /// Device type the artifact is for (repeatable).
+    #[arg(long, required = true)]
+    compatible: Vec<String>,
+    /// Display version.
+    #[arg(long)]
+    version: String,
+    /// Anti-rollback counter: devices refuse artifacts below the highest they installed.
+    #[arg(long, default_value_t = 0)]
+    security_version: u64,
+    /// Image to include as NAME=FILE; NAME is also the slot class (e.g. rootfs=rootfs.ext4).
+    #[arg(long, required = true, value_parser = parse_image)]
+    image: Vec<(String, PathBuf)>,
+    /// Output artifact.
+    #[arg(short = 'o', long = "output")]
+    output: PathBuf,
+    /// zstd compression level (1-22).
+    #[arg(long, default_value_t = builder::DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
+    level: i32,
+    /// Chunk size in KiB (a multiple of 4, 4 KiB to 16 MiB).
+    #[arg(long, default_value_t = manifest::DEFAULT_CHUNK_SIZE / 1024)]
+    chunk_size_kib: u64,
+    /// Store chunks uncompressed.
+    #[arg(long)]
+    no_compress: bool,
+    /// Compression threads (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Free-form description.
+    #[arg(long)]
+    description: Option<String>,
+    /// Creation time in seconds since the epoch (default: now; set it for reproducible artifacts).
+    #[arg(long, env = "SOURCE_DATE_EPOCH")]
+    created: Option<u64>,
+}
+
+fn parse_image(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, file) = s.split_once('=').ok_or("expected NAME=FILE")?;
+    if name.is_empty() || file.is_empty() {
+        return Err("expected NAME=FILE".into());
+    }
+    Ok((name.to_owned(), PathBuf::from(file)))
+}
+
+#[derive(Args)]
+struct InstallArgs {
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// Artifact file, `-` for stdin, or an http(s):// URL.
+    source: String,
+    /// The slot (block device or file) to install the rootfs image into.
+    #[arg(long)]
+    slot: PathBuf,
+    /// Slot class of --slot.
+    #[arg(long, default_value = "rootfs")]
+    slot_class: String,
+    /// This device's type; the artifact must be compatible with it.
+    #[arg(long)]
+    device_type: Option<String>,
+    /// Refuse artifacts with a lower security_version.
+    #[arg(long, default_value_t = 0)]
+    min_security_version: u64,
+    /// PEM CA bundle to trust for https (instead of the system roots).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// PEM file with a client certificate and key for mutual TLS.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Extra HTTP header, "Name: value" (repeatable).
+    #[arg(long)]
+    header: Vec<String>,
+    /// Do not rewrite chunks the slot already holds.
+    #[arg(long)]
+    skip_identical: bool,
+    /// Largest zstd window accepted, in MiB.
+    #[arg(long, default_value_t = 8)]
+    max_window_mib: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("otter-artifact: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open_input(file: &str) -> Result<Box<dyn Read>> {
+    Ok(if file == "-" {
+        Box::new(io::stdin().lock())
+    } else {
+        Box::new(io::BufReader::with_capacity(
+            1 << 20,
+            File::open(file).with_context(|| format!("cannot open {file}"))?,
+        ))
+    })
+}
+
+/// Writes `OUT` through `OUT.tmp` + fsync + rename, so a failure never leaves a half-written artifact.
+fn write_atomically<T>(
+    out: &Path,
+    f: impl FnOnce(&mut io::BufWriter<File>) -> Result<T>,
+) -> Result<T> {
+    let mut tmp = out.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut w = io::BufWriter::with_capacity(1 << 20, file);
+    let result = f(&mut w).and_then(|t| {
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, out)
+            .with_context(|| format!("cannot rename to {}", out.display()))?;
+        Ok(t)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Keygen { out } => {
+            let key = keys::generate()?;
+            keys::write_keypair(&key, &out)?;
+            println!(
+                "{}.key {}.pub key id {}",
+                out.display(),
+                out.display(),
+                KeyId::of(&key.verifying_key())
+            );
+        }
+        Command::Create(a) => create(a)?,
+        Command::Sign { key, input, output } => {
+            let key = keys::read_signing_key(&key)?;
+            let input = open_input(&input.to_string_lossy())?;
+            let m = write_atomically(&output, |w| Ok(builder::add_signature(input, &key, w)?))?;
+            println!(
+                "signed {} {} with key {}",
+                output.display(),
+                m.version,
+                KeyId::of(&key.verifying_key())
+            );
+        }
+        Command::Verify { trust, file } => {
+            let keyring = trust.load()?;
+            let policy = Policy {
+                device_type: None,
+                min_security_version: 0,
+                limits: Limits::default(),
+            };
+            let mut r = ArtifactReader::open(open_input(&file)?, &keyring, &policy)?;
+            r.verify_all()?;
+            let m = r.manifest();
+            println!(
+                "{file}: valid, version {} for {}, signed by {}, {} payload(s), manifest sha256 {}",
+                m.version,
+                m.compatible.join(","),
+                r.signed_by(),
+                m.payloads.len(),
+                r.manifest_digest()
+            );
+        }
+        Command::Inspect { json, file } => inspect(json, &file)?,
+        Command::Install(a) => install(a)?,
+    }
+    Ok(())
+}
+
+fn create(a: CreateArgs) -> Result<()> {
+    let keys = a
+        .key
+        .iter()
+        .map(|k| keys::read_signing_key(k))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut opts = BuildOptions::new(a.compatible, a.version);
+    opts.security_version = a.security_version;
+    opts.level = a.level;
+    opts.chunk_size = a.chunk_size_kib * 1024;
+    opts.threads = a.threads;
+    opts.description = a.description;
+    if a.no_compress {
+        opts.compression = Compression::None;
+    }
+    if let Some(t) = a.created {
+        opts.created = t;
+    }
+    let images: Vec<ImageSource> = a
+        .image
+        .into_iter()
+        .map(|(name, path)| ImageSource {
+            slot_class: name.clone(),
+            name,
+            path,
+        })
+        .collect();
+    let start = Instant::now();
+    let m = write_atomically(&a.output, |w| {
+        Ok(builder::create(&opts, &images, &keys, w)?)
+    })?;
+    let stored: u64 = m.payloads.iter().map(|p| p.stored_size).sum();
+    let size: u64 = m.payloads.iter().map(|p| p.size).sum();
+    println!(
+        "created {}: version {}, {} payload(s), {size} bytes stored as {stored} ({:.1}%) in {:.1}s",
+        a.output.display(),
+        m.version,
+        m.payloads.len(),
+        stored as f64 * 100.0 / size.max(1) as f64,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn inspect(json: bool, file: &str) -> Result<()> {
+    let (m, sigs) = builder::read_unverified(open_input(file)?)?;
+    let key_ids: Vec<String> = sigs
+        .signatures
+        .iter()
+        .map(|(id, _)| id.to_string())
+        .collect();
+    if json {
+        let v = serde_json::json!({ "manifest": m, "signatures": key_ids, "verified": false });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("version:          {}", m.version);
+    println!("format:           {}", m.format_version);
+    println!("compatible:       {}", m.compatible.join(", "));
+    println!("security_version: {}", m.security_version);
+    println!("created:          {}", m.created_rfc3339());
+    if let Some(d) = &m.description {
+        println!("description:      {d}");
+    }
+    println!(
+        "signatures:       {} (not verified; use `verify`)",
+        key_ids.join(", ")
+    );
+    for p in &m.payloads {
+        println!(
+            "payload {}: {} -> slot class {}, {} bytes, {:?}, stored {} bytes, {} chunks of {} KiB, sha256 {}",
+            p.name,
+            p.file,
+            p.slot_class,
+            p.size,
+            p.compression,
+            p.stored_size,
+            p.chunks.len(),
+            p.chunk_size / 1024,
+            p.sha256
+        );
+    }
+    Ok(())
+}
+
+fn install(a: InstallArgs) -> Result<()> {
+    let keyring = a.trust.load()?;
+    let mut http = HttpOptions {
+        ca_bundle: a.ca,
+        client_identity: a.cert,
+        ..HttpOptions::default()
+    };
+    for h in &a.header {
+        let (k, v) = h
+            .split_once(':')
+            .with_context(|| format!("header {h:?} is not \"Name: value\""))?;
+        http.headers
+            .push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    let policy = Policy {
+        device_type: a.device_type,
+        min_security_version: a.min_security_version,
+        limits: Limits {
+            max_window: a.max_window_mib << 20,
+            ..Limits::default()
+        },
+    };
+    let mut req = InstallRequest::new(
+        Source::parse(&a.source),
+        vec![Target {
+            slot_class: a.slot_class,
+            path: a.slot.clone(),
+        }],
+        keyring,
+        policy,
+    );
+    req.http = http;
+    req.skip_identical = a.skip_identical;
+    let tty = io::stderr().is_terminal();
+    let last = std::sync::Mutex::new(Instant::now());
+    let progress = |p: &Progress| {
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if p.phase == Phase::Writing && last.elapsed().as_millis() < 500 {
+            return;
+        }
+        *last = Instant::now();
+        let line = format!(
+            "{:?}: {}% ({} of {} MiB written, {} MiB read)",
+            p.phase,
+            p.percent(),
+            p.bytes_written >> 20,
+            p.total >> 20,
+            p.bytes_read >> 20
+        );
+        if tty {
+            eprint!("\r\x1b[K{line}");
+            if p.phase == Phase::Done {
+                eprintln!();
+            }
+        } else {
+            eprintln!("{line}");
+        }
+    };
+    let report = otter_installer::install(&req, &progress, &CancelToken::new())
+        .with_context(|| format!("install into {} failed", a.slot.display()))?;
+    let secs = report.elapsed.as_secs_f64();
+    println!(
+        "installed {} into {}: {} bytes written, {} bytes received, {} chunks skipped, {:.2}s ({:.0} MB/s), signed by {}",
+        report.manifest.version,
+        a.slot.display(),
+        report.bytes_written,
+        report.bytes_received,
+        report.chunks_skipped,
+        secs,
+        report.bytes_written as f64 / secs.max(1e-9) / 1e6,
+        report.signed_by
+    );
+    io::stdout().flush()?;
+    Ok(())
+}

@@ -1,1 +1,505 @@
-//! The otter installer.
+//! The otter installer: streams a signed artifact from a file, stdin or HTTP(S) into slot devices or files.
+//!
+//! Three stages run at once, connected by small bounded channels so memory stays flat whatever the image size:
+//!
+//! ```text
+//!  source ─► tar/manifest/signature ─► stored chunks ─► [decode + sha256] × N ─► slot writer (aligned, O_DIRECT)
+//!  (this thread)                                        (worker threads)          (writer thread)
+//! ```
+//!
+//! Nothing reaches a slot before the artifact's signature and the device policy have been checked, and no chunk is
+//! written before its hash matched the signed manifest. The slot's first block is zeroed before the first write and
+//! written last, after everything else is durable, so an interrupted or failed install never leaves a slot that
+//! looks valid.
+
+mod error;
+pub mod slot;
+pub mod source;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use otter_artifact::{
+    ArtifactError, ArtifactReader, ChunkDecoder, ChunkRef, Digest, KeyId, Keyring, Manifest, Policy,
+};
+
+pub use error::InstallError;
+use slot::{AlignedBuf, HEAD, SlotWriter};
+pub use source::{HttpOptions, Source};
+
+/// A cancellation flag shared between the installer and whoever may cancel it.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<(Mutex<bool>, Condvar)>);
+
+impl CancelToken {
+    /// A token that is not cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requests cancellation; the install stops at its next check (at most one chunk later).
+    pub fn cancel(&self) {
+        *self.0.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.0.1.notify_all();
+    }
+
+    /// Whether cancellation was requested.
+    pub fn is_cancelled(&self) -> bool {
+        *self.0.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sleeps for `d` unless cancelled first; returns whether it was cancelled.
+    pub fn sleep(&self, d: Duration) -> bool {
+        let guard = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = self
+            .0
+            .1
+            .wait_timeout_while(guard, d, |c| !*c)
+            .unwrap_or_else(|e| e.into_inner());
+        *guard
+    }
+}
+
+/// Where payloads of one slot class go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The slot class, e.g. `rootfs`.
+    pub slot_class: String,
+    /// The block device or file of the inactive slot.
+    pub path: PathBuf,
+}
+
+/// Everything one install needs.
+#[derive(Debug, Clone)]
+pub struct InstallRequest {
+    /// Where the artifact comes from.
+    pub source: Source,
+    /// Target slots by slot class.
+    pub targets: Vec<Target>,
+    /// Trusted keys.
+    pub keyring: Keyring,
+    /// Device type, anti-rollback minimum and limits.
+    pub policy: Policy,
+    /// HTTP settings (for URL sources).
+    pub http: HttpOptions,
+    /// Compare each verified chunk with what the slot already holds and skip identical writes (saves flash wear
+    /// when re-installing over a similar image, costs a read per chunk).
+    pub skip_identical: bool,
+    /// Decoding threads (0: one per CPU, at most 4).
+    pub decode_threads: usize,
+}
+
+impl InstallRequest {
+    /// A request with default HTTP options, no identical-chunk skipping and automatic threading.
+    pub fn new(source: Source, targets: Vec<Target>, keyring: Keyring, policy: Policy) -> Self {
+        Self {
+            source,
+            targets,
+            keyring,
+            policy,
+            http: HttpOptions::default(),
+            skip_identical: false,
+            decode_threads: 0,
+        }
+    }
+}
+
+/// What the installer is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Opening the source.
+    Connecting,
+    /// Reading and checking the manifest and signature.
+    Verifying,
+    /// Streaming payloads into the slots.
+    Writing,
+    /// Making the written data durable.
+    Syncing,
+    /// Finished successfully.
+    Done,
+}
+
+/// A progress report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Current phase.
+    pub phase: Phase,
+    /// Artifact bytes read from the source.
+    pub bytes_read: u64,
+    /// Image bytes verified and written (or found identical).
+    pub bytes_written: u64,
+    /// Total image bytes to write (0 until the manifest is verified).
+    pub total: u64,
+    /// Length of the artifact, when the source tells.
+    pub source_length: Option<u64>,
+}
+
+impl Progress {
+    /// Completion in percent, by image bytes written.
+    pub fn percent(&self) -> u32 {
+        match (self.phase, self.total) {
+            (Phase::Done, _) => 100,
+            (_, 0) => 0,
+            (_, t) => (self.bytes_written.saturating_mul(100) / t).min(99) as u32,
+        }
+    }
+}
+
+/// What a successful install did.
+#[derive(Debug, Clone)]
+pub struct InstallReport {
+    /// The verified manifest.
+    pub manifest: Manifest,
+    /// SHA-256 of the signed manifest bytes.
+    pub manifest_digest: Digest,
+    /// The key whose signature was accepted.
+    pub signed_by: KeyId,
+    /// Bytes received from the source (more than the artifact when a download restarted).
+    pub bytes_received: u64,
+    /// Image bytes written.
+    pub bytes_written: u64,
+    /// Chunks not rewritten because the slot already held them.
+    pub chunks_skipped: u64,
+    /// Wall-clock time.
+    pub elapsed: Duration,
+}
+
+/// Installs an artifact. On success every payload is in its slot, verified and synced. On failure the error says
+/// why; a slot that was written to is left with its first block zeroed; a slot is not touched at all when the
+/// failure comes before the first payload byte (bad signature, wrong device, unreachable source...).
+pub fn install(
+    req: &InstallRequest,
+    progress: &(dyn Fn(&Progress) + Sync),
+    cancel: &CancelToken,
+) -> Result<InstallReport, InstallError> {
+    let start = Instant::now();
+    let received = source::ByteCounter::default();
+    let mut restarted = false;
+    loop {
+        match install_once(req, progress, cancel, &received) {
+            // The server's copy changed under a resumed download: one fresh start, then give up.
+            Err(InstallError::SourceChanged { .. }) if !restarted => restarted = true,
+            Ok(mut report) => {
+                report.elapsed = start.elapsed();
+                report.bytes_received = received.get();
+                return Ok(report);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Turns an artifact error into an install error, unwrapping what the source smuggled through `io::Error`.
+fn from_artifact(e: ArtifactError, source: &Source, cancel: &CancelToken) -> InstallError {
+    match e {
+        ArtifactError::Io {
+            source: io,
+            context,
+        } => {
+            if cancel.is_cancelled() {
+                return InstallError::Cancelled;
+            }
+            if io
+                .get_ref()
+                .is_some_and(|i| i.is::<source::ResumeExhausted>())
+            {
+                let inner = io.into_inner().expect("checked above");
+                return inner
+                    .downcast::<source::ResumeExhausted>()
+                    .map(|b| b.0)
+                    .unwrap_or(InstallError::Cancelled);
+            }
+            if io
+                .get_ref()
+                .is_some_and(|i| i.is::<source::SourceChangedMarker>())
+            {
+                return InstallError::SourceChanged { url: source.name() };
+            }
+            InstallError::Source {
+                source_name: source.name(),
+                error: std::io::Error::new(io.kind(), format!("{context}: {io}")),
+            }
+        }
+        other => InstallError::Artifact(other),
+    }
+}
+
+/// Records the first error of any pipeline stage; later ones are consequences.
+#[derive(Default)]
+struct FirstError {
+    error: Mutex<Option<InstallError>>,
+    failed: AtomicBool,
+}
+
+impl FirstError {
+    fn set(&self, e: InstallError) {
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+    }
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+    fn take(&self) -> Option<InstallError> {
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// A small free list so chunk buffers are reused instead of reallocated (and re-faulted) per chunk.
+struct Pool<T>(Mutex<Vec<T>>);
+
+impl<T> Pool<T> {
+    fn get(&self, make: impl FnOnce() -> T) -> T {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_else(make)
+    }
+    fn put(&self, t: T) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(t);
+    }
+}
+
+/// Chunks in flight between two stages. With N decoders the pipeline holds at most about 2 + N + 2 + 1 chunks, so
+/// 4 MiB chunks and two decoders need ~30 MiB of buffers.
+const CHANNEL_DEPTH: usize = 2;
+
+fn install_once(
+    req: &InstallRequest,
+    progress: &(dyn Fn(&Progress) + Sync),
+    cancel: &CancelToken,
+    received: &source::ByteCounter,
+) -> Result<InstallReport, InstallError> {
+    let report = |phase, written, total, length| Progress {
+        phase,
+        bytes_read: received.get(),
+        bytes_written: written,
+        total,
+        source_length: length,
+    };
+    progress(&report(Phase::Connecting, 0, 0, None));
+    let opened = source::open(&req.source, &req.http, cancel, received.clone())?;
+    let length = opened.length;
+    progress(&report(Phase::Verifying, 0, 0, length));
+    let mut reader = ArtifactReader::open(opened.reader, &req.keyring, &req.policy)
+        .map_err(|e| from_artifact(e, &req.source, cancel))?;
+    let manifest = reader.manifest().clone();
+    let total: u64 = manifest.payloads.iter().map(|p| p.size).sum();
+
+    // Every target must exist and be large enough before the first byte is written anywhere.
+    let mut slots = Vec::new();
+    for p in &manifest.payloads {
+        let t = req
+            .targets
+            .iter()
+            .find(|t| t.slot_class == p.slot_class)
+            .ok_or_else(|| InstallError::NoTarget {
+                payload: p.name.clone(),
+                slot_class: p.slot_class.clone(),
+            })?;
+        let w = SlotWriter::open(&t.path)?;
+        if let Some(capacity) = w.capacity()
+            && capacity < p.size
+        {
+            return Err(InstallError::SlotTooSmall {
+                slot: t.path.clone(),
+                capacity,
+                needed: p.size,
+            });
+        }
+        slots.push(w);
+    }
+    if cancel.is_cancelled() {
+        return Err(InstallError::Cancelled);
+    }
+    for s in &mut slots {
+        s.invalidate()?;
+    }
+    progress(&report(Phase::Writing, 0, total, length));
+
+    let threads = match req.decode_threads {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(4),
+        n => n,
+    };
+    let max_chunk = manifest
+        .payloads
+        .iter()
+        .map(|p| p.chunk_size)
+        .max()
+        .unwrap_or(0) as usize;
+    let max_window = req.policy.limits.max_window;
+    let first_error = FirstError::default();
+    let written = AtomicU64::new(0);
+    let skipped = AtomicU64::new(0);
+    let stored_pool: Pool<Vec<u8>> = Pool(Mutex::new(Vec::new()));
+    let decoded_pool: Pool<AlignedBuf> = Pool(Mutex::new(Vec::new()));
+    let (stored_tx, stored_rx) = mpsc::sync_channel::<(ChunkRef, Vec<u8>)>(CHANNEL_DEPTH);
+    // Shared by the decoders only: when the last decoder exits, the receiver drops and the reading loop's `send`
+    // fails instead of blocking forever.
+    let stored_rx = Arc::new(Mutex::new(stored_rx));
+    let (decoded_tx, decoded_rx) = mpsc::sync_channel::<(ChunkRef, AlignedBuf)>(CHANNEL_DEPTH);
+
+    let mut heads: Vec<Vec<u8>> = vec![Vec::new(); manifest.payloads.len()];
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let decoded_tx = decoded_tx.clone();
+            let stored_rx = Arc::clone(&stored_rx);
+            let (manifest, first_error) = (&manifest, &first_error);
+            let (stored_pool, decoded_pool) = (&stored_pool, &decoded_pool);
+            s.spawn(move || {
+                let mut decoder = match ChunkDecoder::new(max_window) {
+                    Ok(d) => d,
+                    Err(e) => return first_error.set(e.into()),
+                };
+                loop {
+                    // Holding the lock only to receive keeps the decoders pulling work as they become free.
+                    let next = stored_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok((at, stored)) = next else { return };
+                    if first_error.failed() {
+                        return;
+                    }
+                    let payload = &manifest.payloads[at.payload];
+                    let mut out = decoded_pool.get(|| AlignedBuf::new(max_chunk));
+                    let buf = out.resize(payload.chunk_len(at.index) as usize);
+                    let result = decoder.decode_into(payload, at.index, &stored, buf);
+                    stored_pool.put(stored);
+                    if let Err(e) = result {
+                        return first_error.set(e.into());
+                    }
+                    if decoded_tx.send((at, out)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(decoded_tx);
+        drop(stored_rx);
+
+        let writer = {
+            let (manifest, first_error, written, skipped) =
+                (&manifest, &first_error, &written, &skipped);
+            let (decoded_pool, slots, heads) = (&decoded_pool, &mut slots, &mut heads);
+            let skip_identical = req.skip_identical;
+            s.spawn(move || {
+                let mut done = vec![0usize; manifest.payloads.len()];
+                for (at, buf) in decoded_rx {
+                    if first_error.failed() {
+                        return;
+                    }
+                    if cancel.is_cancelled() {
+                        return first_error.set(InstallError::Cancelled);
+                    }
+                    let payload = &manifest.payloads[at.payload];
+                    let slot = &mut slots[at.payload];
+                    let offset = payload.chunk_offset(at.index);
+                    let data = buf.as_slice();
+                    // The first block is held back and written last (see `SlotWriter::write_head`).
+                    let (data, offset) = if at.index == 0 {
+                        let h = data.len().min(HEAD);
+                        heads[at.payload] = data[..h].to_vec();
+                        (&data[h..], offset + h as u64)
+                    } else {
+                        (data, offset)
+                    };
+                    let result = match skip_identical {
+                        true => slot.holds(data, offset).and_then(|same| {
+                            if same {
+                                skipped.fetch_add(1, Ordering::Relaxed);
+                                Ok(())
+                            } else {
+                                slot.write_at(data, offset)
+                            }
+                        }),
+                        false => slot.write_at(data, offset),
+                    };
+                    if let Err(e) = result {
+                        return first_error.set(e);
+                    }
+                    written.fetch_add(buf.as_slice().len() as u64, Ordering::Relaxed);
+                    decoded_pool.put(buf);
+                    done[at.payload] += 1;
+                }
+                if !first_error.failed()
+                    && done
+                        .iter()
+                        .zip(&manifest.payloads)
+                        .any(|(d, p)| *d != p.chunks.len())
+                {
+                    first_error.set(InstallError::Artifact(ArtifactError::Truncated {
+                        at: "payload data".into(),
+                    }));
+                }
+            })
+        };
+
+        // This thread reads the stream: network or file I/O overlaps with decoding and writing.
+        let mut last_report = Instant::now();
+        loop {
+            if first_error.failed() {
+                break;
+            }
+            if cancel.is_cancelled() {
+                first_error.set(InstallError::Cancelled);
+                break;
+            }
+            let mut buf = stored_pool.get(Vec::new);
+            match reader.read_stored_chunk(&mut buf) {
+                Ok(Some(at)) => {
+                    if stored_tx.send((at, buf)).is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    first_error.set(from_artifact(e, &req.source, cancel));
+                    break;
+                }
+            }
+            if last_report.elapsed() >= Duration::from_millis(100) {
+                last_report = Instant::now();
+                progress(&report(
+                    Phase::Writing,
+                    written.load(Ordering::Relaxed),
+                    total,
+                    length,
+                ));
+            }
+        }
+        drop(stored_tx);
+        let _ = writer.join();
+    });
+    if let Some(e) = first_error.take() {
+        return Err(e);
+    }
+
+    progress(&report(
+        Phase::Syncing,
+        written.load(Ordering::Relaxed),
+        total,
+        length,
+    ));
+    // Data first, then the head: a power cut in between leaves the slot invalid, never half valid.
+    for (slot, head) in slots.iter_mut().zip(&heads) {
+        slot.sync()?;
+        slot.write_head(head)?;
+    }
+    let bytes_written = written.load(Ordering::Relaxed);
+    progress(&report(Phase::Done, bytes_written, total, length));
+    Ok(InstallReport {
+        manifest_digest: reader.manifest_digest(),
+        signed_by: reader.signed_by(),
+        manifest,
+        bytes_received: received.get(),
+        bytes_written,
+        chunks_skipped: skipped.load(Ordering::Relaxed),
+        elapsed: Duration::ZERO,
+    })
+}

@@ -1,0 +1,305 @@
+//! Creating and re-signing artifacts (build-host side).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+
+use ed25519_dalek::SigningKey;
+use sha2::Digest as _;
+
+use crate::error::ArtifactError;
+use crate::keys::SignatureBlock;
+use crate::manifest::{
+    Chunk, Compression, DEFAULT_CHUNK_SIZE, Digest, FORMAT_VERSION, KIND_SLOT_IMAGE,
+    MANIFEST_ENTRY, Manifest, Payload, SIGNATURE_ENTRY,
+};
+use crate::reader::Limits;
+use crate::tar::{TarReader, TarWriter};
+
+/// Default zstd level: 19 gives the smallest artifacts whose frames still decode with at most an 8 MiB window.
+pub const DEFAULT_LEVEL: i32 = 19;
+
+/// An image to put into an artifact.
+#[derive(Debug, Clone)]
+pub struct ImageSource {
+    /// Payload name, e.g. `rootfs`.
+    pub name: String,
+    /// Slot class it installs into.
+    pub slot_class: String,
+    /// The image file.
+    pub path: PathBuf,
+}
+
+/// Everything about an artifact except its payloads.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Device types it may be installed on.
+    pub compatible: Vec<String>,
+    /// Display version.
+    pub version: String,
+    /// Anti-rollback counter.
+    pub security_version: u64,
+    /// Creation time, seconds since the epoch.
+    pub created: u64,
+    /// Optional description.
+    pub description: Option<String>,
+    /// Decoded chunk size in bytes.
+    pub chunk_size: u64,
+    /// How chunks are stored.
+    pub compression: Compression,
+    /// zstd level.
+    pub level: i32,
+    /// Compression threads (0: one per CPU).
+    pub threads: usize,
+}
+
+impl BuildOptions {
+    /// Options with the defaults for everything but what identifies the artifact.
+    pub fn new(compatible: Vec<String>, version: impl Into<String>) -> Self {
+        Self {
+            compatible,
+            version: version.into(),
+            security_version: 0,
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            description: None,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            compression: Compression::Zstd,
+            level: DEFAULT_LEVEL,
+            threads: 0,
+        }
+    }
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ArtifactError {
+    let context = context.into();
+    move |source| ArtifactError::Io { context, source }
+}
+
+/// Cuts `image` into chunks, compresses them in parallel into `stored`, and returns the payload description.
+fn encode_image(
+    opts: &BuildOptions,
+    src: &ImageSource,
+    stored: &mut File,
+) -> Result<Payload, ArtifactError> {
+    let image =
+        File::open(&src.path).map_err(io_err(format!("opening image {}", src.path.display())))?;
+    let size = image
+        .metadata()
+        .map_err(io_err(format!("reading size of {}", src.path.display())))?
+        .len();
+    let count = size.div_ceil(opts.chunk_size) as usize;
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        n => n,
+    }
+    .min(count.max(1));
+    let next = AtomicUsize::new(0);
+    let (tx, rx) =
+        mpsc::sync_channel::<Result<(usize, Digest, Vec<u8>), ArtifactError>>(threads * 2);
+    let mut chunks = vec![None; count];
+    let mut stored_size = 0u64;
+    std::thread::scope(|s| -> Result<(), ArtifactError> {
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let (image, next) = (&image, &next);
+            s.spawn(move || {
+                let mut compressor = match opts.compression {
+                    Compression::Zstd => match zstd::bulk::Compressor::new(opts.level) {
+                        Ok(c) => Some(c),
+                        Err(e) => return drop(tx.send(Err(io_err("creating zstd encoder")(e)))),
+                    },
+                    Compression::None => None,
+                };
+                let mut buf = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return;
+                    }
+                    let offset = i as u64 * opts.chunk_size;
+                    buf.resize(opts.chunk_size.min(size - offset) as usize, 0);
+                    let result = image
+                        .read_exact_at(&mut buf, offset)
+                        .map_err(io_err(format!("reading {}", src.path.display())))
+                        .and_then(|()| {
+                            let hash = Digest::of(&buf);
+                            let data = match &mut compressor {
+                                Some(c) => {
+                                    c.compress(&buf).map_err(io_err("compressing a chunk"))?
+                                }
+                                None => buf.clone(),
+                            };
+                            Ok((i, hash, data))
+                        });
+                    if tx.send(result).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        // Chunks arrive in any order; write them to the stored file in order.
+        let mut pending = BTreeMap::new();
+        let mut want = 0;
+        for result in rx {
+            let (i, hash, data) = result?;
+            pending.insert(i, (hash, data));
+            while let Some((hash, data)) = pending.remove(&want) {
+                stored
+                    .write_all(&data)
+                    .map_err(io_err("writing compressed data to a temporary file"))?;
+                stored_size += data.len() as u64;
+                chunks[want] = Some(Chunk {
+                    sha256: hash,
+                    stored_size: data.len() as u64,
+                });
+                want += 1;
+            }
+        }
+        Ok(())
+    })?;
+    let chunks: Vec<Chunk> = chunks
+        .into_iter()
+        .collect::<Option<_>>()
+        .ok_or_else(|| ArtifactError::Truncated { at: "image".into() })?;
+    // The whole-image hash: one sequential pass over the file.
+    let mut hasher = sha2::Sha256::new();
+    let mut reader = io::BufReader::with_capacity(1 << 20, &image);
+    io::copy(&mut reader, &mut hasher)
+        .map_err(io_err(format!("hashing {}", src.path.display())))?;
+    let ext = match opts.compression {
+        Compression::Zstd => "img.zst",
+        Compression::None => "img",
+    };
+    Ok(Payload {
+        name: src.name.clone(),
+        file: format!("{}.{ext}", src.name),
+        kind: KIND_SLOT_IMAGE.into(),
+        slot_class: src.slot_class.clone(),
+        compression: opts.compression,
+        size,
+        sha256: Digest(hasher.finalize().into()),
+        stored_size,
+        chunk_size: opts.chunk_size,
+        chunks,
+    })
+}
+
+/// Builds an artifact from `images`, signed by every key in `keys`, into `out`. Compressed chunks are staged in
+/// anonymous temporary files (the manifest, which lists their hashes, must come first in the stream).
+pub fn create(
+    opts: &BuildOptions,
+    images: &[ImageSource],
+    keys: &[SigningKey],
+    out: impl Write,
+) -> Result<Manifest, ArtifactError> {
+    let mut payloads = Vec::new();
+    let mut staged = Vec::new();
+    for src in images {
+        let mut tmp = tempfile::tempfile().map_err(io_err("creating a temporary file"))?;
+        payloads.push(encode_image(opts, src, &mut tmp)?);
+        staged.push(tmp);
+    }
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION.into(),
+        compatible: opts.compatible.clone(),
+        version: opts.version.clone(),
+        security_version: opts.security_version,
+        created: opts.created,
+        description: opts.description.clone(),
+        payloads,
+    };
+    manifest.validate()?;
+    let bytes = manifest.to_bytes();
+    let mut block = SignatureBlock::default();
+    for k in keys {
+        block.sign(k, &bytes);
+    }
+    let mut tar = TarWriter::new(out, opts.created);
+    tar.append(MANIFEST_ENTRY, &bytes)?;
+    tar.append(SIGNATURE_ENTRY, &block.to_bytes())?;
+    for (p, mut tmp) in manifest.payloads.iter().zip(staged) {
+        tmp.rewind().map_err(io_err("rewinding a temporary file"))?;
+        tar.append_reader(
+            &p.file,
+            p.stored_size,
+            &mut io::BufReader::with_capacity(1 << 20, tmp),
+        )?;
+    }
+    let mut out = tar.finish()?;
+    out.flush().map_err(io_err("flushing the artifact"))?;
+    Ok(manifest)
+}
+
+/// Reads the manifest and signature block of an artifact without verifying anything (for display).
+pub fn read_unverified(input: impl Read) -> Result<(Manifest, SignatureBlock), ArtifactError> {
+    let (manifest_bytes, block, _) = read_head(input)?;
+    Ok((Manifest::parse(&manifest_bytes)?, block))
+}
+
+fn read_head<R: Read>(input: R) -> Result<(Vec<u8>, SignatureBlock, TarReader<R>), ArtifactError> {
+    let limits = Limits::default();
+    let mut tar = TarReader::new(input);
+    let mut entry =
+        |name: &str, limit: u64, what: &'static str| -> Result<Vec<u8>, ArtifactError> {
+            let h = tar
+                .next_entry()?
+                .ok_or_else(|| ArtifactError::UnexpectedEntry {
+                    found: "end of archive".into(),
+                    expected: name.into(),
+                })?;
+            if h.name != name {
+                return Err(ArtifactError::UnexpectedEntry {
+                    found: h.name,
+                    expected: name.into(),
+                });
+            }
+            if h.size > limit {
+                return Err(ArtifactError::TooLarge {
+                    what,
+                    size: h.size,
+                    limit,
+                });
+            }
+            let mut buf = vec![0u8; h.size as usize];
+            tar.read_data(&mut buf, what)?;
+            Ok(buf)
+        };
+    let manifest = entry(MANIFEST_ENTRY, limits.max_manifest, "manifest")?;
+    let block = SignatureBlock::parse(&entry(
+        SIGNATURE_ENTRY,
+        limits.max_signature_block,
+        "signature block",
+    )?)?;
+    Ok((manifest, block, tar))
+}
+
+/// Copies an artifact from `input` to `out`, adding a signature by `key` over its manifest. The manifest and the
+/// payload entries are copied byte for byte, so existing signatures stay valid.
+pub fn add_signature(
+    input: impl Read,
+    key: &SigningKey,
+    out: impl Write,
+) -> Result<Manifest, ArtifactError> {
+    let (bytes, mut block, tar) = read_head(input)?;
+    // Refuse to vouch for something that is not a valid manifest.
+    let manifest = Manifest::parse(&bytes)?;
+    block.sign(key, &bytes);
+    let mut tar_out = TarWriter::new(out, manifest.created);
+    tar_out.append(MANIFEST_ENTRY, &bytes)?;
+    tar_out.append(SIGNATURE_ENTRY, &block.to_bytes())?;
+    let mut out = tar_out.into_inner();
+    let mut rest = tar.into_rest()?;
+    io::copy(&mut rest, &mut out).map_err(io_err("copying payload entries"))?;
+    out.flush().map_err(io_err("flushing the artifact"))?;
+    Ok(manifest)
+}

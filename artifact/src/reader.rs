@@ -1,0 +1,462 @@
+//! The streaming, verifying artifact reader.
+//!
+//! Order of trust: the manifest bytes and the signature block are read into bounded buffers, the signature is
+//! checked over the raw bytes, and only then is the manifest parsed as JSON and checked against the device policy.
+//! Payload bytes are handed out only after that, one chunk at a time, each chunk checked against its signed hash.
+
+use std::io::Read;
+
+use sha2::Digest as _;
+
+use crate::error::ArtifactError;
+use crate::keys::{KeyId, Keyring, SignatureBlock};
+use crate::manifest::{Compression, Digest, MANIFEST_ENTRY, Manifest, Payload, SIGNATURE_ENTRY};
+use crate::tar::TarReader;
+
+/// Hard limits that bound what an artifact can make a reader allocate or accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest manifest accepted, in bytes (default 1 MiB).
+    pub max_manifest: u64,
+    /// Largest signature block accepted, in bytes (default 64 KiB).
+    pub max_signature_block: u64,
+    /// Largest zstd window a chunk frame may ask for, in bytes (default 8 MiB: what a level-19 frame needs at most
+    /// without `--long`, and small enough for a 256 MiB gateway).
+    pub max_window: u64,
+    /// Largest installed size of one payload, in bytes (default 64 GiB).
+    pub max_image_size: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_manifest: 1 << 20,
+            max_signature_block: 64 << 10,
+            max_window: 8 << 20,
+            max_image_size: 64 << 30,
+        }
+    }
+}
+
+/// What the device accepts, checked after the signature and before any payload byte is handed out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// This device's type; the artifact must list it in `compatible`. `None` skips the check (build hosts).
+    pub device_type: Option<String>,
+    /// Lowest `security_version` accepted (anti-rollback).
+    pub min_security_version: u64,
+    /// Hard limits.
+    pub limits: Limits,
+}
+
+/// Identifies a stored chunk returned by [`ArtifactReader::read_stored_chunk`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRef {
+    /// Index of the payload in the manifest.
+    pub payload: usize,
+    /// Index of the chunk in the payload.
+    pub index: usize,
+}
+
+/// Decodes and verifies single chunks; reusable across chunks and payloads (one per decoding thread).
+pub struct ChunkDecoder {
+    zstd: zstd::bulk::Decompressor<'static>,
+    max_window: u64,
+}
+
+impl ChunkDecoder {
+    /// A decoder refusing frames whose window exceeds `max_window` bytes.
+    pub fn new(max_window: u64) -> Result<Self, ArtifactError> {
+        let mut zstd = zstd::bulk::Decompressor::new().map_err(|e| ArtifactError::Io {
+            context: "creating zstd decoder".into(),
+            source: e,
+        })?;
+        let log = 63 - max_window.max(1 << 10).leading_zeros();
+        zstd.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(log.clamp(10, 31)))
+            .map_err(|e| ArtifactError::Io {
+                context: "configuring zstd decoder".into(),
+                source: e,
+            })?;
+        Ok(Self { zstd, max_window })
+    }
+
+    /// Decodes stored chunk `index` of `payload` into `out`, which must be exactly the chunk's decoded length, and
+    /// checks its SHA-256. `out` is never filled beyond its length, whatever the frame claims: that is the
+    /// decompression-bomb guard.
+    pub fn decode_into(
+        &mut self,
+        payload: &Payload,
+        index: usize,
+        stored: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), ArtifactError> {
+        let expected = payload.chunk_len(index);
+        assert_eq!(
+            out.len() as u64,
+            expected,
+            "caller passes a buffer of the chunk's decoded length"
+        );
+        let chunk = index as u64;
+        match payload.compression {
+            Compression::None => {
+                if stored.len() != out.len() {
+                    return Err(ArtifactError::ChunkSizeMismatch {
+                        payload: payload.name.clone(),
+                        chunk,
+                        declared: expected,
+                    });
+                }
+                out.copy_from_slice(stored);
+            }
+            Compression::Zstd => {
+                let bad = |reason: String| ArtifactError::Decompress {
+                    payload: payload.name.clone(),
+                    chunk,
+                    reason,
+                };
+                let header = frame_header(stored).map_err(|r| bad(r.into()))?;
+                if header.window > self.max_window {
+                    return Err(ArtifactError::WindowTooLarge {
+                        payload: payload.name.clone(),
+                        chunk,
+                        window: header.window,
+                        limit: self.max_window,
+                    });
+                }
+                let size_mismatch = || ArtifactError::ChunkSizeMismatch {
+                    payload: payload.name.clone(),
+                    chunk,
+                    declared: expected,
+                };
+                if header.content_size.is_some_and(|s| s != expected) {
+                    return Err(size_mismatch());
+                }
+                match zstd::zstd_safe::find_frame_compressed_size(stored) {
+                    Ok(n) if n == stored.len() => {}
+                    Ok(_) => return Err(bad("chunk holds more than one zstd frame".into())),
+                    Err(code) => return Err(bad(zstd::zstd_safe::get_error_name(code).into())),
+                }
+                // Decoding into a buffer of exactly the declared size: a frame that would produce more fails with
+                // "destination buffer too small" instead of allocating.
+                let n = self.zstd.decompress_to_buffer(stored, out).map_err(|e| {
+                    if e.to_string().contains("too small") {
+                        size_mismatch()
+                    } else {
+                        bad(e.to_string())
+                    }
+                })?;
+                if n != out.len() {
+                    return Err(size_mismatch());
+                }
+            }
+        }
+        let expected_hash = &payload.chunks[index].sha256;
+        if Digest::of(out) != *expected_hash {
+            return Err(ArtifactError::ChunkHashMismatch {
+                payload: payload.name.clone(),
+                chunk,
+            });
+        }
+        Ok(())
+    }
+}
+
+struct FrameHeader {
+    window: u64,
+    content_size: Option<u64>,
+}
+
+/// Parses a zstd frame header (RFC 8878 section 3.1.1) far enough to learn the window and content sizes.
+fn frame_header(b: &[u8]) -> Result<FrameHeader, &'static str> {
+    if b.len() < 6 {
+        return Err("frame too short");
+    }
+    if b[..4] != [0x28, 0xb5, 0x2f, 0xfd] {
+        return Err("not a zstd frame (bad magic)");
+    }
+    let fhd = b[4];
+    let fcs_flag = fhd >> 6;
+    let single_segment = fhd & 0x20 != 0;
+    if fhd & 0x08 != 0 {
+        return Err("reserved frame header bit set");
+    }
+    if fhd & 0x03 != 0 {
+        return Err("frames with a dictionary id are not allowed");
+    }
+    let mut pos = 5;
+    let mut window = None;
+    if !single_segment {
+        let wd = b[pos];
+        pos += 1;
+        let log = 10 + u64::from(wd >> 3);
+        let base = 1u64 << log;
+        window = Some(base + (base / 8) * u64::from(wd & 7));
+    }
+    let fcs_len = match (fcs_flag, single_segment) {
+        (0, false) => 0,
+        (0, true) => 1,
+        (1, _) => 2,
+        (2, _) => 4,
+        _ => 8,
+    };
+    if b.len() < pos + fcs_len {
+        return Err("frame header truncated");
+    }
+    let mut raw = [0u8; 8];
+    raw[..fcs_len].copy_from_slice(&b[pos..pos + fcs_len]);
+    let value = u64::from_le_bytes(raw);
+    let content_size = match fcs_len {
+        0 => None,
+        2 => Some(value + 256),
+        _ => Some(value),
+    };
+    let window = match window {
+        Some(w) => w,
+        None => content_size.ok_or("single-segment frame without content size")?,
+    };
+    Ok(FrameHeader {
+        window,
+        content_size,
+    })
+}
+
+/// A verified artifact being read. Created by [`ArtifactReader::open`], which has already checked the signature
+/// and the policy; the payload methods then hand out chunks in stream order.
+pub struct ArtifactReader<R> {
+    tar: TarReader<R>,
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    signed_by: KeyId,
+    limits: Limits,
+    /// Next chunk to read: `(payload, chunk)`; `payload == payloads.len()` once all are read.
+    cursor: (usize, usize),
+    finished: bool,
+    decoder: Option<ChunkDecoder>,
+    image_hash: sha2::Sha256,
+    stored: Vec<u8>,
+}
+
+fn read_small_entry<R: Read>(
+    tar: &mut TarReader<R>,
+    name: &str,
+    what: &'static str,
+    limit: u64,
+) -> Result<Vec<u8>, ArtifactError> {
+    let found = tar.next_entry()?;
+    let header = found.ok_or_else(|| ArtifactError::UnexpectedEntry {
+        found: "end of archive".into(),
+        expected: format!("{name} ({what})"),
+    })?;
+    if header.name != name {
+        return Err(ArtifactError::UnexpectedEntry {
+            found: header.name,
+            expected: format!("{name} ({what})"),
+        });
+    }
+    if header.size > limit {
+        return Err(ArtifactError::TooLarge {
+            what,
+            size: header.size,
+            limit,
+        });
+    }
+    let mut buf = vec![0u8; header.size as usize];
+    tar.read_data(&mut buf, what)?;
+    Ok(buf)
+}
+
+impl<R: Read> ArtifactReader<R> {
+    /// Reads the manifest and signature block from the start of `inner`, verifies the signature against `keyring`,
+    /// parses the manifest and checks it against `policy`. No payload byte has been read when this returns.
+    pub fn open(inner: R, keyring: &Keyring, policy: &Policy) -> Result<Self, ArtifactError> {
+        let limits = policy.limits;
+        let mut tar = TarReader::new(inner);
+        let manifest_bytes =
+            read_small_entry(&mut tar, MANIFEST_ENTRY, "manifest", limits.max_manifest)?;
+        let sig_bytes = read_small_entry(
+            &mut tar,
+            SIGNATURE_ENTRY,
+            "signature block",
+            limits.max_signature_block,
+        )?;
+        let block = SignatureBlock::parse(&sig_bytes)?;
+        // The signature covers the raw bytes; nothing of the manifest is interpreted before it verifies.
+        let signed_by = keyring.verify(&manifest_bytes, &block)?;
+        let manifest = Manifest::parse(&manifest_bytes)?;
+        if let Some(device) = &policy.device_type
+            && !manifest.compatible.iter().any(|c| c == device)
+        {
+            return Err(ArtifactError::Incompatible {
+                device: device.clone(),
+                compatible: manifest.compatible,
+            });
+        }
+        if manifest.security_version < policy.min_security_version {
+            return Err(ArtifactError::SecurityVersionTooLow {
+                found: manifest.security_version,
+                minimum: policy.min_security_version,
+            });
+        }
+        for (i, p) in manifest.payloads.iter().enumerate() {
+            if p.size > limits.max_image_size {
+                return Err(ArtifactError::InvalidManifest {
+                    field: format!("payloads[{i}].size"),
+                    reason: format!(
+                        "{} bytes exceeds the limit of {}",
+                        p.size, limits.max_image_size
+                    ),
+                });
+            }
+        }
+        Ok(Self {
+            tar,
+            manifest,
+            manifest_bytes,
+            signed_by,
+            limits,
+            cursor: (0, 0),
+            finished: false,
+            decoder: None,
+            image_hash: sha2::Sha256::new(),
+            stored: Vec::new(),
+        })
+    }
+
+    /// The verified manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The exact signed manifest bytes.
+    pub fn manifest_bytes(&self) -> &[u8] {
+        &self.manifest_bytes
+    }
+
+    /// SHA-256 of the signed manifest bytes: identifies the artifact.
+    pub fn manifest_digest(&self) -> Digest {
+        Digest::of(&self.manifest_bytes)
+    }
+
+    /// The trusted key whose signature verified.
+    pub fn signed_by(&self) -> KeyId {
+        self.signed_by
+    }
+
+    /// Bytes consumed from the stream so far.
+    pub fn position(&self) -> u64 {
+        self.tar.position()
+    }
+
+    /// Reads the next stored (still compressed, not yet verified) chunk into `buf`, crossing payload entries as
+    /// needed. At the end it checks that no entry follows the last payload and returns `Ok(None)`. The stored bytes
+    /// must go through [`ChunkDecoder::decode_into`] before anything uses them.
+    pub fn read_stored_chunk(
+        &mut self,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<ChunkRef>, ArtifactError> {
+        let (p, c) = self.cursor;
+        if p == self.manifest.payloads.len() {
+            if !self.finished {
+                self.finish_archive()?;
+            }
+            return Ok(None);
+        }
+        let payload = &self.manifest.payloads[p];
+        if c == 0 {
+            let expected = || format!("{} (payload {:?})", payload.file, payload.name);
+            let header = self
+                .tar
+                .next_entry()?
+                .ok_or_else(|| ArtifactError::UnexpectedEntry {
+                    found: "end of archive".into(),
+                    expected: expected(),
+                })?;
+            if header.name != payload.file {
+                return Err(ArtifactError::UnexpectedEntry {
+                    found: header.name,
+                    expected: expected(),
+                });
+            }
+            if header.size != payload.stored_size {
+                return Err(ArtifactError::StoredSizeMismatch {
+                    payload: payload.name.clone(),
+                    declared: payload.stored_size,
+                    actual: header.size,
+                });
+            }
+        }
+        // Bounded by the manifest check `stored_size <= zstd_bound(chunk_size)` and `chunk_size <= 16 MiB`.
+        let len = payload.chunks[c].stored_size as usize;
+        buf.resize(len, 0);
+        self.tar.read_data(buf, "payload data")?;
+        self.cursor = if c + 1 == payload.chunks.len() {
+            (p + 1, 0)
+        } else {
+            (p, c + 1)
+        };
+        Ok(Some(ChunkRef {
+            payload: p,
+            index: c,
+        }))
+    }
+
+    fn finish_archive(&mut self) -> Result<(), ArtifactError> {
+        match self.tar.next_entry()? {
+            None => {}
+            Some(h) => {
+                return Err(ArtifactError::UnexpectedEntry {
+                    found: h.name,
+                    expected: "end of archive".into(),
+                });
+            }
+        }
+        self.tar.finish()?;
+        self.finished = true;
+        Ok(())
+    }
+
+    /// Reads, decodes and verifies the next chunk into `out` (resized to the chunk's length). After a payload's last
+    /// chunk it also checks the SHA-256 of the whole image. Returns `Ok(None)` at the end of the artifact.
+    pub fn next_chunk(&mut self, out: &mut Vec<u8>) -> Result<Option<ChunkRef>, ArtifactError> {
+        let mut stored = std::mem::take(&mut self.stored);
+        let result = self.next_chunk_inner(&mut stored, out);
+        self.stored = stored;
+        result
+    }
+
+    fn next_chunk_inner(
+        &mut self,
+        stored: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<ChunkRef>, ArtifactError> {
+        let Some(at) = self.read_stored_chunk(stored)? else {
+            return Ok(None);
+        };
+        let payload = &self.manifest.payloads[at.payload];
+        out.resize(payload.chunk_len(at.index) as usize, 0);
+        let decoder = match &mut self.decoder {
+            Some(d) => d,
+            None => self
+                .decoder
+                .insert(ChunkDecoder::new(self.limits.max_window)?),
+        };
+        decoder.decode_into(payload, at.index, stored, out)?;
+        self.image_hash.update(&out[..]);
+        if at.index + 1 == payload.chunks.len() {
+            let whole: [u8; 32] = std::mem::take(&mut self.image_hash).finalize().into();
+            if Digest(whole) != payload.sha256 {
+                return Err(ArtifactError::ImageHashMismatch {
+                    payload: payload.name.clone(),
+                });
+            }
+        }
+        Ok(Some(at))
+    }
+
+    /// Reads every remaining chunk, verifying all of it, and discards the data. Used by `verify`.
+    pub fn verify_all(&mut self) -> Result<(), ArtifactError> {
+        let mut out = Vec::new();
+        while self.next_chunk(&mut out)?.is_some() {}
+        Ok(())
+    }
+}

@@ -1,0 +1,107 @@
+//! Typed installer errors.
+
+use std::io;
+use std::path::PathBuf;
+
+use otter_artifact::ArtifactError;
+
+/// Why an install failed. The target slot is never left looking like it holds a valid image.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InstallError {
+    /// The artifact is invalid, untrusted or not for this device.
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    /// The source could not be opened or read.
+    #[error("cannot read {source_name}: {error}")]
+    Source {
+        /// The file, `-` or URL.
+        source_name: String,
+        /// The underlying error.
+        #[source]
+        error: io::Error,
+    },
+    /// The server answered with an HTTP error status.
+    #[error("{url}: server answered HTTP {status}")]
+    HttpStatus {
+        /// The URL.
+        url: String,
+        /// The status code.
+        status: u16,
+    },
+    /// The HTTP client could not be set up (bad CA bundle, client certificate, header).
+    #[error("http client setup: {0}")]
+    HttpSetup(String),
+    /// The connection kept dropping: the download could not be resumed.
+    #[error("{url}: connection lost {attempts} times, giving up at byte {position}: {last_error}")]
+    ConnectionLost {
+        /// The URL.
+        url: String,
+        /// How many times it dropped.
+        attempts: u32,
+        /// Where the stream stopped.
+        position: u64,
+        /// The last error seen.
+        last_error: String,
+    },
+    /// The server's copy changed while it was being downloaded (a resume got a full new body, or the
+    /// validator changed); the install must start over.
+    #[error("{url}: the artifact changed on the server during the download")]
+    SourceChanged {
+        /// The URL.
+        url: String,
+    },
+    /// The slot cannot hold the image.
+    #[error("slot {slot} holds {capacity} bytes, the image needs {needed}")]
+    SlotTooSmall {
+        /// The slot device or file.
+        slot: PathBuf,
+        /// Its capacity.
+        capacity: u64,
+        /// The image size.
+        needed: u64,
+    },
+    /// Writing, reading or syncing the slot failed (including a full disk).
+    #[error("slot {slot}: {context}: {error}")]
+    Slot {
+        /// The slot device or file.
+        slot: PathBuf,
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        error: io::Error,
+    },
+    /// The artifact has a payload for a slot class no target was given for.
+    #[error(
+        "artifact has payload {payload:?} for slot class {slot_class:?}, but no target slot is configured for it"
+    )]
+    NoTarget {
+        /// The payload name.
+        payload: String,
+        /// Its slot class.
+        slot_class: String,
+    },
+    /// The install was cancelled.
+    #[error("install cancelled")]
+    Cancelled,
+}
+
+impl InstallError {
+    /// A stable, machine-readable code for the error class.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Artifact(e) => e.code(),
+            Self::Source { .. } => "source-unavailable",
+            Self::HttpStatus { .. } => "http-status",
+            Self::HttpSetup(_) => "http-setup",
+            Self::ConnectionLost { .. } => "connection-lost",
+            Self::SourceChanged { .. } => "source-changed",
+            Self::SlotTooSmall { .. } => "slot-too-small",
+            Self::Slot { error, .. } if error.raw_os_error() == Some(libc::ENOSPC) => "no-space",
+            Self::Slot { .. } => "slot-io",
+            Self::NoTarget { .. } => "no-target",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! Where an artifact comes from: a file, stdin, or HTTP(S) with resume.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use reqwest::blocking::{Client, Response};
+use reqwest::header::{
+    CONTENT_RANGE, ETAG, HeaderMap, HeaderName, HeaderValue, IF_RANGE, LAST_MODIFIED, RANGE,
+};
+
+use crate::CancelToken;
+use crate::error::InstallError;
+
+/// An artifact source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A local file.
+    File(PathBuf),
+    /// Standard input.
+    Stdin,
+    /// An `http://` or `https://` URL.
+    Url(String),
+}
+
+impl Source {
+    /// Interprets a command-line argument: `-` is stdin, `http(s)://` a URL, anything else a path.
+    pub fn parse(arg: &str) -> Self {
+        if arg == "-" {
+            Self::Stdin
+        } else if arg.starts_with("http://") || arg.starts_with("https://") {
+            Self::Url(arg.to_owned())
+        } else {
+            Self::File(PathBuf::from(arg))
+        }
+    }
+
+    /// How the source is named in messages.
+    pub fn name(&self) -> String {
+        match self {
+            Self::File(p) => p.display().to_string(),
+            Self::Stdin => "stdin".into(),
+            Self::Url(u) => u.clone(),
+        }
+    }
+}
+
+/// HTTP client settings.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// PEM bundle of CA certificates to trust instead of the system roots (a private update server's CA).
+    pub ca_bundle: Option<PathBuf>,
+    /// PEM file with a client certificate and its private key (mutual TLS).
+    pub client_identity: Option<PathBuf>,
+    /// Extra request headers (e.g. an authorization token).
+    pub headers: Vec<(String, String)>,
+    /// How many times a dropped connection is resumed before giving up.
+    pub max_resumes: u32,
+    /// First wait before a resume; doubles on each further attempt.
+    pub initial_backoff: Duration,
+    /// Longest wait between resumes.
+    pub max_backoff: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// A read that delivers nothing for this long counts as a dropped connection.
+    pub read_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            ca_bundle: None,
+            client_identity: None,
+            headers: Vec::new(),
+            max_resumes: 8,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Installs the process-wide rustls crypto provider (ring) once; later calls are no-ops.
+pub fn init_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn build_client(opts: &HttpOptions) -> Result<Client, InstallError> {
+    init_tls();
+    let setup =
+        |what: &str, e: &dyn std::fmt::Display| InstallError::HttpSetup(format!("{what}: {e}"));
+    let mut headers = HeaderMap::new();
+    for (k, v) in &opts.headers {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|e| setup(&format!("header name {k:?}"), &e))?;
+        let value =
+            HeaderValue::from_str(v).map_err(|e| setup(&format!("header {k:?} value"), &e))?;
+        headers.insert(name, value);
+    }
+    let mut b = Client::builder()
+        .default_headers(headers)
+        .connect_timeout(opts.connect_timeout)
+        // The blocking client applies this to each connect, read and write wait, not to the whole body.
+        .timeout(opts.read_timeout)
+        .tls_backend_rustls();
+    if let Some(path) = &opts.ca_bundle {
+        let pem = std::fs::read(path)
+            .map_err(|e| setup(&format!("reading CA bundle {}", path.display()), &e))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| setup(&format!("parsing CA bundle {}", path.display()), &e))?;
+        b = b.tls_certs_only(certs);
+    }
+    if let Some(path) = &opts.client_identity {
+        let pem = std::fs::read(path)
+            .map_err(|e| setup(&format!("reading client identity {}", path.display()), &e))?;
+        let id = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| setup(&format!("parsing client identity {}", path.display()), &e))?;
+        b = b.identity(id);
+    }
+    b.build().map_err(|e| setup("building the client", &e))
+}
+
+/// Counts the bytes a source delivered (for progress and for checking resume efficiency).
+#[derive(Debug, Clone, Default)]
+pub struct ByteCounter(Arc<AtomicU64>);
+
+impl ByteCounter {
+    /// Bytes counted so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+    fn add(&self, n: usize) {
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// An opened source: a reader plus what is known about its length.
+pub struct OpenedSource {
+    /// The stream.
+    pub reader: Box<dyn Read + Send>,
+    /// Its total length, when known.
+    pub length: Option<u64>,
+}
+
+/// Opens `source`. For URLs this sends the first request and checks its status.
+pub fn open(
+    source: &Source,
+    http: &HttpOptions,
+    cancel: &CancelToken,
+    received: ByteCounter,
+) -> Result<OpenedSource, InstallError> {
+    match source {
+        Source::File(path) => {
+            let f = File::open(path).map_err(|error| InstallError::Source {
+                source_name: source.name(),
+                error,
+            })?;
+            let length = f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+            let reader = Counted {
+                inner: io::BufReader::with_capacity(256 << 10, f),
+                counter: received,
+            };
+            Ok(OpenedSource {
+                reader: Box::new(reader),
+                length,
+            })
+        }
+        Source::Stdin => Ok(OpenedSource {
+            reader: Box::new(Counted {
+                inner: io::stdin(),
+                counter: received,
+            }),
+            length: None,
+        }),
+        Source::Url(url) => {
+            let r = HttpReader::open(url, http, cancel.clone(), received)?;
+            let length = r.length;
+            Ok(OpenedSource {
+                reader: Box::new(r),
+                length,
+            })
+        }
+    }
+}
+
+struct Counted<R> {
+    inner: R,
+    counter: ByteCounter,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.add(n);
+        Ok(n)
+    }
+}
+
+/// An HTTP body that survives dropped connections by resuming with `Range` + `If-Range`.
+pub struct HttpReader {
+    url: String,
+    client: Client,
+    opts: HttpOptions,
+    cancel: CancelToken,
+    response: Option<Response>,
+    /// Bytes of the body delivered to the caller.
+    position: u64,
+    length: Option<u64>,
+    /// Strong validator for `If-Range`: the ETag, else Last-Modified.
+    validator: Option<HeaderValue>,
+    resumes: u32,
+    received: ByteCounter,
+}
+
+/// The error a resume raises when the server sends a different entity; `install` maps it to `SourceChanged`.
+#[derive(Debug)]
+pub(crate) struct SourceChangedMarker;
+
+impl std::fmt::Display for SourceChangedMarker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the artifact changed on the server during the download")
+    }
+}
+impl std::error::Error for SourceChangedMarker {}
+
+/// Raised through `io::Error` when the connection could not be resumed.
+#[derive(Debug)]
+pub(crate) struct ResumeExhausted(pub InstallError);
+
+impl std::fmt::Display for ResumeExhausted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+impl std::error::Error for ResumeExhausted {}
+
+impl HttpReader {
+    fn open(
+        url: &str,
+        opts: &HttpOptions,
+        cancel: CancelToken,
+        received: ByteCounter,
+    ) -> Result<Self, InstallError> {
+        let client = build_client(opts)?;
+        let mut r = Self {
+            url: url.to_owned(),
+            client,
+            opts: opts.clone(),
+            cancel,
+            response: None,
+            position: 0,
+            length: None,
+            validator: None,
+            resumes: 0,
+            received,
+        };
+        let resp = r.client.get(url).send().map_err(|e| InstallError::Source {
+            source_name: url.to_owned(),
+            error: io::Error::other(error_chain(&e)),
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(InstallError::HttpStatus {
+                url: url.to_owned(),
+                status: status.as_u16(),
+            });
+        }
+        r.length = resp.content_length();
+        // Only a strong ETag or a Last-Modified date is a valid If-Range validator.
+        r.validator = resp
+            .headers()
+            .get(ETAG)
+            .filter(|v| !v.as_bytes().starts_with(b"W/"))
+            .or_else(|| resp.headers().get(LAST_MODIFIED))
+            .cloned();
+        r.response = Some(resp);
+        Ok(r)
+    }
+
+    /// Re-requests the rest of the body from `position`.
+    fn resume(&mut self, last_error: String) -> io::Result<()> {
+        loop {
+            if self.resumes >= self.opts.max_resumes {
+                return Err(io::Error::other(ResumeExhausted(
+                    InstallError::ConnectionLost {
+                        url: self.url.clone(),
+                        attempts: self.resumes,
+                        position: self.position,
+                        last_error,
+                    },
+                )));
+            }
+            let backoff = self
+                .opts
+                .initial_backoff
+                .saturating_mul(1 << self.resumes.min(16))
+                .min(self.opts.max_backoff);
+            self.resumes += 1;
+            if self.cancel.sleep(backoff) {
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+            }
+            let mut req = self
+                .client
+                .get(&self.url)
+                .header(RANGE, format!("bytes={}-", self.position));
+            if let Some(v) = &self.validator {
+                req = req.header(IF_RANGE, v.clone());
+            }
+            let resp = match req.send() {
+                Ok(r) => r,
+                Err(e) => {
+                    // Could not even reconnect: counts as another attempt.
+                    let _ = error_chain(&e);
+                    continue;
+                }
+            };
+            match resp.status().as_u16() {
+                206 => {
+                    let start = resp
+                        .headers()
+                        .get(CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("bytes "))
+                        .and_then(|v| v.split('-').next())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    if start != Some(self.position) {
+                        return Err(io::Error::other(SourceChangedMarker));
+                    }
+                    self.response = Some(resp);
+                    return Ok(());
+                }
+                // A full body in reply to a range request: the entity changed (If-Range failed) or the server
+                // cannot do ranges. Either way the bytes read so far cannot be continued.
+                200 => return Err(io::Error::other(SourceChangedMarker)),
+                s if (500..600).contains(&s) || s == 429 => continue,
+                s => {
+                    return Err(io::Error::other(ResumeExhausted(
+                        InstallError::HttpStatus {
+                            url: self.url.clone(),
+                            status: s,
+                        },
+                    )));
+                }
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+impl Read for HttpReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.cancel.is_cancelled() {
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+            }
+            let result = match self.response.as_mut() {
+                Some(r) => r.read(buf),
+                None => Err(io::Error::other("no response")),
+            };
+            match result {
+                Ok(0) if self.length.is_none_or(|l| self.position >= l) => return Ok(0),
+                Ok(0) => {
+                    let msg = format!("body ended at byte {} of {:?}", self.position, self.length);
+                    self.response = None;
+                    self.resume(msg)?;
+                }
+                Ok(n) => {
+                    self.position += n as u64;
+                    self.received.add(n);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.response = None;
+                    self.resume(error_chain(&e))?;
+                }
+            }
+        }
+    }
+}
+
+/// Whether `path` is a block device.
+pub fn is_block_device(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path)
+        .map(|m| m.file_type().is_block_device())
+        .unwrap_or(false)
+}
