@@ -143,6 +143,9 @@ struct InstallArgs {
     /// The slot (block device or file) to install the rootfs image into.
     #[arg(long)]
     slot: PathBuf,
+    /// Size of the slot in bytes, for file-backed slots (a block device's own size always applies).
+    #[arg(long)]
+    slot_size: Option<u64>,
     /// Slot class of --slot.
     #[arg(long, default_value = "rootfs")]
     slot_class: String,

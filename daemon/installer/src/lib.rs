@@ -69,6 +69,8 @@ pub struct Target {
     pub slot_class: String,
     /// The block device or file of the inactive slot.
     pub path: PathBuf,
+    /// Size limit of the slot in bytes, on top of a block device's own size (a file-backed slot has none).
+    pub max_size: Option<u64>,
 }
 
 /// Everything one install needs.
@@ -302,7 +304,7 @@ fn install_once(
                 payload: p.name.clone(),
                 slot_class: p.slot_class.clone(),
             })?;
-        let w = SlotWriter::open(&t.path)?;
+        let w = SlotWriter::open(&t.path, t.max_size)?;
         if let Some(capacity) = w.capacity()
             && capacity < p.size
         {

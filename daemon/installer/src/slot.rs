@@ -65,7 +65,8 @@ pub struct SlotWriter {
 
 impl SlotWriter {
     /// Opens the slot for writing (never creating a block device path; a regular file is created if missing).
-    pub fn open(path: &Path) -> Result<Self, InstallError> {
+    /// `max_size` limits a slot beyond what the device itself imposes (file-backed slots have no size of their own).
+    pub fn open(path: &Path, max_size: Option<u64>) -> Result<Self, InstallError> {
         let err = |context: &str| {
             let slot = path.to_owned();
             let context = context.to_owned();
@@ -83,22 +84,18 @@ impl SlotWriter {
             .truncate(false)
             .open(path)
             .map_err(err("opening"))?;
-        let capacity = if block {
-            // lseek(SEEK_END) reports a block device's size without an ioctl.
-            Some(
+        // lseek(SEEK_END) reports a block device's size without an ioctl; a regular file grows as needed.
+        let capacity = match block {
+            true => Some(
                 buffered
                     .seek(SeekFrom::End(0))
                     .map_err(err("reading the device size"))?,
-            )
-        } else {
-            // A pre-sized file stands for a partition of that size; an empty one grows with the image.
-            Some(
-                buffered
-                    .metadata()
-                    .map_err(err("reading the file size"))?
-                    .len(),
-            )
-            .filter(|&l| l > 0)
+            ),
+            false => None,
+        };
+        let capacity = match (capacity, max_size) {
+            (Some(c), Some(m)) => Some(c.min(m)),
+            (c, m) => c.or(m),
         };
         let direct = OpenOptions::new()
             .read(true)
