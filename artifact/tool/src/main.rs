@@ -378,6 +378,7 @@ fn install(a: InstallArgs) -> Result<()> {
         vec![Target {
             slot_class: a.slot_class,
             path: a.slot.clone(),
+            max_size: a.slot_size,
         }],
         keyring,
         policy,

@@ -240,7 +240,7 @@ fn dotdot_name() {
     let mut w = TarWriter::new(&mut raw, 0);
     w.append(MANIFEST_ENTRY, &e[0].1).unwrap();
     w.append(SIGNATURE_ENTRY, &e[1].1).unwrap();
-    drop(w);
+    let _ = w.into_inner();
     let mut h = raw_header("x", e[2].1.len() as u64, b'0', "");
     h[..16].copy_from_slice(b"../../etc/passwd");
     h[148..156].copy_from_slice(b"        ");
@@ -265,7 +265,7 @@ fn symlink_entry() {
     let mut w = TarWriter::new(&mut raw, 0);
     w.append(MANIFEST_ENTRY, &e[0].1).unwrap();
     w.append(SIGNATURE_ENTRY, &e[1].1).unwrap();
-    drop(w);
+    let _ = w.into_inner();
     raw.extend_from_slice(&raw_header("rootfs.img.zst", 0, b'2', "/dev/mmcblk0"));
     raw.extend_from_slice(&[0u8; 1024]);
     let (res, slot, old) = f.install_bytes(&raw);
