@@ -1,0 +1,370 @@
+//! Disk images: building the base image and working on a test's copy of it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::tools::{self, run};
+use crate::{Error, repo_root, work_dir};
+
+/// Size of `uboot.env` on the boot partition: the boot script's `otter_env_size` and the size
+/// column of the matching `fw_env.config`. 16 KiB.
+pub const UBOOT_ENV_SIZE: usize = 0x4000;
+
+/// Builds the A/B disk image with `qemu/build-image`. The script skips the build when nothing
+/// that goes into the image changed, so calling this at the start of every test is cheap.
+#[derive(Debug, Clone)]
+pub struct ImageBuilder {
+    out: PathBuf,
+    overlays: Vec<PathBuf>,
+    overlay_a: Option<PathBuf>,
+    overlay_b: Option<PathBuf>,
+    uboot_env: Option<PathBuf>,
+}
+
+impl Default for ImageBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ImageBuilder {
+    /// The default image: no overlays, no `uboot.env`, output in `work_dir()/image`.
+    pub fn new() -> Self {
+        Self {
+            out: work_dir().join("image"),
+            overlays: Vec::new(),
+            overlay_a: None,
+            overlay_b: None,
+            uboot_env: None,
+        }
+    }
+
+    /// Output directory (give each differently configured image its own, or they rebuild each
+    /// other).
+    pub fn out_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.out = dir.into();
+        self
+    }
+
+    /// Copies `dir` over both root filesystems (e.g. otterd, its config, rc.d hooks in
+    /// `/etc/otter-qemu/rc.d/`).
+    pub fn overlay(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.overlays.push(dir.into());
+        self
+    }
+
+    /// Copies `dir` over slot A's root filesystem only.
+    pub fn overlay_a(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.overlay_a = Some(dir.into());
+        self
+    }
+
+    /// Copies `dir` over slot B's root filesystem only.
+    pub fn overlay_b(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.overlay_b = Some(dir.into());
+        self
+    }
+
+    /// Puts the file at `path` on the boot partition as `uboot.env`.
+    pub fn uboot_env(mut self, path: impl Into<PathBuf>) -> Self {
+        self.uboot_env = Some(path.into());
+        self
+    }
+
+    /// Builds (or reuses) the image and returns the path of `disk.img`. Treat it as read-only:
+    /// boot a [`DiskImage::copy_from`] of it.
+    pub fn build(&self) -> Result<PathBuf, Error> {
+        tools::require_all()?;
+        let script = repo_root().join("qemu").join("build-image");
+        let mut cmd = Command::new(&script);
+        cmd.arg("--out").arg(&self.out);
+        for o in &self.overlays {
+            cmd.arg("--overlay").arg(o);
+        }
+        if let Some(o) = &self.overlay_a {
+            cmd.arg("--overlay-a").arg(o);
+        }
+        if let Some(o) = &self.overlay_b {
+            cmd.arg("--overlay-b").arg(o);
+        }
+        if let Some(e) = &self.uboot_env {
+            cmd.arg("--uboot-env").arg(e);
+        }
+        let out = run(&mut cmd)?;
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            return Err(Error::BadImage {
+                path,
+                reason: "build-image did not print the path of the disk".to_owned(),
+            });
+        }
+        Ok(path)
+    }
+}
+
+/// A primary partition from the image's MBR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    /// 1-based number, as in `/dev/vda<number>` and U-Boot's `virtio 0:<number>`.
+    pub number: u8,
+    /// MBR type byte (0x0c FAT32 LBA, 0x83 Linux).
+    pub kind: u8,
+    /// The boot flag, which U-Boot's distro boot uses to find `boot.scr`.
+    pub bootable: bool,
+    /// Start, in bytes from the start of the disk.
+    pub offset: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Parses the four primary entries of an MBR (first 512 bytes of the disk); empty entries are
+/// skipped.
+pub fn parse_mbr(sector: &[u8]) -> Option<Vec<Partition>> {
+    if sector.len() < 512 || sector[510..512] != [0x55, 0xAA] {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for i in 0..4u8 {
+        let e = &sector[446 + 16 * usize::from(i)..][..16];
+        let kind = e[4];
+        let lba = u32::from_le_bytes([e[8], e[9], e[10], e[11]]);
+        let sectors = u32::from_le_bytes([e[12], e[13], e[14], e[15]]);
+        if kind == 0 || sectors == 0 {
+            continue;
+        }
+        parts.push(Partition {
+            number: i + 1,
+            kind,
+            bootable: e[0] == 0x80,
+            offset: u64::from(lba) * 512,
+            size: u64::from(sectors) * 512,
+        });
+    }
+    Some(parts)
+}
+
+/// A disk image a test owns and boots; files on its FAT boot partition are reached with mtools,
+/// without mounting.
+#[derive(Debug, Clone)]
+pub struct DiskImage {
+    path: PathBuf,
+}
+
+impl DiskImage {
+    /// An existing image file.
+    pub fn open(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// Copies `base` to `dest` (sparse) and opens the copy.
+    pub fn copy_from(base: &Path, dest: impl Into<PathBuf>) -> Result<Self, Error> {
+        let dest = dest.into();
+        run(tools::command("cp", "coreutils")?
+            .arg("--sparse=always")
+            .arg(base)
+            .arg(&dest))?;
+        Ok(Self { path: dest })
+    }
+
+    /// The image file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The primary partitions.
+    pub fn partitions(&self) -> Result<Vec<Partition>, Error> {
+        use std::io::Read;
+        let mut sector = [0u8; 512];
+        fs::File::open(&self.path)
+            .and_then(|mut f| f.read_exact(&mut sector))
+            .map_err(|e| Error::io("read the partition table of", &self.path, e))?;
+        parse_mbr(&sector).ok_or_else(|| Error::BadImage {
+            path: self.path.clone(),
+            reason: "no MBR partition table".to_owned(),
+        })
+    }
+
+    /// The FAT boot partition: the one with the boot flag.
+    pub fn boot_partition(&self) -> Result<Partition, Error> {
+        self.partitions()?
+            .into_iter()
+            .find(|p| p.bootable)
+            .ok_or_else(|| Error::BadImage {
+                path: self.path.clone(),
+                reason: "no partition has the boot flag".to_owned(),
+            })
+    }
+
+    /// `-i image@@offset`, mtools' way to address a partition inside an image.
+    fn mtools_image(&self) -> Result<String, Error> {
+        let p = self.boot_partition()?;
+        Ok(format!("{}@@{}", self.path.display(), p.offset))
+    }
+
+    fn mtools(&self, tool: &str) -> Result<Command, Error> {
+        let mut cmd = tools::command(tool, "mtools")?;
+        // The partition's geometry is not a whole number of tracks; mtools refuses it otherwise.
+        cmd.env("MTOOLS_SKIP_CHECK", "1");
+        Ok(cmd)
+    }
+
+    /// Whether `name` exists in the boot partition's root directory.
+    pub fn has_boot_file(&self, name: &str) -> Result<bool, Error> {
+        let out = run(self
+            .mtools("mdir")?
+            .arg("-b")
+            .arg("-i")
+            .arg(self.mtools_image()?)
+            .arg("::"))?;
+        let want = format!("::/{}", name.to_ascii_uppercase());
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.trim().to_ascii_uppercase() == want))
+    }
+
+    /// Copies `name` from the boot partition to `dest`; `Ok(false)` if there is no such file.
+    pub fn get_boot_file(&self, name: &str, dest: &Path) -> Result<bool, Error> {
+        if !self.has_boot_file(name)? {
+            return Ok(false);
+        }
+        run(self
+            .mtools("mcopy")?
+            .arg("-n")
+            .arg("-o")
+            .arg("-i")
+            .arg(self.mtools_image()?)
+            .arg(format!("::{name}"))
+            .arg(dest))?;
+        Ok(true)
+    }
+
+    /// Copies `src` onto the boot partition as `name`, replacing it.
+    pub fn put_boot_file(&self, src: &Path, name: &str) -> Result<(), Error> {
+        run(self
+            .mtools("mcopy")?
+            .arg("-o")
+            .arg("-i")
+            .arg(self.mtools_image()?)
+            .arg(src)
+            .arg(format!("::{name}")))?;
+        Ok(())
+    }
+
+    /// The contents of `name` on the boot partition, if it exists.
+    pub fn read_boot_file(&self, name: &str, scratch: &Path) -> Result<Option<Vec<u8>>, Error> {
+        let dest = scratch.join(format!("{name}.read"));
+        if !self.get_boot_file(name, &dest)? {
+            return Ok(None);
+        }
+        let data = fs::read(&dest).map_err(|e| Error::io("read", &dest, e))?;
+        fs::remove_file(&dest).map_err(|e| Error::io("remove", &dest, e))?;
+        Ok(Some(data))
+    }
+
+    /// Writes `data` to the boot partition as `name`.
+    pub fn write_boot_file(&self, name: &str, data: &[u8], scratch: &Path) -> Result<(), Error> {
+        let src = scratch.join(format!("{name}.write"));
+        fs::write(&src, data).map_err(|e| Error::io("write", &src, e))?;
+        self.put_boot_file(&src, name)?;
+        fs::remove_file(&src).map_err(|e| Error::io("remove", &src, e))?;
+        Ok(())
+    }
+
+    /// Copies `name` out of the boot partition into `dir` (if it exists), for host tools and
+    /// otter's backends to work on as on the device, with an `fw_env.config` next to it;
+    /// [`BootFileCheckout::commit`] puts it back.
+    pub fn checkout_boot_file(&self, name: &str, dir: &Path) -> Result<BootFileCheckout, Error> {
+        fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+        let path = dir.join(name);
+        if path.exists() {
+            fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+        }
+        self.get_boot_file(name, &path)?;
+        let config = dir.join("fw_env.config");
+        let line = format!("{} 0x0 {:#x}\n", path.display(), UBOOT_ENV_SIZE);
+        fs::write(&config, line).map_err(|e| Error::io("write", &config, e))?;
+        Ok(BootFileCheckout {
+            image: self.clone(),
+            name: name.to_owned(),
+            path,
+            config,
+        })
+    }
+}
+
+/// A boot-partition file copied out to the host; see [`DiskImage::checkout_boot_file`].
+#[derive(Debug)]
+pub struct BootFileCheckout {
+    image: DiskImage,
+    name: String,
+    path: PathBuf,
+    config: PathBuf,
+}
+
+impl BootFileCheckout {
+    /// The host copy (may not exist if the image had no such file).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// An `fw_env.config` describing the host copy as a single 16 KiB environment
+    /// (`<path> 0x0 0x4000`), for `fw_printenv -c` and otter's `FwEnvConfig`.
+    pub fn fw_env_config(&self) -> &Path {
+        &self.config
+    }
+
+    /// Whether the host copy exists.
+    pub fn exists(&self) -> bool {
+        self.path.is_file()
+    }
+
+    /// Copies the host copy back onto the image's boot partition.
+    pub fn commit(&self) -> Result<(), Error> {
+        self.image.put_boot_file(&self.path, &self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mbr_entries() {
+        let mut s = [0u8; 512];
+        s[510] = 0x55;
+        s[511] = 0xAA;
+        // p1: bootable FAT at 1 MiB, 16 MiB long; p2: Linux right after it.
+        let e1 = &mut s[446..462];
+        e1[0] = 0x80;
+        e1[4] = 0x0c;
+        e1[8..12].copy_from_slice(&2048u32.to_le_bytes());
+        e1[12..16].copy_from_slice(&32768u32.to_le_bytes());
+        let e2 = &mut s[462..478];
+        e2[4] = 0x83;
+        e2[8..12].copy_from_slice(&34816u32.to_le_bytes());
+        e2[12..16].copy_from_slice(&131072u32.to_le_bytes());
+        let parts = parse_mbr(&s).unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(
+            parts[0],
+            Partition {
+                number: 1,
+                kind: 0x0c,
+                bootable: true,
+                offset: 1 << 20,
+                size: 16 << 20
+            }
+        );
+        assert_eq!(parts[1].number, 2);
+        assert!(!parts[1].bootable);
+        assert_eq!(parts[1].offset, 34816 * 512);
+    }
+
+    #[test]
+    fn rejects_a_sector_without_signature() {
+        assert_eq!(parse_mbr(&[0u8; 512]), None);
+        assert_eq!(parse_mbr(&[0u8; 100]), None);
+    }
+}
