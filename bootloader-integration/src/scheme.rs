@@ -77,8 +77,18 @@ fn clear_trial_of(env: &mut dyn EnvVars, slot: Slot) {
     }
 }
 
-/// Parses a counter as the scripts write it: decimal, or hex with `0x` (RAUC writes hex).
-/// Anything else counts as 0.
+/// An attempts counter as the U-Boot boot script reads it: `1`..`9`, or RAUC's hex spelling
+/// `0x1`..`0x9`. Anything else (`0`, `10`, garbage) is no attempts left: the script has no
+/// arithmetic and matches literal values.
+fn script_counter(v: &str) -> u32 {
+    let digit = v.strip_prefix("0x").unwrap_or(v);
+    match digit.as_bytes() {
+        [d @ b'1'..=b'9'] => u32::from(d - b'0'),
+        _ => 0,
+    }
+}
+
+/// Parses a number: decimal, or hex with `0x`. Anything else counts as 0.
 fn parse_counter(v: &str) -> u32 {
     let v = v.trim();
     let parsed = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
@@ -110,14 +120,15 @@ fn check_attempts(attempts: u32) -> Result<(), BootError> {
     }
 }
 
-/// The default U-Boot scheme, compatible with RAUC's `contrib/uboot.sh`:
-/// `BOOT_ORDER="A B"`, `BOOT_A_LEFT`, `BOOT_B_LEFT`.
+/// The default U-Boot scheme (`bootloader-integration/uboot/boot.cmd`), compatible with
+/// RAUC's `contrib/uboot.sh`: `BOOT_ORDER="A B"`, `BOOT_A_LEFT`, `BOOT_B_LEFT`.
 ///
 /// The boot script walks `BOOT_ORDER`, boots the first slot whose `BOOT_x_LEFT` is above 0 and
 /// decrements it; when none has attempts left it sets both counters back to `attempts` and
 /// resets. Missing variables mean `BOOT_ORDER="A B"` and `BOOT_x_LEFT=attempts`, as the script
-/// initialises them. Counters are written in decimal (the values are ≤ 9, so they read the same
-/// as RAUC's hex).
+/// initialises them, so `attempts` must equal the script's `otter_attempts` (default 3).
+/// Counters are written in decimal and read as the script does (`1`..`9`, `0x1`..`0x9`; anything
+/// else is 0).
 ///
 /// - try next X: X first in `BOOT_ORDER`, `BOOT_X_LEFT=attempts`, `OTTER_TRIAL=X`
 /// - mark good X: `BOOT_X_LEFT=attempts`, X appended to `BOOT_ORDER` if missing, trial cleared
@@ -161,7 +172,7 @@ impl BootOrderScheme {
 
     fn left(&self, env: &dyn EnvVars, slot: Slot) -> u32 {
         match env.var(Self::left_var(slot)) {
-            Some(v) if !v.is_empty() => parse_counter(v),
+            Some(v) if !v.is_empty() => script_counter(v),
             _ => self.attempts,
         }
     }
@@ -410,11 +421,15 @@ impl VarScheme for MenderScheme {
     }
 }
 
-/// RAUC's GRUB scheme (`contrib/grub.conf`): `ORDER="A B"`, `A_OK`, `A_TRY`, `B_OK`, `B_TRY`.
+/// The GRUB scheme of `bootloader-integration/grub/grub.cfg`, after RAUC's `contrib/grub.conf`:
+/// `ORDER="A B"`, `A_OK`, `A_TRY`, `B_OK`, `B_TRY`.
 ///
-/// At boot GRUB walks `ORDER`, sets `X_TRY=1` on every slot it looks at and boots the first one
-/// that had `X_OK=1` and `X_TRY=0`; if none qualifies it boots the rescue entry and clears
-/// `X_TRY` of the slots with `X_OK=1`. So a trial gets exactly one boot.
+/// At boot GRUB takes the first slot in `ORDER` with `X_OK=1` and `X_TRY=0`, sets its
+/// `X_TRY=1`, saves and boots it. If none qualifies it clears `X_TRY` of the slots with
+/// `X_OK=1` and picks again (RAUC boots a rescue entry here; otter has none); if still none it
+/// boots A. So a trial gets exactly one boot. Missing variables mean `ORDER="A B"`, `A_OK=1`,
+/// `B_OK=0`, `X_TRY=0`, as `grub.cfg` sets them before `load_env`; flags are `1` only when
+/// literally `1`.
 ///
 /// - try next X: X first in `ORDER`, `X_OK=1`, `X_TRY=0`, `OTTER_TRIAL=X`
 /// - mark good X: `X_OK=1`, `X_TRY=0`, X appended to `ORDER` if missing, trial cleared
@@ -451,8 +466,40 @@ impl GrubScheme {
         }
     }
 
-    fn flag(env: &dyn EnvVars, name: &str) -> bool {
-        env.var(name).map(parse_counter) == Some(1)
+    fn ok(env: &dyn EnvVars, slot: Slot) -> bool {
+        match env.var(Self::ok_var(slot)) {
+            Some(v) => v == "1",
+            // grub.cfg's defaults: A good, B not installed.
+            None => slot == Slot::A,
+        }
+    }
+
+    fn tried(env: &dyn EnvVars, slot: Slot) -> bool {
+        env.var(Self::try_var(slot)) == Some("1")
+    }
+
+    fn pick(env: &dyn EnvVars, tried: &BTreeMap<Slot, bool>) -> Option<Slot> {
+        Self::order_slots(env)
+            .into_iter()
+            .find(|s| Self::ok(env, *s) && !tried[s])
+    }
+
+    /// What grub.cfg decides: the slot it boots and the TRY flags it saves.
+    fn decide(env: &dyn EnvVars) -> (Slot, BTreeMap<Slot, bool>) {
+        let mut tried: BTreeMap<Slot, bool> = Slot::ALL
+            .into_iter()
+            .map(|s| (s, Self::tried(env, s)))
+            .collect();
+        let chosen = Self::pick(env, &tried).unwrap_or_else(|| {
+            for slot in Slot::ALL {
+                if Self::ok(env, slot) {
+                    tried.insert(slot, false);
+                }
+            }
+            Self::pick(env, &tried).unwrap_or(Slot::A)
+        });
+        tried.insert(chosen, true);
+        (chosen, tried)
     }
 
     fn order_slots(env: &dyn EnvVars) -> Vec<Slot> {
@@ -465,10 +512,10 @@ impl GrubScheme {
 
 impl VarScheme for GrubScheme {
     fn state(&self, env: &dyn EnvVars, slot: Slot) -> SlotState {
-        if !Self::flag(env, Self::ok_var(slot)) {
+        if !Self::ok(env, slot) {
             SlotState::Bad
         } else if trial(env) == Some(slot) {
-            let tried = Self::flag(env, Self::try_var(slot));
+            let tried = Self::tried(env, slot);
             SlotState::Trying {
                 attempts_left: if tried { 0 } else { 1 },
             }
@@ -478,9 +525,7 @@ impl VarScheme for GrubScheme {
     }
 
     fn primary(&self, env: &dyn EnvVars) -> Option<Slot> {
-        Self::order_slots(env)
-            .into_iter()
-            .find(|s| Self::flag(env, Self::ok_var(*s)) && !Self::flag(env, Self::try_var(*s)))
+        Some(Self::decide(env).0)
     }
 
     fn try_next(&self, env: &mut dyn EnvVars, slot: Slot) -> Result<(), BootError> {
@@ -511,33 +556,13 @@ impl VarScheme for GrubScheme {
     }
 
     fn simulate_boot(&self, env: &mut dyn EnvVars) -> Option<Slot> {
-        // grub.conf: `set X_TRY=0` defaults before load_env, `save_env A_TRY B_TRY` at the end.
-        let mut tries: BTreeMap<Slot, bool> = Slot::ALL
-            .into_iter()
-            .map(|s| (s, Self::flag(env, Self::try_var(s))))
-            .collect();
-        let mut chosen = None;
-        for slot in Self::order_slots(env) {
-            let ok = Self::flag(env, Self::ok_var(slot));
-            let tried = tries[&slot];
-            tries.insert(slot, true);
-            if ok && !tried {
-                chosen = Some(slot);
-                break;
-            }
-        }
-        if chosen.is_none() {
-            for slot in Slot::ALL {
-                if Self::flag(env, Self::ok_var(slot)) && tries[&slot] {
-                    tries.insert(slot, false);
-                }
-            }
-        }
-        for (slot, tried) in tries {
-            env.set_var(Self::try_var(slot), if tried { "1" } else { "0" })
+        // grub.cfg ends with `save_env A_TRY B_TRY`: both are written, defaults included.
+        let (chosen, tried) = Self::decide(env);
+        for (slot, t) in tried {
+            env.set_var(Self::try_var(slot), if t { "1" } else { "0" })
                 .ok()?;
         }
-        chosen
+        Some(chosen)
     }
 }
 
@@ -576,6 +601,20 @@ mod tests {
         assert_eq!(parse_counter("10"), 10);
         assert_eq!(parse_counter("x"), 0);
         assert_eq!(parse_counter(""), 0);
+        for (v, want) in [
+            ("1", 1),
+            ("9", 9),
+            ("0x3", 3),
+            ("0", 0),
+            ("0x0", 0),
+            ("10", 0),
+            ("0xa", 0),
+            ("03", 0),
+            (" 3", 0),
+            ("x", 0),
+        ] {
+            assert_eq!(script_counter(v), want, "{v:?}");
+        }
     }
 
     /// One row: starting variables, operation, expected variables afterwards (None = unset),
@@ -828,7 +867,7 @@ mod tests {
                 primary: None,
             },
             Row {
-                name: "RAUC's hex counters are understood",
+                name: "RAUC's hex counters are understood, 10 and more are not",
                 start: &[
                     ("BOOT_ORDER", "A B"),
                     ("BOOT_A_LEFT", "0x0"),
@@ -1063,14 +1102,24 @@ mod tests {
         ];
         let rows = [
             Row {
-                name: "fresh env: nothing is OK, rescue",
+                name: "fresh env: grub.cfg's defaults boot A",
                 start: &[],
                 op: boot,
-                booted: None,
-                vars: &[("A_TRY", Some("1")), ("B_TRY", Some("1"))],
+                booted: Some(Slot::A),
+                vars: &[("A_TRY", Some("1")), ("B_TRY", Some("0"))],
+                a: Good,
+                b: Bad,
+                primary: Some(Slot::A),
+            },
+            Row {
+                name: "nothing marked good still boots A",
+                start: &[("A_OK", "0"), ("B_OK", "0")],
+                op: boot,
+                booted: Some(Slot::A),
+                vars: &[("A_TRY", Some("1")), ("B_TRY", Some("0"))],
                 a: Bad,
                 b: Bad,
-                primary: None,
+                primary: Some(Slot::A),
             },
             Row {
                 name: "try next B",
@@ -1112,7 +1161,8 @@ mod tests {
                 vars: &[("B_TRY", Some("1")), ("A_TRY", Some("1"))],
                 a: Good,
                 b: trying(0),
-                primary: None,
+                // Unless A is confirmed, the next boot clears both TRY flags and starts over.
+                primary: Some(Slot::B),
             },
             Row {
                 name: "mark good B",
@@ -1146,7 +1196,7 @@ mod tests {
                 vars: &[("B_OK", Some("0")), ("B_TRY", Some("0")), (TRIAL_VAR, None)],
                 a: Good,
                 b: Bad,
-                primary: None,
+                primary: Some(Slot::A),
             },
             Row {
                 name: "mark good A after the fallback re-arms it",
@@ -1165,7 +1215,7 @@ mod tests {
                 primary: Some(Slot::A),
             },
             Row {
-                name: "every slot tried: rescue, TRY of OK slots cleared",
+                name: "every good slot tried: TRY of good slots cleared, first one boots",
                 start: &[
                     ("ORDER", "A B"),
                     ("A_OK", "1"),
@@ -1174,8 +1224,8 @@ mod tests {
                     ("B_TRY", "1"),
                 ],
                 op: boot,
-                booted: None,
-                vars: &[("A_TRY", Some("0")), ("B_TRY", Some("1"))],
+                booted: Some(Slot::A),
+                vars: &[("A_TRY", Some("1")), ("B_TRY", Some("1"))],
                 a: Good,
                 b: Bad,
                 primary: Some(Slot::A),
