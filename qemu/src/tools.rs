@@ -108,3 +108,23 @@ pub fn mkenvimage(vars: &[(&str, &str)], size: usize, dir: &Path) -> Result<Vec<
         .arg(&text_path))?;
     std::fs::read(&out_path).map_err(|e| Error::io("read", &out_path, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_tool_names_its_package() {
+        let err = require("otter-no-such-tool", "otter-no-such-package").unwrap_err();
+        assert!(matches!(err, Error::MissingTool { .. }));
+        let msg = err.to_string();
+        assert!(msg.contains("otter-no-such-tool"), "{msg}");
+        assert!(msg.contains("otter-no-such-package"), "{msg}");
+    }
+
+    #[test]
+    fn finds_tools_in_sbin() {
+        // sh is everywhere; the lookup must not depend on PATH containing its directory.
+        assert!(find("sh").is_some());
+    }
+}
