@@ -475,7 +475,12 @@ mod tests {
             // Random data with a correct CRC reaches the variable parser.
             let mut bytes = crc32fast::hash(&data).to_le_bytes().to_vec();
             bytes.extend_from_slice(&data);
-            let _ = UBootEnv::decode(&bytes, false);
+            if let Ok(d) = UBootEnv::decode(&bytes, false) {
+                // Whatever decodes re-encodes to the same variables.
+                let size = bytes.len().max(CRC_LEN + d.env.data_bytes().len());
+                let again = d.env.to_bytes(size, None, 0).unwrap();
+                prop_assert_eq!(UBootEnv::from_bytes(&again, false).unwrap(), d.env);
+            }
         }
     }
 }
