@@ -393,3 +393,11 @@ fn default_lock_is_the_one_fw_setenv_takes() {
     assert_eq!(env.get("bootdelay"), Some("9"));
     assert_eq!(env.get("BOOT_ORDER"), Some("B A"));
 }
+
+#[test]
+fn character_devices_are_refused() {
+    // /dev/null stands in for an MTD/UBI character device: never written like a block device.
+    let config = otter_bootloader::uboot::FwEnvConfig::parse("/dev/null 0 0x2000\n").unwrap();
+    let err = EnvStorage::open(&config).unwrap_err();
+    assert!(err.to_string().contains("not supported"), "{err}");
+}

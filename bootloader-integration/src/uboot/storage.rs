@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 
 use super::config::FwEnvConfig;
@@ -65,7 +66,16 @@ impl EnvStorage {
             let mut f = File::open(path).map_err(io_err(path))?;
             // Seeking to the end gives the size of block devices and regular files alike.
             let len = f.seek(SeekFrom::End(0)).map_err(io_err(path))?;
-            let is_file = f.metadata().map_err(io_err(path))?.is_file();
+            let file_type = f.metadata().map_err(io_err(path))?.file_type();
+            if file_type.is_char_device() {
+                // MTD/UBI character devices need erase-before-write (and UBI volume updates):
+                // writing them like a block device would corrupt the flash.
+                return Err(BootError::Storage {
+                    device: path.clone(),
+                    reason: "mtd and ubi character devices are not supported yet".to_owned(),
+                });
+            }
+            let is_file = file_type.is_file();
             let offset = if dev.offset < 0 {
                 len.checked_sub(dev.offset.unsigned_abs())
             } else {
@@ -164,9 +174,13 @@ impl EnvStorage {
 
     /// Stores `env` as the new current copy; `loaded` is what [`EnvStorage::read`] returned
     /// under the same lock. Redundant: writes the non-current copy (flag + 1, or active) and
-    /// fsyncs it; on NOR then clears the old copy's flag. Single copy in a whole regular file:
-    /// atomic replace. Single copy at an offset or on a device: in place, then fsync — that
-    /// cannot be atomic, so use a redundant pair on raw storage.
+    /// fsyncs it; on NOR then clears the old copy's flag. Single copy in a whole regular file
+    /// (`uboot.env` on FAT): atomic replace (temp, fsync, rename, fsync dir) rather than
+    /// libubootenv's in-place write, because a power cut in the middle of an in-place write
+    /// leaves a copy failing its CRC, and U-Boot then boots with its built-in default
+    /// environment, losing the A/B state; U-Boot looks the file up by name, so a new inode is
+    /// fine. Single copy at an offset or on a device: in place, then fsync — that cannot be
+    /// atomic, so use a redundant pair on raw storage.
     pub fn store(&self, env: &UBootEnv, loaded: &Loaded) -> Result<Loaded, BootError> {
         self.store_inner(env, loaded, None)?;
         Ok(self.after_store(env, loaded))
