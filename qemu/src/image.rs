@@ -15,11 +15,22 @@ pub const UBOOT_ENV_SIZE: usize = 0x4000;
 /// that goes into the image changed, so calling this at the start of every test is cheap.
 #[derive(Debug, Clone)]
 pub struct ImageBuilder {
-    out: PathBuf,
+    out: Option<PathBuf>,
     overlays: Vec<PathBuf>,
     overlay_a: Option<PathBuf>,
     overlay_b: Option<PathBuf>,
     uboot_env: Option<PathBuf>,
+    grub: bool,
+    grubenv: Option<PathBuf>,
+}
+
+/// What [`ImageBuilder::build`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltImage {
+    /// The disk. Treat it as read-only: boot a [`DiskImage::copy_from`] of it.
+    pub disk: PathBuf,
+    /// The GRUB loader CD, with [`ImageBuilder::with_grub`].
+    pub grub_iso: Option<PathBuf>,
 }
 
 impl Default for ImageBuilder {
@@ -29,21 +40,38 @@ impl Default for ImageBuilder {
 }
 
 impl ImageBuilder {
-    /// The default image: no overlays, no `uboot.env`, output in `work_dir()/image`.
+    /// The default image: no overlays, no `uboot.env`, U-Boot only, output in
+    /// `work_dir()/image` (`image-grub` with [`ImageBuilder::with_grub`]).
     pub fn new() -> Self {
         Self {
-            out: work_dir().join("image"),
+            out: None,
             overlays: Vec::new(),
             overlay_a: None,
             overlay_b: None,
             uboot_env: None,
+            grub: false,
+            grubenv: None,
         }
     }
 
     /// Output directory (give each differently configured image its own, or they rebuild each
     /// other).
     pub fn out_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.out = dir.into();
+        self.out = Some(dir.into());
+        self
+    }
+
+    /// Also makes the disk bootable with GRUB running otter's `grub.cfg` (an empty
+    /// `grub/grubenv` unless [`ImageBuilder::grubenv`]), and builds the loader CD
+    /// ([`BuiltImage::grub_iso`]) to boot it with [`crate::Firmware::GrubCdrom`].
+    pub fn with_grub(mut self) -> Self {
+        self.grub = true;
+        self
+    }
+
+    /// Puts the file at `path` on the boot partition as `grub/grubenv` (with GRUB).
+    pub fn grubenv(mut self, path: impl Into<PathBuf>) -> Self {
+        self.grubenv = Some(path.into());
         self
     }
 
@@ -72,13 +100,25 @@ impl ImageBuilder {
         self
     }
 
-    /// Builds (or reuses) the image and returns the path of `disk.img`. Treat it as read-only:
-    /// boot a [`DiskImage::copy_from`] of it.
-    pub fn build(&self) -> Result<PathBuf, Error> {
+    /// Builds (or reuses) the image.
+    pub fn build(&self) -> Result<BuiltImage, Error> {
         tools::require_all()?;
+        if self.grub {
+            tools::require_grub()?;
+        }
+        let out_dir = self
+            .out
+            .clone()
+            .unwrap_or_else(|| work_dir().join(if self.grub { "image-grub" } else { "image" }));
         let script = repo_root().join("qemu").join("build-image");
         let mut cmd = Command::new(&script);
-        cmd.arg("--out").arg(&self.out);
+        cmd.arg("--out").arg(&out_dir);
+        if self.grub {
+            cmd.arg("--with-grub");
+        }
+        if let Some(e) = &self.grubenv {
+            cmd.arg("--grubenv").arg(e);
+        }
         for o in &self.overlays {
             cmd.arg("--overlay").arg(o);
         }
@@ -100,7 +140,19 @@ impl ImageBuilder {
                 reason: "build-image did not print the path of the disk".to_owned(),
             });
         }
-        Ok(path)
+        let grub_iso = self.grub.then(|| out_dir.join("grub.iso"));
+        if let Some(iso) = &grub_iso
+            && !iso.is_file()
+        {
+            return Err(Error::BadImage {
+                path: iso.clone(),
+                reason: "build-image made no GRUB loader CD".to_owned(),
+            });
+        }
+        Ok(BuiltImage {
+            disk: path,
+            grub_iso,
+        })
     }
 }
 
@@ -210,18 +262,19 @@ impl DiskImage {
         Ok(cmd)
     }
 
-    /// Whether `name` exists in the boot partition's root directory.
+    /// Whether the file `name` (a path like `uboot.env` or `grub/grubenv`) exists on the boot
+    /// partition.
     pub fn has_boot_file(&self, name: &str) -> Result<bool, Error> {
-        let out = run(self
-            .mtools("mdir")?
-            .arg("-b")
+        let mut cmd = self.mtools("mdir")?;
+        cmd.arg("-b")
             .arg("-i")
             .arg(self.mtools_image()?)
-            .arg("::"))?;
-        let want = format!("::/{}", name.to_ascii_uppercase());
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .any(|l| l.trim().to_ascii_uppercase() == want))
+            .arg(format!("::{name}"));
+        match run(&mut cmd) {
+            Ok(_) => Ok(true),
+            Err(Error::Command { stderr, .. }) if stderr.contains("not found") => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Copies `name` from the boot partition to `dest`; `Ok(false)` if there is no such file.
@@ -254,7 +307,7 @@ impl DiskImage {
 
     /// The contents of `name` on the boot partition, if it exists.
     pub fn read_boot_file(&self, name: &str, scratch: &Path) -> Result<Option<Vec<u8>>, Error> {
-        let dest = scratch.join(format!("{name}.read"));
+        let dest = scratch.join(format!("{}.read", file_name(name)));
         if !self.get_boot_file(name, &dest)? {
             return Ok(None);
         }
@@ -265,7 +318,7 @@ impl DiskImage {
 
     /// Writes `data` to the boot partition as `name`.
     pub fn write_boot_file(&self, name: &str, data: &[u8], scratch: &Path) -> Result<(), Error> {
-        let src = scratch.join(format!("{name}.write"));
+        let src = scratch.join(format!("{}.write", file_name(name)));
         fs::write(&src, data).map_err(|e| Error::io("write", &src, e))?;
         self.put_boot_file(&src, name)?;
         fs::remove_file(&src).map_err(|e| Error::io("remove", &src, e))?;
@@ -277,7 +330,7 @@ impl DiskImage {
     /// [`BootFileCheckout::commit`] puts it back.
     pub fn checkout_boot_file(&self, name: &str, dir: &Path) -> Result<BootFileCheckout, Error> {
         fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
-        let path = dir.join(name);
+        let path = dir.join(file_name(name));
         if path.exists() {
             fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
         }
@@ -292,6 +345,11 @@ impl DiskImage {
             config,
         })
     }
+}
+
+/// The last component of a boot-partition path (`grub/grubenv` → `grubenv`).
+fn file_name(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
 }
 
 /// A boot-partition file copied out to the host; see [`DiskImage::checkout_boot_file`].

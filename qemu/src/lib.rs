@@ -8,9 +8,10 @@
 //! - [`DiskImage`] is a test's own copy of that disk, with access to files on the boot partition
 //!   (`mcopy`), e.g. to hand `uboot.env` to otter's U-Boot backend and to `fw_printenv`
 //!   ([`DiskImage::checkout_boot_file`]).
-//! - [`Qemu`] boots a disk with Debian's qemu-x86 U-Boot under TCG and captures the serial
-//!   console ([`Console`]), with a per-VM timeout; [`Qemu::spawn`] gives a [`RunningVm`] for
-//!   tests that need to watch the console while the guest runs.
+//! - [`Qemu`] boots a disk with Debian's qemu-x86 U-Boot (or, for the GRUB scheme, SeaBIOS and
+//!   a GRUB loader CD: [`Firmware`]) under TCG and captures the serial console ([`Console`]),
+//!   with a per-VM timeout; [`Qemu::spawn`] gives a [`RunningVm`] for tests that need to watch
+//!   the console while the guest runs.
 //! - [`tools`] checks that the host tools exist, so a missing package fails with its name.
 //!
 //! Everything a test writes goes under [`work_dir`] (`target/qemu/`), never into the source tree.
@@ -23,8 +24,10 @@ pub mod tools;
 mod vm;
 
 pub use error::Error;
-pub use image::{BootFileCheckout, DiskImage, ImageBuilder, Partition, UBOOT_ENV_SIZE, parse_mbr};
-pub use vm::{Console, Qemu, RunningVm};
+pub use image::{
+    BootFileCheckout, BuiltImage, DiskImage, ImageBuilder, Partition, UBOOT_ENV_SIZE, parse_mbr,
+};
+pub use vm::{Console, Firmware, Qemu, RunningVm};
 
 /// The repository root (the workspace this crate lives in).
 pub fn repo_root() -> PathBuf {

@@ -57,6 +57,22 @@ pub fn require_all() -> Result<(), Error> {
     Ok(())
 }
 
+/// Checks what [`crate::ImageBuilder::with_grub`] needs: GRUB's tools and BIOS modules, and
+/// xorriso for the loader CD.
+pub fn require_grub() -> Result<(), Error> {
+    require("grub-mkrescue", "grub-common")?;
+    require("grub-editenv", "grub-common")?;
+    require("xorriso", "xorriso")?;
+    let modules = Path::new("/usr/lib/grub/i386-pc");
+    if !modules.is_dir() {
+        return Err(Error::MissingFile {
+            path: modules.to_path_buf(),
+            package: "grub-pc-bin".to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// A command for `tool` (resolved with [`require`]).
 pub fn command(tool: &str, package: &str) -> Result<Command, Error> {
     Ok(Command::new(require(tool, package)?))
@@ -86,6 +102,18 @@ pub fn fw_printenv(config: &Path) -> Result<BTreeMap<String, String>, Error> {
     let out = run(command("fw_printenv", "libubootenv-tool")?
         .arg("-c")
         .arg(config))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect())
+}
+
+/// All variables of the GRUB environment block at `path`, as `grub-editenv list` reads them.
+pub fn grub_editenv_list(path: &Path) -> Result<BTreeMap<String, String>, Error> {
+    let out = run(command("grub-editenv", "grub-common")?
+        .arg(path)
+        .arg("list"))?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_once('='))

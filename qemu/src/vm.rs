@@ -13,12 +13,23 @@ use crate::{DiskImage, Error};
 /// How often a waiting call looks at the VM. 50 ms.
 const POLL: Duration = Duration::from_millis(50);
 
+/// What runs before the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Firmware {
+    /// Debian's qemu-x86 U-Boot as the BIOS (`-bios u-boot.rom`); it runs `boot.scr` from the
+    /// disk's boot partition.
+    UBoot,
+    /// QEMU's SeaBIOS booting a GRUB loader CD (`-cdrom <iso> -boot d`) that runs
+    /// `grub/grub.cfg` from the disk's boot partition ([`crate::ImageBuilder::with_grub`]).
+    GrubCdrom(PathBuf),
+}
+
 /// How QEMU is started: `qemu-system-x86_64 -m 512 -nographic -bios <qemu-x86 u-boot.rom>
 /// -drive file=<disk>,format=raw,if=virtio` under TCG (this machine's KVM is nested and U-Boot
 /// fails on it), plus the options set here.
 #[derive(Debug, Clone)]
 pub struct Qemu {
-    bios: PathBuf,
+    firmware: Firmware,
     memory_mib: u32,
     timeout: Duration,
     network: bool,
@@ -37,13 +48,19 @@ impl Qemu {
     /// margin is for a loaded machine).
     pub fn new() -> Self {
         Self {
-            bios: PathBuf::from(UBOOT_ROM),
+            firmware: Firmware::UBoot,
             memory_mib: 512,
             timeout: Duration::from_secs(120),
             network: false,
             extra_args: Vec::new(),
             log: None,
         }
+    }
+
+    /// What boots the disk; [`Firmware::UBoot`] unless set.
+    pub fn firmware(mut self, firmware: Firmware) -> Self {
+        self.firmware = firmware;
+        self
     }
 
     /// Guest memory in MiB.
@@ -81,22 +98,34 @@ impl Qemu {
     /// The QEMU command line for `disk`.
     pub fn command(&self, disk: &DiskImage) -> Result<Command, Error> {
         let mut cmd = tools::command("qemu-system-x86_64", "qemu-system-x86")?;
-        if !self.bios.is_file() {
-            return Err(Error::MissingFile {
-                path: self.bios.clone(),
-                package: "u-boot-qemu".to_owned(),
-            });
-        }
         cmd.arg("-m")
             .arg(self.memory_mib.to_string())
-            .arg("-nographic")
-            .arg("-bios")
-            .arg(&self.bios)
-            .arg("-drive")
-            .arg(format!(
-                "file={},format=raw,if=virtio",
-                disk.path().display()
-            ));
+            .arg("-nographic");
+        match &self.firmware {
+            Firmware::UBoot => {
+                let rom = PathBuf::from(UBOOT_ROM);
+                if !rom.is_file() {
+                    return Err(Error::MissingFile {
+                        path: rom,
+                        package: "u-boot-qemu".to_owned(),
+                    });
+                }
+                cmd.arg("-bios").arg(rom);
+            }
+            Firmware::GrubCdrom(iso) => {
+                if !iso.is_file() {
+                    return Err(Error::MissingFile {
+                        path: iso.clone(),
+                        package: "grub-pc-bin (qemu/build-image --with-grub makes it)".to_owned(),
+                    });
+                }
+                cmd.arg("-cdrom").arg(iso).arg("-boot").arg("d");
+            }
+        }
+        cmd.arg("-drive").arg(format!(
+            "file={},format=raw,if=virtio",
+            disk.path().display()
+        ));
         if !self.network {
             cmd.arg("-nic").arg("none");
         }
@@ -299,6 +328,26 @@ impl Console {
         self.markers("OTTER-SLOT")
     }
 
+    /// Checks that the console shows exactly one complete boot of the test init and returns its
+    /// slot name: one `OTTER-SLOT=` marker, `OTTER-CMDLINE-SLOT=` (the kernel's `otter.slot=`)
+    /// naming the same slot, and `OTTER-POWEROFF`. The error says which check failed.
+    pub fn one_boot(&self) -> Result<&str, String> {
+        let slots = self.booted_slots();
+        let [slot] = slots[..] else {
+            return Err(format!("expected one OTTER-SLOT marker, got {slots:?}"));
+        };
+        let cmdline = self.markers("OTTER-CMDLINE-SLOT");
+        if cmdline != [slot] {
+            return Err(format!(
+                "the root filesystem of slot {slot} booted, but otter.slot= said {cmdline:?}"
+            ));
+        }
+        if !self.contains("OTTER-POWEROFF") {
+            return Err(format!("slot {slot}'s init did not finish"));
+        }
+        Ok(slot)
+    }
+
     /// Whether `needles` appear in this order (each after the end of the previous one).
     pub fn contains_in_order(&self, needles: &[&str]) -> bool {
         let mut rest = self.text.as_str();
@@ -326,5 +375,22 @@ mod tests {
         assert_eq!(c.markers("OTTER-CMDLINE-SLOT"), ["A"]);
         assert!(c.contains_in_order(&["OTTER-SLOT=A", "reset", "OTTER-SLOT=B"]));
         assert!(!c.contains_in_order(&["OTTER-SLOT=B", "OTTER-SLOT=A"]));
+        assert!(c.one_boot().unwrap_err().contains("expected one"));
+    }
+
+    #[test]
+    fn one_boot_checks_the_command_line_and_the_end() {
+        let ok = Console::from_bytes(
+            b"OTTER-SLOT=B\nOTTER-CMDLINE-SLOT=B\nOTTER-POWEROFF\n",
+            Duration::ZERO,
+        );
+        assert_eq!(ok.one_boot(), Ok("B"));
+        let wrong = Console::from_bytes(
+            b"OTTER-SLOT=B\nOTTER-CMDLINE-SLOT=A\nOTTER-POWEROFF\n",
+            Duration::ZERO,
+        );
+        assert!(wrong.one_boot().unwrap_err().contains("otter.slot="));
+        let cut = Console::from_bytes(b"OTTER-SLOT=A\nOTTER-CMDLINE-SLOT=A\n", Duration::ZERO);
+        assert!(cut.one_boot().unwrap_err().contains("did not finish"));
     }
 }
