@@ -14,8 +14,8 @@ use sha2::Digest as _;
 use crate::error::ArtifactError;
 use crate::keys::SignatureBlock;
 use crate::manifest::{
-    Chunk, Compression, DEFAULT_CHUNK_SIZE, Digest, FORMAT_VERSION, KIND_SLOT_IMAGE,
-    MANIFEST_ENTRY, Manifest, Payload, SIGNATURE_ENTRY,
+    Chunk, Compression, DEFAULT_CHUNK_SIZE, Digest, FORMAT_VERSION, KIND_SLOT_IMAGE, MANIFEST_ENTRY, Manifest, Payload,
+    SIGNATURE_ENTRY,
 };
 use crate::reader::Limits;
 use crate::tar::{TarReader, TarWriter};
@@ -83,28 +83,17 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ArtifactError
 }
 
 /// Cuts `image` into chunks, compresses them in parallel into `stored`, and returns the payload description.
-fn encode_image(
-    opts: &BuildOptions,
-    src: &ImageSource,
-    stored: &mut File,
-) -> Result<Payload, ArtifactError> {
-    let image =
-        File::open(&src.path).map_err(io_err(format!("opening image {}", src.path.display())))?;
-    let size = image
-        .metadata()
-        .map_err(io_err(format!("reading size of {}", src.path.display())))?
-        .len();
+fn encode_image(opts: &BuildOptions, src: &ImageSource, stored: &mut File) -> Result<Payload, ArtifactError> {
+    let image = File::open(&src.path).map_err(io_err(format!("opening image {}", src.path.display())))?;
+    let size = image.metadata().map_err(io_err(format!("reading size of {}", src.path.display())))?.len();
     let count = size.div_ceil(opts.chunk_size) as usize;
     let threads = match opts.threads {
-        0 => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         n => n,
     }
     .min(count.max(1));
     let next = AtomicUsize::new(0);
-    let (tx, rx) =
-        mpsc::sync_channel::<Result<(usize, Digest, Vec<u8>), ArtifactError>>(threads * 2);
+    let (tx, rx) = mpsc::sync_channel::<Result<(usize, Digest, Vec<u8>), ArtifactError>>(threads * 2);
     let mut chunks = vec![None; count];
     let mut stored_size = 0u64;
     std::thread::scope(|s| -> Result<(), ArtifactError> {
@@ -133,9 +122,7 @@ fn encode_image(
                         .and_then(|()| {
                             let hash = Digest::of(&buf);
                             let data = match &mut compressor {
-                                Some(c) => {
-                                    c.compress(&buf).map_err(io_err("compressing a chunk"))?
-                                }
+                                Some(c) => c.compress(&buf).map_err(io_err("compressing a chunk"))?,
                                 None => buf.clone(),
                             };
                             Ok((i, hash, data))
@@ -154,28 +141,20 @@ fn encode_image(
             let (i, hash, data) = result?;
             pending.insert(i, (hash, data));
             while let Some((hash, data)) = pending.remove(&want) {
-                stored
-                    .write_all(&data)
-                    .map_err(io_err("writing compressed data to a temporary file"))?;
+                stored.write_all(&data).map_err(io_err("writing compressed data to a temporary file"))?;
                 stored_size += data.len() as u64;
-                chunks[want] = Some(Chunk {
-                    sha256: hash,
-                    stored_size: data.len() as u64,
-                });
+                chunks[want] = Some(Chunk { sha256: hash, stored_size: data.len() as u64 });
                 want += 1;
             }
         }
         Ok(())
     })?;
-    let chunks: Vec<Chunk> = chunks
-        .into_iter()
-        .collect::<Option<_>>()
-        .ok_or_else(|| ArtifactError::Truncated { at: "image".into() })?;
+    let chunks: Vec<Chunk> =
+        chunks.into_iter().collect::<Option<_>>().ok_or_else(|| ArtifactError::Truncated { at: "image".into() })?;
     // The whole-image hash: one sequential pass over the file.
     let mut hasher = sha2::Sha256::new();
     let mut reader = io::BufReader::with_capacity(1 << 20, &image);
-    io::copy(&mut reader, &mut hasher)
-        .map_err(io_err(format!("hashing {}", src.path.display())))?;
+    io::copy(&mut reader, &mut hasher).map_err(io_err(format!("hashing {}", src.path.display())))?;
     let ext = match opts.compression {
         Compression::Zstd => "img.zst",
         Compression::None => "img",
@@ -229,11 +208,7 @@ pub fn create(
     tar.append(SIGNATURE_ENTRY, &block.to_bytes())?;
     for (p, mut tmp) in manifest.payloads.iter().zip(staged) {
         tmp.rewind().map_err(io_err("rewinding a temporary file"))?;
-        tar.append_reader(
-            &p.file,
-            p.stored_size,
-            &mut io::BufReader::with_capacity(1 << 20, tmp),
-        )?;
+        tar.append_reader(&p.file, p.stored_size, &mut io::BufReader::with_capacity(1 << 20, tmp))?;
     }
     let mut out = tar.finish()?;
     out.flush().map_err(io_err("flushing the artifact"))?;
@@ -249,47 +224,28 @@ pub fn read_unverified(input: impl Read) -> Result<(Manifest, SignatureBlock), A
 fn read_head<R: Read>(input: R) -> Result<(Vec<u8>, SignatureBlock, TarReader<R>), ArtifactError> {
     let limits = Limits::default();
     let mut tar = TarReader::new(input);
-    let mut entry =
-        |name: &str, limit: u64, what: &'static str| -> Result<Vec<u8>, ArtifactError> {
-            let h = tar
-                .next_entry()?
-                .ok_or_else(|| ArtifactError::UnexpectedEntry {
-                    found: "end of archive".into(),
-                    expected: name.into(),
-                })?;
-            if h.name != name {
-                return Err(ArtifactError::UnexpectedEntry {
-                    found: h.name,
-                    expected: name.into(),
-                });
-            }
-            if h.size > limit {
-                return Err(ArtifactError::TooLarge {
-                    what,
-                    size: h.size,
-                    limit,
-                });
-            }
-            let mut buf = vec![0u8; h.size as usize];
-            tar.read_data(&mut buf, what)?;
-            Ok(buf)
-        };
+    let mut entry = |name: &str, limit: u64, what: &'static str| -> Result<Vec<u8>, ArtifactError> {
+        let h = tar
+            .next_entry()?
+            .ok_or_else(|| ArtifactError::UnexpectedEntry { found: "end of archive".into(), expected: name.into() })?;
+        if h.name != name {
+            return Err(ArtifactError::UnexpectedEntry { found: h.name, expected: name.into() });
+        }
+        if h.size > limit {
+            return Err(ArtifactError::TooLarge { what, size: h.size, limit });
+        }
+        let mut buf = vec![0u8; h.size as usize];
+        tar.read_data(&mut buf, what)?;
+        Ok(buf)
+    };
     let manifest = entry(MANIFEST_ENTRY, limits.max_manifest, "manifest")?;
-    let block = SignatureBlock::parse(&entry(
-        SIGNATURE_ENTRY,
-        limits.max_signature_block,
-        "signature block",
-    )?)?;
+    let block = SignatureBlock::parse(&entry(SIGNATURE_ENTRY, limits.max_signature_block, "signature block")?)?;
     Ok((manifest, block, tar))
 }
 
 /// Copies an artifact from `input` to `out`, adding a signature by `key` over its manifest. The manifest and the
 /// payload entries are copied byte for byte, so existing signatures stay valid.
-pub fn add_signature(
-    input: impl Read,
-    key: &SigningKey,
-    out: impl Write,
-) -> Result<Manifest, ArtifactError> {
+pub fn add_signature(input: impl Read, key: &SigningKey, out: impl Write) -> Result<Manifest, ArtifactError> {
     let (bytes, mut block, tar) = read_head(input)?;
     // Refuse to vouch for something that is not a valid manifest.
     let manifest = Manifest::parse(&bytes)?;

@@ -141,9 +141,7 @@ pub enum ArtifactError {
         actual: u64,
     },
     /// A chunk decoded to a different length than declared (including the decompression-bomb guard).
-    #[error(
-        "payload {payload:?} chunk {chunk}: decoded size differs from the declared {declared} bytes"
-    )]
+    #[error("payload {payload:?} chunk {chunk}: decoded size differs from the declared {declared} bytes")]
     ChunkSizeMismatch {
         /// The payload name.
         payload: String,
@@ -167,9 +165,7 @@ pub enum ArtifactError {
         payload: String,
     },
     /// A chunk frame needs a larger decoder window than this device allows.
-    #[error(
-        "payload {payload:?} chunk {chunk}: zstd window of {window} bytes exceeds the limit of {limit}"
-    )]
+    #[error("payload {payload:?} chunk {chunk}: zstd window of {window} bytes exceeds the limit of {limit}")]
     WindowTooLarge {
         /// The payload name.
         payload: String,

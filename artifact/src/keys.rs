@@ -45,10 +45,7 @@ impl fmt::Debug for KeyId {
 }
 
 fn bad_key(path: &Path, reason: impl Into<String>) -> ArtifactError {
-    ArtifactError::BadKeyFile {
-        path: path.display().to_string(),
-        reason: reason.into(),
-    }
+    ArtifactError::BadKeyFile { path: path.display().to_string(), reason: reason.into() }
 }
 
 fn parse_key_line(path: &Path, text: &str, tag: &str) -> Result<[u8; 32], ArtifactError> {
@@ -57,15 +54,12 @@ fn parse_key_line(path: &Path, text: &str, tag: &str) -> Result<[u8; 32], Artifa
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with('#'))
         .ok_or_else(|| bad_key(path, "empty file"))?;
-    let (t, hexkey) = line
-        .split_once(' ')
-        .ok_or_else(|| bad_key(path, format!("expected \"{tag} <hex>\"")))?;
+    let (t, hexkey) = line.split_once(' ').ok_or_else(|| bad_key(path, format!("expected \"{tag} <hex>\"")))?;
     if t != tag {
         return Err(bad_key(path, format!("expected a {tag} key, found {t:?}")));
     }
     let mut out = [0u8; 32];
-    hex::decode_to_slice(hexkey.trim(), &mut out)
-        .map_err(|_| bad_key(path, "key is not 64 hex digits"))?;
+    hex::decode_to_slice(hexkey.trim(), &mut out).map_err(|_| bad_key(path, "key is not 64 hex digits"))?;
     Ok(out)
 }
 
@@ -90,25 +84,13 @@ pub fn write_keypair(key: &SigningKey, base: &Path) -> Result<(), ArtifactError>
     let public = with_ext(".pub");
     let io = |p: &Path| {
         let p = p.display().to_string();
-        move |e| ArtifactError::Io {
-            context: format!("writing {p}"),
-            source: e,
-        }
+        move |e| ArtifactError::Io { context: format!("writing {p}"), source: e }
     };
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&secret)
-        .map_err(io(&secret))?;
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&secret).map_err(io(&secret))?;
     writeln!(f, "{SECRET_TAG} {}", hex::encode(key.to_bytes())).map_err(io(&secret))?;
     f.sync_all().map_err(io(&secret))?;
     let vk = key.verifying_key();
-    let text = format!(
-        "{PUBLIC_TAG} {}\n# key id {}\n",
-        hex::encode(vk.as_bytes()),
-        KeyId::of(&vk)
-    );
+    let text = format!("{PUBLIC_TAG} {}\n# key id {}\n", hex::encode(vk.as_bytes()), KeyId::of(&vk));
     fs::write(&public, text).map_err(io(&public))?;
     Ok(())
 }
@@ -116,9 +98,7 @@ pub fn write_keypair(key: &SigningKey, base: &Path) -> Result<(), ArtifactError>
 /// Reads a signing key written by [`write_keypair`].
 pub fn read_signing_key(path: &Path) -> Result<SigningKey, ArtifactError> {
     let text = fs::read_to_string(path).map_err(|e| bad_key(path, e.to_string()))?;
-    Ok(SigningKey::from_bytes(&parse_key_line(
-        path, &text, SECRET_TAG,
-    )?))
+    Ok(SigningKey::from_bytes(&parse_key_line(path, &text, SECRET_TAG)?))
 }
 
 /// Reads a public key written by [`write_keypair`].
@@ -136,9 +116,7 @@ pub struct Keyring {
 
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.keys.iter().map(|(id, _)| id))
-            .finish()
+        f.debug_list().entries(self.keys.iter().map(|(id, _)| id)).finish()
     }
 }
 
@@ -202,29 +180,16 @@ impl Keyring {
         let mut trusted = None;
         for (id, sig) in &block.signatures {
             if let Some(key) = self.get(id) {
-                key.verify_strict(manifest, sig)
-                    .map_err(|_| ArtifactError::BadSignature {
-                        key_id: id.to_string(),
-                    })?;
+                key.verify_strict(manifest, sig).map_err(|_| ArtifactError::BadSignature { key_id: id.to_string() })?;
                 trusted.get_or_insert(*id);
             }
         }
         trusted.ok_or_else(|| {
             let list = |ids: Vec<String>| {
-                if ids.is_empty() {
-                    "no keys".to_owned()
-                } else {
-                    ids.join(", ")
-                }
+                if ids.is_empty() { "no keys".to_owned() } else { ids.join(", ") }
             };
             ArtifactError::UnknownKey {
-                key_ids: list(
-                    block
-                        .signatures
-                        .iter()
-                        .map(|(id, _)| id.to_string())
-                        .collect(),
-                ),
+                key_ids: list(block.signatures.iter().map(|(id, _)| id.to_string()).collect()),
                 keyring: list(self.ids().iter().map(ToString::to_string).collect()),
             }
         })
@@ -246,10 +211,7 @@ pub struct SignatureBlock {
 impl SignatureBlock {
     /// Parses a signature block. Strict: any line that is not understood is an error.
     pub fn parse(bytes: &[u8]) -> Result<Self, ArtifactError> {
-        let bad = |line: usize, reason: &str| ArtifactError::MalformedSignatureBlock {
-            line,
-            reason: reason.into(),
-        };
+        let bad = |line: usize, reason: &str| ArtifactError::MalformedSignatureBlock { line, reason: reason.into() };
         let text = std::str::from_utf8(bytes).map_err(|_| bad(1, "not UTF-8"))?;
         let mut lines = text.lines().enumerate();
         match lines.next() {
@@ -270,11 +232,9 @@ impl SignatureBlock {
                 return Err(bad(n, "unknown signature algorithm"));
             }
             let mut kid = [0u8; 8];
-            hex::decode_to_slice(id, &mut kid)
-                .map_err(|_| bad(n, "key id is not 16 hex digits"))?;
+            hex::decode_to_slice(id, &mut kid).map_err(|_| bad(n, "key id is not 16 hex digits"))?;
             let mut s = [0u8; 64];
-            hex::decode_to_slice(sig, &mut s)
-                .map_err(|_| bad(n, "signature is not 128 hex digits"))?;
+            hex::decode_to_slice(sig, &mut s).map_err(|_| bad(n, "signature is not 128 hex digits"))?;
             if signatures.len() == MAX_SIGNATURES {
                 return Err(bad(n, "too many signatures"));
             }
@@ -314,24 +274,12 @@ mod tests {
         let block = SignatureBlock::parse(&block.to_bytes()).unwrap();
         let mut ring = Keyring::new();
         ring.add(b.verifying_key());
-        assert_eq!(
-            ring.verify(b"manifest", &block).unwrap(),
-            KeyId::of(&b.verifying_key())
-        );
-        assert!(matches!(
-            ring.verify(b"manifesT", &block),
-            Err(ArtifactError::BadSignature { .. })
-        ));
+        assert_eq!(ring.verify(b"manifest", &block).unwrap(), KeyId::of(&b.verifying_key()));
+        assert!(matches!(ring.verify(b"manifesT", &block), Err(ArtifactError::BadSignature { .. })));
         let mut other = Keyring::new();
         other.add(generate().unwrap().verifying_key());
-        assert!(matches!(
-            other.verify(b"manifest", &block),
-            Err(ArtifactError::UnknownKey { .. })
-        ));
-        assert!(matches!(
-            ring.verify(b"manifest", &SignatureBlock::default()),
-            Err(ArtifactError::NotSigned)
-        ));
+        assert!(matches!(other.verify(b"manifest", &block), Err(ArtifactError::UnknownKey { .. })));
+        assert!(matches!(ring.verify(b"manifest", &SignatureBlock::default()), Err(ArtifactError::NotSigned)));
     }
 
     #[test]
@@ -340,36 +288,22 @@ mod tests {
         let key = generate().unwrap();
         write_keypair(&key, &dir.path().join("dev")).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(dir.path().join("dev.key"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = fs::metadata(dir.path().join("dev.key")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(
-            read_signing_key(&dir.path().join("dev.key"))
-                .unwrap()
-                .to_bytes(),
-            key.to_bytes()
-        );
+        assert_eq!(read_signing_key(&dir.path().join("dev.key")).unwrap().to_bytes(), key.to_bytes());
         let ring = Keyring::from_dir(dir.path()).unwrap();
         assert_eq!(ring.ids(), vec![KeyId::of(&key.verifying_key())]);
         // Never overwrite an existing secret key.
         assert!(write_keypair(&key, &dir.path().join("dev")).is_err());
         // A secret key is not a public key.
-        assert!(matches!(
-            read_public_key(&dir.path().join("dev.key")),
-            Err(ArtifactError::BadKeyFile { .. })
-        ));
+        assert!(matches!(read_public_key(&dir.path().join("dev.key")), Err(ArtifactError::BadKeyFile { .. })));
     }
 
     #[test]
     fn malformed_blocks() {
-        for text in [
-            "",
-            "otter-signatures 2\n",
-            "otter-signatures 1\nrsa 00 00\n",
-            "otter-signatures 1\ned25519 zz 00\n",
-        ] {
+        for text in
+            ["", "otter-signatures 2\n", "otter-signatures 1\nrsa 00 00\n", "otter-signatures 1\ned25519 zz 00\n"]
+        {
             assert!(matches!(
                 SignatureBlock::parse(text.as_bytes()),
                 Err(ArtifactError::MalformedSignatureBlock { .. })

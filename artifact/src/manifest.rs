@@ -52,11 +52,7 @@ impl fmt::Debug for Digest {
 impl std::str::FromStr for Digest {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if s.len() != 64
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(format!("expected 64 lowercase hex digits, got {s:?}"));
         }
         let mut out = [0u8; 32];
@@ -161,19 +157,12 @@ pub struct Manifest {
 /// Upper bound of a zstd frame's size for `len` input bytes (`ZSTD_COMPRESSBOUND`), used to bound allocations for
 /// stored chunks before they are verified.
 pub fn zstd_bound(len: u64) -> u64 {
-    let margin = if len < (128 << 10) {
-        ((128 << 10) - len) >> 11
-    } else {
-        0
-    };
+    let margin = if len < (128 << 10) { ((128 << 10) - len) >> 11 } else { 0 };
     len + (len >> 8) + margin
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ArtifactError {
-    ArtifactError::InvalidManifest {
-        field: field.into(),
-        reason: reason.into(),
-    }
+    ArtifactError::InvalidManifest { field: field.into(), reason: reason.into() }
 }
 
 impl Manifest {
@@ -185,24 +174,13 @@ impl Manifest {
             format_version: String,
         }
         let v: VersionOnly =
-            serde_json::from_slice(bytes).map_err(|e| ArtifactError::MalformedManifest {
-                reason: e.to_string(),
-            })?;
-        let major = v
-            .format_version
-            .split('.')
-            .next()
-            .and_then(|m| m.parse::<u32>().ok());
+            serde_json::from_slice(bytes).map_err(|e| ArtifactError::MalformedManifest { reason: e.to_string() })?;
+        let major = v.format_version.split('.').next().and_then(|m| m.parse::<u32>().ok());
         if major != Some(FORMAT_MAJOR) {
-            return Err(ArtifactError::UnsupportedFormat {
-                found: v.format_version,
-                supported: FORMAT_MAJOR,
-            });
+            return Err(ArtifactError::UnsupportedFormat { found: v.format_version, supported: FORMAT_MAJOR });
         }
         let m: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| ArtifactError::MalformedManifest {
-                reason: e.to_string(),
-            })?;
+            serde_json::from_slice(bytes).map_err(|e| ArtifactError::MalformedManifest { reason: e.to_string() })?;
         m.validate()?;
         Ok(m)
     }
@@ -217,19 +195,13 @@ impl Manifest {
     /// Checks the rules serde cannot express.
     pub fn validate(&self) -> Result<(), ArtifactError> {
         if self.compatible.is_empty() || self.compatible.iter().any(|c| c.is_empty()) {
-            return Err(invalid(
-                "compatible",
-                "must list at least one non-empty device type",
-            ));
+            return Err(invalid("compatible", "must list at least one non-empty device type"));
         }
         if self.payloads.is_empty() {
             return Err(invalid("payloads", "must not be empty"));
         }
         if self.payloads.len() > MAX_PAYLOADS {
-            return Err(invalid(
-                "payloads",
-                format!("more than {MAX_PAYLOADS} payloads"),
-            ));
+            return Err(invalid("payloads", format!("more than {MAX_PAYLOADS} payloads")));
         }
         let mut names = HashSet::new();
         let mut files = HashSet::new();
@@ -239,20 +211,11 @@ impl Manifest {
                 return Err(invalid(f("name"), "empty or duplicate payload name"));
             }
             check_name(&p.file).map_err(|e| invalid(f("file"), e.to_string()))?;
-            if p.file == MANIFEST_ENTRY
-                || p.file == SIGNATURE_ENTRY
-                || !files.insert(p.file.as_str())
-            {
-                return Err(invalid(
-                    f("file"),
-                    format!("{:?} is reserved or used twice", p.file),
-                ));
+            if p.file == MANIFEST_ENTRY || p.file == SIGNATURE_ENTRY || !files.insert(p.file.as_str()) {
+                return Err(invalid(f("file"), format!("{:?} is reserved or used twice", p.file)));
             }
             if p.kind != KIND_SLOT_IMAGE {
-                return Err(invalid(
-                    f("kind"),
-                    format!("unsupported payload kind {:?}", p.kind),
-                ));
+                return Err(invalid(f("kind"), format!("unsupported payload kind {:?}", p.kind)));
             }
             if p.slot_class.is_empty() {
                 return Err(invalid(f("slot_class"), "must not be empty"));
@@ -260,25 +223,17 @@ impl Manifest {
             if p.size == 0 {
                 return Err(invalid(f("size"), "an image cannot be empty"));
             }
-            if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&p.chunk_size)
-                || p.chunk_size % MIN_CHUNK_SIZE != 0
-            {
+            if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&p.chunk_size) || p.chunk_size % MIN_CHUNK_SIZE != 0 {
                 return Err(invalid(
                     f("chunk_size"),
-                    format!(
-                        "{} is not a multiple of 4096 between 4 KiB and 16 MiB",
-                        p.chunk_size
-                    ),
+                    format!("{} is not a multiple of 4096 between 4 KiB and 16 MiB", p.chunk_size),
                 ));
             }
             let expected_chunks = p.size.div_ceil(p.chunk_size);
             if p.chunks.len() as u64 != expected_chunks {
                 return Err(invalid(
                     f("chunks"),
-                    format!(
-                        "{} chunks listed, size and chunk_size need {expected_chunks}",
-                        p.chunks.len()
-                    ),
+                    format!("{} chunks listed, size and chunk_size need {expected_chunks}", p.chunks.len()),
                 ));
             }
             let mut stored_total: u64 = 0;
@@ -286,9 +241,7 @@ impl Manifest {
                 let len = p.chunk_len(c);
                 let ok = match p.compression {
                     Compression::None => chunk.stored_size == len,
-                    Compression::Zstd => {
-                        chunk.stored_size > 0 && chunk.stored_size <= zstd_bound(len)
-                    }
+                    Compression::Zstd => chunk.stored_size > 0 && chunk.stored_size <= zstd_bound(len),
                 };
                 if !ok {
                     return Err(invalid(
@@ -301,10 +254,7 @@ impl Manifest {
             if stored_total != p.stored_size {
                 return Err(invalid(
                     f("stored_size"),
-                    format!(
-                        "{} differs from the sum of the chunks, {stored_total}",
-                        p.stored_size
-                    ),
+                    format!("{} differs from the sum of the chunks, {stored_total}", p.stored_size),
                 ));
             }
         }
@@ -331,12 +281,7 @@ pub fn rfc3339(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]
@@ -362,18 +307,9 @@ mod tests {
                 stored_size: 300,
                 chunk_size: 4096,
                 chunks: vec![
-                    Chunk {
-                        sha256: Digest::of(b"a"),
-                        stored_size: 100,
-                    },
-                    Chunk {
-                        sha256: Digest::of(b"b"),
-                        stored_size: 100,
-                    },
-                    Chunk {
-                        sha256: Digest::of(b"c"),
-                        stored_size: 100,
-                    },
+                    Chunk { sha256: Digest::of(b"a"), stored_size: 100 },
+                    Chunk { sha256: Digest::of(b"b"), stored_size: 100 },
+                    Chunk { sha256: Digest::of(b"c"), stored_size: 100 },
                 ],
             }],
         }
@@ -387,12 +323,7 @@ mod tests {
         v["future_field"] = serde_json::json!({"x": 1});
         v["payloads"][0]["future"] = serde_json::json!(true);
         v["format_version"] = "1.7".into();
-        assert_eq!(
-            Manifest::parse(&serde_json::to_vec(&v).unwrap())
-                .unwrap()
-                .version,
-            "1.2.3"
-        );
+        assert_eq!(Manifest::parse(&serde_json::to_vec(&v).unwrap()).unwrap().version, "1.2.3");
     }
 
     #[test]
@@ -410,35 +341,20 @@ mod tests {
     fn rejects_inconsistent_chunks() {
         let mut m = sample();
         m.payloads[0].chunks.pop();
-        assert!(matches!(
-            m.validate(),
-            Err(ArtifactError::InvalidManifest { .. })
-        ));
+        assert!(matches!(m.validate(), Err(ArtifactError::InvalidManifest { .. })));
         let mut m = sample();
         m.payloads[0].stored_size = 301;
-        assert!(matches!(
-            m.validate(),
-            Err(ArtifactError::InvalidManifest { .. })
-        ));
+        assert!(matches!(m.validate(), Err(ArtifactError::InvalidManifest { .. })));
         let mut m = sample();
         m.payloads[0].chunks[0].stored_size = 1 << 30;
         m.payloads[0].stored_size = (1 << 30) + 200;
-        assert!(matches!(
-            m.validate(),
-            Err(ArtifactError::InvalidManifest { .. })
-        ));
+        assert!(matches!(m.validate(), Err(ArtifactError::InvalidManifest { .. })));
         let mut m = sample();
         m.payloads[0].file = "../x".into();
-        assert!(matches!(
-            m.validate(),
-            Err(ArtifactError::InvalidManifest { .. })
-        ));
+        assert!(matches!(m.validate(), Err(ArtifactError::InvalidManifest { .. })));
         let mut m = sample();
         m.payloads[0].kind = "bootloader".into();
-        assert!(matches!(
-            m.validate(),
-            Err(ArtifactError::InvalidManifest { .. })
-        ));
+        assert!(matches!(m.validate(), Err(ArtifactError::InvalidManifest { .. })));
     }
 
     #[test]

@@ -29,12 +29,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_manifest: 1 << 20,
-            max_signature_block: 64 << 10,
-            max_window: 8 << 20,
-            max_image_size: 64 << 30,
-        }
+        Self { max_manifest: 1 << 20, max_signature_block: 64 << 10, max_window: 8 << 20, max_image_size: 64 << 30 }
     }
 }
 
@@ -67,16 +62,11 @@ pub struct ChunkDecoder {
 impl ChunkDecoder {
     /// A decoder refusing frames whose window exceeds `max_window` bytes.
     pub fn new(max_window: u64) -> Result<Self, ArtifactError> {
-        let mut zstd = zstd::bulk::Decompressor::new().map_err(|e| ArtifactError::Io {
-            context: "creating zstd decoder".into(),
-            source: e,
-        })?;
+        let mut zstd = zstd::bulk::Decompressor::new()
+            .map_err(|e| ArtifactError::Io { context: "creating zstd decoder".into(), source: e })?;
         let log = 63 - max_window.max(1 << 10).leading_zeros();
         zstd.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(log.clamp(10, 31)))
-            .map_err(|e| ArtifactError::Io {
-                context: "configuring zstd decoder".into(),
-                source: e,
-            })?;
+            .map_err(|e| ArtifactError::Io { context: "configuring zstd decoder".into(), source: e })?;
         Ok(Self { zstd, max_window })
     }
 
@@ -91,11 +81,7 @@ impl ChunkDecoder {
         out: &mut [u8],
     ) -> Result<(), ArtifactError> {
         let expected = payload.chunk_len(index);
-        assert_eq!(
-            out.len() as u64,
-            expected,
-            "caller passes a buffer of the chunk's decoded length"
-        );
+        assert_eq!(out.len() as u64, expected, "caller passes a buffer of the chunk's decoded length");
         let chunk = index as u64;
         match payload.compression {
             Compression::None => {
@@ -109,11 +95,7 @@ impl ChunkDecoder {
                 out.copy_from_slice(stored);
             }
             Compression::Zstd => {
-                let bad = |reason: String| ArtifactError::Decompress {
-                    payload: payload.name.clone(),
-                    chunk,
-                    reason,
-                };
+                let bad = |reason: String| ArtifactError::Decompress { payload: payload.name.clone(), chunk, reason };
                 let header = frame_header(stored).map_err(|r| bad(r.into()))?;
                 if header.window > self.max_window {
                     return Err(ArtifactError::WindowTooLarge {
@@ -123,11 +105,8 @@ impl ChunkDecoder {
                         limit: self.max_window,
                     });
                 }
-                let size_mismatch = || ArtifactError::ChunkSizeMismatch {
-                    payload: payload.name.clone(),
-                    chunk,
-                    declared: expected,
-                };
+                let size_mismatch =
+                    || ArtifactError::ChunkSizeMismatch { payload: payload.name.clone(), chunk, declared: expected };
                 if header.content_size.is_some_and(|s| s != expected) {
                     return Err(size_mismatch());
                 }
@@ -139,11 +118,7 @@ impl ChunkDecoder {
                 // Decoding into a buffer of exactly the declared size: a frame that would produce more fails with
                 // "destination buffer too small" instead of allocating.
                 let n = self.zstd.decompress_to_buffer(stored, out).map_err(|e| {
-                    if e.to_string().contains("too small") {
-                        size_mismatch()
-                    } else {
-                        bad(e.to_string())
-                    }
+                    if e.to_string().contains("too small") { size_mismatch() } else { bad(e.to_string()) }
                 })?;
                 if n != out.len() {
                     return Err(size_mismatch());
@@ -152,10 +127,7 @@ impl ChunkDecoder {
         }
         let expected_hash = &payload.chunks[index].sha256;
         if Digest::of(out) != *expected_hash {
-            return Err(ArtifactError::ChunkHashMismatch {
-                payload: payload.name.clone(),
-                chunk,
-            });
+            return Err(ArtifactError::ChunkHashMismatch { payload: payload.name.clone(), chunk });
         }
         Ok(())
     }
@@ -214,10 +186,7 @@ fn frame_header(b: &[u8]) -> Result<FrameHeader, &'static str> {
         Some(w) => w,
         None => content_size.ok_or("single-segment frame without content size")?,
     };
-    Ok(FrameHeader {
-        window,
-        content_size,
-    })
+    Ok(FrameHeader { window, content_size })
 }
 
 /// A verified artifact being read. Created by [`ArtifactReader::open`], which has already checked the signature
@@ -248,17 +217,10 @@ fn read_small_entry<R: Read>(
         expected: format!("{name} ({what})"),
     })?;
     if header.name != name {
-        return Err(ArtifactError::UnexpectedEntry {
-            found: header.name,
-            expected: format!("{name} ({what})"),
-        });
+        return Err(ArtifactError::UnexpectedEntry { found: header.name, expected: format!("{name} ({what})") });
     }
     if header.size > limit {
-        return Err(ArtifactError::TooLarge {
-            what,
-            size: header.size,
-            limit,
-        });
+        return Err(ArtifactError::TooLarge { what, size: header.size, limit });
     }
     let mut buf = vec![0u8; header.size as usize];
     tar.read_data(&mut buf, what)?;
@@ -271,14 +233,8 @@ impl<R: Read> ArtifactReader<R> {
     pub fn open(inner: R, keyring: &Keyring, policy: &Policy) -> Result<Self, ArtifactError> {
         let limits = policy.limits;
         let mut tar = TarReader::new(inner);
-        let manifest_bytes =
-            read_small_entry(&mut tar, MANIFEST_ENTRY, "manifest", limits.max_manifest)?;
-        let sig_bytes = read_small_entry(
-            &mut tar,
-            SIGNATURE_ENTRY,
-            "signature block",
-            limits.max_signature_block,
-        )?;
+        let manifest_bytes = read_small_entry(&mut tar, MANIFEST_ENTRY, "manifest", limits.max_manifest)?;
+        let sig_bytes = read_small_entry(&mut tar, SIGNATURE_ENTRY, "signature block", limits.max_signature_block)?;
         let block = SignatureBlock::parse(&sig_bytes)?;
         // The signature covers the raw bytes; nothing of the manifest is interpreted before it verifies.
         let signed_by = keyring.verify(&manifest_bytes, &block)?;
@@ -286,10 +242,7 @@ impl<R: Read> ArtifactReader<R> {
         if let Some(device) = &policy.device_type
             && !manifest.compatible.iter().any(|c| c == device)
         {
-            return Err(ArtifactError::Incompatible {
-                device: device.clone(),
-                compatible: manifest.compatible,
-            });
+            return Err(ArtifactError::Incompatible { device: device.clone(), compatible: manifest.compatible });
         }
         if manifest.security_version < policy.min_security_version {
             return Err(ArtifactError::SecurityVersionTooLow {
@@ -301,10 +254,7 @@ impl<R: Read> ArtifactReader<R> {
             if p.size > limits.max_image_size {
                 return Err(ArtifactError::InvalidManifest {
                     field: format!("payloads[{i}].size"),
-                    reason: format!(
-                        "{} bytes exceeds the limit of {}",
-                        p.size, limits.max_image_size
-                    ),
+                    reason: format!("{} bytes exceeds the limit of {}", p.size, limits.max_image_size),
                 });
             }
         }
@@ -350,10 +300,7 @@ impl<R: Read> ArtifactReader<R> {
     /// Reads the next stored (still compressed, not yet verified) chunk into `buf`, crossing payload entries as
     /// needed. At the end it checks that no entry follows the last payload and returns `Ok(None)`. The stored bytes
     /// must go through [`ChunkDecoder::decode_into`] before anything uses them.
-    pub fn read_stored_chunk(
-        &mut self,
-        buf: &mut Vec<u8>,
-    ) -> Result<Option<ChunkRef>, ArtifactError> {
+    pub fn read_stored_chunk(&mut self, buf: &mut Vec<u8>) -> Result<Option<ChunkRef>, ArtifactError> {
         let (p, c) = self.cursor;
         if p == self.manifest.payloads.len() {
             if !self.finished {
@@ -364,18 +311,12 @@ impl<R: Read> ArtifactReader<R> {
         let payload = &self.manifest.payloads[p];
         if c == 0 {
             let expected = || format!("{} (payload {:?})", payload.file, payload.name);
-            let header = self
-                .tar
-                .next_entry()?
-                .ok_or_else(|| ArtifactError::UnexpectedEntry {
-                    found: "end of archive".into(),
-                    expected: expected(),
-                })?;
+            let header = self.tar.next_entry()?.ok_or_else(|| ArtifactError::UnexpectedEntry {
+                found: "end of archive".into(),
+                expected: expected(),
+            })?;
             if header.name != payload.file {
-                return Err(ArtifactError::UnexpectedEntry {
-                    found: header.name,
-                    expected: expected(),
-                });
+                return Err(ArtifactError::UnexpectedEntry { found: header.name, expected: expected() });
             }
             if header.size != payload.stored_size {
                 return Err(ArtifactError::StoredSizeMismatch {
@@ -389,25 +330,15 @@ impl<R: Read> ArtifactReader<R> {
         let len = payload.chunks[c].stored_size as usize;
         buf.resize(len, 0);
         self.tar.read_data(buf, "payload data")?;
-        self.cursor = if c + 1 == payload.chunks.len() {
-            (p + 1, 0)
-        } else {
-            (p, c + 1)
-        };
-        Ok(Some(ChunkRef {
-            payload: p,
-            index: c,
-        }))
+        self.cursor = if c + 1 == payload.chunks.len() { (p + 1, 0) } else { (p, c + 1) };
+        Ok(Some(ChunkRef { payload: p, index: c }))
     }
 
     fn finish_archive(&mut self) -> Result<(), ArtifactError> {
         match self.tar.next_entry()? {
             None => {}
             Some(h) => {
-                return Err(ArtifactError::UnexpectedEntry {
-                    found: h.name,
-                    expected: "end of archive".into(),
-                });
+                return Err(ArtifactError::UnexpectedEntry { found: h.name, expected: "end of archive".into() });
             }
         }
         self.tar.finish()?;
@@ -424,11 +355,7 @@ impl<R: Read> ArtifactReader<R> {
         result
     }
 
-    fn next_chunk_inner(
-        &mut self,
-        stored: &mut Vec<u8>,
-        out: &mut Vec<u8>,
-    ) -> Result<Option<ChunkRef>, ArtifactError> {
+    fn next_chunk_inner(&mut self, stored: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<Option<ChunkRef>, ArtifactError> {
         let Some(at) = self.read_stored_chunk(stored)? else {
             return Ok(None);
         };
@@ -436,18 +363,14 @@ impl<R: Read> ArtifactReader<R> {
         out.resize(payload.chunk_len(at.index) as usize, 0);
         let decoder = match &mut self.decoder {
             Some(d) => d,
-            None => self
-                .decoder
-                .insert(ChunkDecoder::new(self.limits.max_window)?),
+            None => self.decoder.insert(ChunkDecoder::new(self.limits.max_window)?),
         };
         decoder.decode_into(payload, at.index, stored, out)?;
         self.image_hash.update(&out[..]);
         if at.index + 1 == payload.chunks.len() {
             let whole: [u8; 32] = std::mem::take(&mut self.image_hash).finalize().into();
             if Digest(whole) != payload.sha256 {
-                return Err(ArtifactError::ImageHashMismatch {
-                    payload: payload.name.clone(),
-                });
+                return Err(ArtifactError::ImageHashMismatch { payload: payload.name.clone() });
             }
         }
         Ok(Some(at))

@@ -28,10 +28,7 @@ pub struct EntryHeader {
 /// Artifacts never need directories, so the strictest rule is also the simplest one: no `/` at all rules out
 /// absolute paths and traversal in one go.
 pub fn check_name(name: &str) -> Result<(), ArtifactError> {
-    let bad = |why: &str| ArtifactError::BadEntryName {
-        name: name.to_owned(),
-        reason: why.to_owned(),
-    };
+    let bad = |why: &str| ArtifactError::BadEntryName { name: name.to_owned(), reason: why.to_owned() };
     if name.is_empty() {
         return Err(bad("empty name"));
     }
@@ -39,9 +36,7 @@ pub fn check_name(name: &str) -> Result<(), ArtifactError> {
         return Err(bad("longer than 100 bytes"));
     }
     if name.contains('/') {
-        return Err(bad(
-            "contains '/' (absolute paths and directories are not allowed)",
-        ));
+        return Err(bad("contains '/' (absolute paths and directories are not allowed)"));
     }
     if name == "." || name == ".." {
         return Err(bad("is a relative path component"));
@@ -53,19 +48,13 @@ pub fn check_name(name: &str) -> Result<(), ArtifactError> {
 }
 
 fn parse_octal(field: &[u8], what: &'static str) -> Result<u64, ArtifactError> {
-    let bad = || ArtifactError::TarHeader {
-        reason: format!("invalid {what} field"),
-    };
+    let bad = || ArtifactError::TarHeader { reason: format!("invalid {what} field") };
     if field.first().is_some_and(|b| b & 0x80 != 0) {
         // GNU base-256 encoding: only ever used for huge values, which otter artifacts never need.
-        return Err(ArtifactError::TarHeader {
-            reason: format!("base-256 {what} field is not supported"),
-        });
+        return Err(ArtifactError::TarHeader { reason: format!("base-256 {what} field is not supported") });
     }
     let text: Vec<u8> = field.iter().copied().take_while(|&b| b != 0).collect();
-    let text = std::str::from_utf8(&text)
-        .map_err(|_| bad())?
-        .trim_matches(' ');
+    let text = std::str::from_utf8(&text).map_err(|_| bad())?.trim_matches(' ');
     if text.is_empty() {
         return Ok(0);
     }
@@ -73,17 +62,7 @@ fn parse_octal(field: &[u8], what: &'static str) -> Result<u64, ArtifactError> {
 }
 
 fn header_checksum(block: &[u8; BLOCK]) -> u64 {
-    block
-        .iter()
-        .enumerate()
-        .map(|(i, &b)| {
-            if (148..156).contains(&i) {
-                u64::from(b' ')
-            } else {
-                u64::from(b)
-            }
-        })
-        .sum()
+    block.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { u64::from(b' ') } else { u64::from(b) }).sum()
 }
 
 /// Reads exactly `buf.len()` bytes, telling "clean end of stream before any byte" apart from truncation.
@@ -106,14 +85,9 @@ fn read_block_or_eof<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<bool> {
 pub(crate) fn read_err(what: &str) -> impl FnOnce(io::Error) -> ArtifactError + '_ {
     move |e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
-            ArtifactError::Truncated {
-                at: what.to_owned(),
-            }
+            ArtifactError::Truncated { at: what.to_owned() }
         } else {
-            ArtifactError::Io {
-                context: format!("reading {what}"),
-                source: e,
-            }
+            ArtifactError::Io { context: format!("reading {what}"), source: e }
         }
     }
 }
@@ -125,23 +99,16 @@ pub fn parse_header(block: &[u8; BLOCK]) -> Result<Option<EntryHeader>, Artifact
     }
     let stored = parse_octal(&block[148..156], "checksum")?;
     if stored != header_checksum(block) {
-        return Err(ArtifactError::TarHeader {
-            reason: "header checksum mismatch".into(),
-        });
+        return Err(ArtifactError::TarHeader { reason: "header checksum mismatch".into() });
     }
     if &block[257..262] != b"ustar" {
-        return Err(ArtifactError::TarHeader {
-            reason: "not a ustar header".into(),
-        });
+        return Err(ArtifactError::TarHeader { reason: "not a ustar header".into() });
     }
     let name_field = &block[0..100];
     let name_len = name_field.iter().position(|&b| b == 0).unwrap_or(100);
     let name = String::from_utf8_lossy(&name_field[..name_len]).into_owned();
     if block[345..500].iter().any(|&b| b != 0) {
-        return Err(ArtifactError::BadEntryName {
-            name,
-            reason: "uses the ustar prefix field".into(),
-        });
+        return Err(ArtifactError::BadEntryName { name, reason: "uses the ustar prefix field".into() });
     }
     let kind = block[156];
     if kind != b'0' && kind != 0 {
@@ -156,10 +123,7 @@ pub fn parse_header(block: &[u8; BLOCK]) -> Result<Option<EntryHeader>, Artifact
             b'L' | b'K' => "GNU long name",
             _ => "unknown entry type",
         };
-        return Err(ArtifactError::NotARegularFile {
-            name,
-            kind: what.into(),
-        });
+        return Err(ArtifactError::NotARegularFile { name, kind: what.into() });
     }
     check_name(&name)?;
     let size = parse_octal(&block[124..136], "size")?;
@@ -180,12 +144,7 @@ pub struct TarReader<R> {
 impl<R: Read> TarReader<R> {
     /// Wraps a reader positioned at the start of a tar stream.
     pub fn new(inner: R) -> Self {
-        Self {
-            inner,
-            remaining: 0,
-            padding: 0,
-            position: 0,
-        }
+        Self { inner, remaining: 0, padding: 0, position: 0 }
     }
 
     /// Bytes read from the underlying stream so far.
@@ -197,9 +156,7 @@ impl<R: Read> TarReader<R> {
     /// Returns `Ok(None)` at the end-of-archive marker.
     pub fn next_entry(&mut self) -> Result<Option<EntryHeader>, ArtifactError> {
         if self.remaining > 0 {
-            return Err(ArtifactError::TarHeader {
-                reason: "entry data not fully consumed".into(),
-            });
+            return Err(ArtifactError::TarHeader { reason: "entry data not fully consumed".into() });
         }
         self.skip(self.padding, "entry padding")?;
         self.padding = 0;
@@ -208,9 +165,7 @@ impl<R: Read> TarReader<R> {
             Ok(true) => self.position += BLOCK as u64,
             // A stream that ends where a header should start lacks its end-of-archive marker.
             Ok(false) => {
-                return Err(ArtifactError::Truncated {
-                    at: "end-of-archive marker".into(),
-                });
+                return Err(ArtifactError::Truncated { at: "end-of-archive marker".into() });
             }
             Err(e) => return Err(read_err("tar header")(e)),
         }
@@ -225,9 +180,7 @@ impl<R: Read> TarReader<R> {
     /// Reads exactly `buf.len()` bytes of the current entry's data; it is an error to read past the entry.
     pub fn read_data(&mut self, buf: &mut [u8], what: &str) -> Result<(), ArtifactError> {
         if buf.len() as u64 > self.remaining {
-            return Err(ArtifactError::TarHeader {
-                reason: format!("{what} extends past the end of its tar entry"),
-            });
+            return Err(ArtifactError::TarHeader { reason: format!("{what} extends past the end of its tar entry") });
         }
         self.inner.read_exact(buf).map_err(read_err(what))?;
         self.remaining -= buf.len() as u64;
@@ -241,13 +194,10 @@ impl<R: Read> TarReader<R> {
     }
 
     fn skip(&mut self, n: u64, what: &str) -> Result<(), ArtifactError> {
-        let copied =
-            io::copy(&mut (&mut self.inner).take(n), &mut io::sink()).map_err(read_err(what))?;
+        let copied = io::copy(&mut (&mut self.inner).take(n), &mut io::sink()).map_err(read_err(what))?;
         self.position += copied;
         if copied != n {
-            return Err(ArtifactError::Truncated {
-                at: what.to_owned(),
-            });
+            return Err(ArtifactError::Truncated { at: what.to_owned() });
         }
         Ok(())
     }
@@ -256,9 +206,7 @@ impl<R: Read> TarReader<R> {
     /// next header. Used to copy the rest of a stream verbatim.
     pub fn into_rest(mut self) -> Result<R, ArtifactError> {
         if self.remaining > 0 {
-            return Err(ArtifactError::TarHeader {
-                reason: "entry data not fully consumed".into(),
-            });
+            return Err(ArtifactError::TarHeader { reason: "entry data not fully consumed".into() });
         }
         self.skip(self.padding, "entry padding")?;
         Ok(self.inner)
@@ -271,9 +219,7 @@ impl<R: Read> TarReader<R> {
         match read_block_or_eof(&mut self.inner, &mut block) {
             Ok(true) if block.iter().all(|&b| b == 0) => Ok(()),
             Ok(true) => Err(ArtifactError::TrailingData),
-            Ok(false) => Err(ArtifactError::Truncated {
-                at: "end-of-archive marker".into(),
-            }),
+            Ok(false) => Err(ArtifactError::Truncated { at: "end-of-archive marker".into() }),
             Err(e) => Err(read_err("end-of-archive marker")(e)),
         }
     }
@@ -287,9 +233,7 @@ pub fn build_header(name: &str, size: u64, mtime: u64) -> Result<[u8; BLOCK], Ar
     let octal = |field: &mut [u8], value: u64| -> Result<(), ArtifactError> {
         let text = format!("{:0width$o}\0", value, width = field.len() - 1);
         if text.len() != field.len() {
-            return Err(ArtifactError::TarHeader {
-                reason: format!("value {value} does not fit a ustar field"),
-            });
+            return Err(ArtifactError::TarHeader { reason: format!("value {value} does not fit a ustar field") });
         }
         field.copy_from_slice(text.as_bytes());
         Ok(())
@@ -326,28 +270,16 @@ impl<W: Write> TarWriter<W> {
     }
 
     /// Writes an entry of exactly `size` bytes copied from `data`.
-    pub fn append_reader(
-        &mut self,
-        name: &str,
-        size: u64,
-        data: &mut dyn Read,
-    ) -> Result<(), ArtifactError> {
-        let io_err = |e| ArtifactError::Io {
-            context: format!("writing tar entry {name}"),
-            source: e,
-        };
+    pub fn append_reader(&mut self, name: &str, size: u64, data: &mut dyn Read) -> Result<(), ArtifactError> {
+        let io_err = |e| ArtifactError::Io { context: format!("writing tar entry {name}"), source: e };
         let header = build_header(name, size, self.mtime)?;
         self.inner.write_all(&header).map_err(io_err)?;
         let copied = io::copy(&mut data.take(size), &mut self.inner).map_err(io_err)?;
         if copied != size {
-            return Err(ArtifactError::Truncated {
-                at: format!("source of tar entry {name}"),
-            });
+            return Err(ArtifactError::Truncated { at: format!("source of tar entry {name}") });
         }
         let pad = (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64;
-        self.inner
-            .write_all(&[0u8; BLOCK][..pad as usize])
-            .map_err(io_err)?;
+        self.inner.write_all(&[0u8; BLOCK][..pad as usize]).map_err(io_err)?;
         Ok(())
     }
 
@@ -360,10 +292,7 @@ impl<W: Write> TarWriter<W> {
     pub fn finish(mut self) -> Result<W, ArtifactError> {
         self.inner
             .write_all(&[0u8; 2 * BLOCK])
-            .map_err(|e| ArtifactError::Io {
-                context: "writing end-of-archive marker".into(),
-                source: e,
-            })?;
+            .map_err(|e| ArtifactError::Io { context: "writing end-of-archive marker".into(), source: e })?;
         Ok(self.inner)
     }
 }
@@ -385,13 +314,7 @@ mod tests {
         let data = archive(&[("a", b"hello"), ("b.bin", &[7u8; 1500])]);
         let mut r = TarReader::new(&data[..]);
         let h = r.next_entry().unwrap().unwrap();
-        assert_eq!(
-            h,
-            EntryHeader {
-                name: "a".into(),
-                size: 5
-            }
-        );
+        assert_eq!(h, EntryHeader { name: "a".into(), size: 5 });
         let mut buf = [0u8; 5];
         r.read_data(&mut buf, "a").unwrap();
         assert_eq!(&buf, b"hello");
@@ -411,11 +334,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.tar");
         std::fs::write(&path, &data).unwrap();
-        let out = std::process::Command::new("tar")
-            .arg("tf")
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = std::process::Command::new("tar").arg("tf").arg(&path).output().unwrap();
         assert!(out.status.success());
         assert_eq!(String::from_utf8_lossy(&out.stdout), "manifest.json\n");
     }
@@ -423,22 +342,16 @@ mod tests {
     #[test]
     fn rejects_bad_names() {
         for name in ["", "/etc/passwd", "../x", "a/b", "..", "sp ace", "x\u{7f}"] {
-            assert!(
-                matches!(check_name(name), Err(ArtifactError::BadEntryName { .. })),
-                "{name:?}"
-            );
+            assert!(matches!(check_name(name), Err(ArtifactError::BadEntryName { .. })), "{name:?}");
         }
         check_name("rootfs.img.zst").unwrap();
     }
 
     #[test]
     fn rejects_links_and_devices() {
-        for (kind, what) in [
-            (b'2', "symbolic link"),
-            (b'1', "hard link"),
-            (b'3', "character device"),
-            (b'5', "directory"),
-        ] {
+        for (kind, what) in
+            [(b'2', "symbolic link"), (b'1', "hard link"), (b'3', "character device"), (b'5', "directory")]
+        {
             let mut h = build_header("x", 0, 0).unwrap();
             h[156] = kind;
             h[148..156].copy_from_slice(b"        ");
@@ -455,23 +368,14 @@ mod tests {
     fn rejects_corrupt_checksum_and_truncation() {
         let mut data = archive(&[("a", b"hello")]);
         data[0] = b'b';
-        assert!(matches!(
-            TarReader::new(&data[..]).next_entry(),
-            Err(ArtifactError::TarHeader { .. })
-        ));
+        assert!(matches!(TarReader::new(&data[..]).next_entry(), Err(ArtifactError::TarHeader { .. })));
         let data = archive(&[("a", b"hello")]);
         let mut r = TarReader::new(&data[..300]);
-        assert!(matches!(
-            r.next_entry(),
-            Err(ArtifactError::Truncated { .. })
-        ));
+        assert!(matches!(r.next_entry(), Err(ArtifactError::Truncated { .. })));
         let mut r = TarReader::new(&data[..514]);
         r.next_entry().unwrap();
         let mut buf = [0u8; 5];
-        assert!(matches!(
-            r.read_data(&mut buf, "a"),
-            Err(ArtifactError::Truncated { .. })
-        ));
+        assert!(matches!(r.read_data(&mut buf, "a"), Err(ArtifactError::Truncated { .. })));
     }
 
     #[test]

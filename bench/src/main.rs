@@ -24,19 +24,13 @@ use sha2::Digest as _;
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("run") if args.len() == 5 => run(
-            Path::new(&args[2]),
-            Path::new(&args[3]),
-            Path::new(&args[4]),
-        ),
+        Some("run") if args.len() == 5 => run(Path::new(&args[2]), Path::new(&args[3]), Path::new(&args[4])),
         Some("install") if args.len() == 5 => {
             let (secs, rss) = install_once(&args[2], Path::new(&args[3]), Path::new(&args[4]))?;
             println!("{secs} {rss}");
             Ok(())
         }
-        _ => bail!(
-            "usage: otter-bench run ARTIFACT KEY.pub SCRATCH | otter-bench install SOURCE KEY.pub SLOT"
-        ),
+        _ => bail!("usage: otter-bench run ARTIFACT KEY.pub SCRATCH | otter-bench install SOURCE KEY.pub SLOT"),
     }
 }
 
@@ -54,17 +48,8 @@ fn peak_rss_kib() -> u64 {
 
 fn install_once(source: &str, key: &Path, slot: &Path) -> Result<(f64, u64)> {
     let keyring = Keyring::from_file(key)?;
-    let target = Target {
-        slot_class: "rootfs".into(),
-        path: slot.to_owned(),
-        max_size: None,
-    };
-    let req = InstallRequest::new(
-        Source::parse(source),
-        vec![target],
-        keyring,
-        Policy::default(),
-    );
+    let target = Target { slot_class: "rootfs".into(), path: slot.to_owned(), max_size: None };
+    let req = InstallRequest::new(Source::parse(source), vec![target], keyring, Policy::default());
     let start = Instant::now();
     otter_installer::install(&req, &|_: &Progress| {}, &CancelToken::new())?;
     Ok((start.elapsed().as_secs_f64(), peak_rss_kib()))
@@ -87,10 +72,7 @@ fn serve(path: PathBuf) -> Result<String> {
                 let _ = conn.read(&mut req)?;
                 let mut f = File::open(&path)?;
                 let len = f.metadata()?.len();
-                write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-                )?;
+                write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")?;
                 std::io::copy(&mut f, &mut conn)?;
                 Ok(())
             });
@@ -112,10 +94,7 @@ fn child_install(source: &str, key: &Path, slot: &Path) -> Result<(f64, u64)> {
     }
     let text = String::from_utf8(out.stdout)?;
     let mut it = text.split_whitespace();
-    Ok((
-        it.next().context("no time")?.parse()?,
-        it.next().context("no rss")?.parse()?,
-    ))
+    Ok((it.next().context("no time")?.parse()?, it.next().context("no rss")?.parse()?))
 }
 
 fn best_of<T>(n: usize, mut f: impl FnMut() -> Result<(f64, T)>) -> Result<(f64, T)> {
@@ -191,13 +170,7 @@ fn run(artifact: &Path, key: &Path, scratch: &Path) -> Result<()> {
             .truncate(true)
             .custom_flags(libc::O_DIRECT)
             .open(&write_target)
-            .or_else(|_| {
-                OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&write_target)
-            })?;
+            .or_else(|_| OpenOptions::new().write(true).create(true).truncate(true).open(&write_target))?;
         let start = Instant::now();
         let mut w = &f;
         for piece in image.chunks(4 << 20) {
@@ -228,31 +201,13 @@ fn run(artifact: &Path, key: &Path, scratch: &Path) -> Result<()> {
     let mut opts = BuildOptions::new(vec!["bench".into()], "tiny");
     opts.chunk_size = 4096;
     let tiny = tiny_dir.path().join("tiny.otter");
-    let src = ImageSource {
-        name: "rootfs".into(),
-        slot_class: "rootfs".into(),
-        path: tiny_img,
-    };
-    builder::create(
-        &opts,
-        &[src],
-        std::slice::from_ref(&sk),
-        File::create(&tiny)?,
-    )?;
+    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: tiny_img };
+    builder::create(&opts, &[src], std::slice::from_ref(&sk), File::create(&tiny)?)?;
     let mut tiny_ring = Keyring::new();
     tiny_ring.add(sk.verifying_key());
     let tiny_slot = tiny_dir.path().join("slot.img");
-    let target = Target {
-        slot_class: "rootfs".into(),
-        path: tiny_slot,
-        max_size: None,
-    };
-    let req = InstallRequest::new(
-        Source::File(tiny.clone()),
-        vec![target],
-        tiny_ring,
-        Policy::default(),
-    );
+    let target = Target { slot_class: "rootfs".into(), path: tiny_slot, max_size: None };
+    let req = InstallRequest::new(Source::File(tiny.clone()), vec![target], tiny_ring, Policy::default());
     let rounds = 50;
     let mut times = Vec::new();
     for _ in 0..rounds {
@@ -263,27 +218,14 @@ fn run(artifact: &Path, key: &Path, scratch: &Path) -> Result<()> {
     times.sort();
     let median: Duration = times[rounds / 2];
 
-    let stages = [
-        ("zstd decode (1 thread)", decode_s),
-        ("sha256", hash_s),
-        ("sequential write + fsync", write_s),
-    ];
-    let (slowest_name, slowest_s) = stages
-        .iter()
-        .copied()
-        .fold(("", 0.0), |acc, s| if s.1 > acc.1 { s } else { acc });
+    let stages = [("zstd decode (1 thread)", decode_s), ("sha256", hash_s), ("sequential write + fsync", write_s)];
+    let (slowest_name, slowest_s) = stages.iter().copied().fold(("", 0.0), |acc, s| if s.1 > acc.1 { s } else { acc });
     println!();
-    println!(
-        "{:<34} {:>9} {:>10}",
-        "stage (same data)", "MB/s", "seconds"
-    );
+    println!("{:<34} {:>9} {:>10}", "stage (same data)", "MB/s", "seconds");
     for (name, s) in stages {
         println!("{name:<34} {:>9.0} {s:>10.2}", mbps(size, s));
     }
-    for (name, s, rss) in [
-        ("install from file", file_s, file_rss),
-        ("install from loopback HTTP", http_s, http_rss),
-    ] {
+    for (name, s, rss) in [("install from file", file_s, file_rss), ("install from loopback HTTP", http_s, http_rss)] {
         println!(
             "{name:<34} {:>9.0} {s:>10.2}   {:.0}% of the slowest stage ({slowest_name}), peak RSS {:.1} MiB",
             mbps(size, s),
@@ -291,9 +233,6 @@ fn run(artifact: &Path, key: &Path, scratch: &Path) -> Result<()> {
             rss as f64 / 1024.0
         );
     }
-    println!(
-        "fixed per-install overhead (4 KiB artifact, median of {rounds}): {:.2} ms",
-        median.as_secs_f64() * 1e3
-    );
+    println!("fixed per-install overhead (4 KiB artifact, median of {rounds}): {:.2} ms", median.as_secs_f64() * 1e3);
     Ok(())
 }

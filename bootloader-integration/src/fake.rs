@@ -50,21 +50,11 @@ impl FakeBootloader {
     pub fn with_attempts(primary: Slot, attempts: u32) -> Result<Self, BootError> {
         let scheme = BootOrderScheme::new(attempts)?;
         let mut vars = BTreeMap::new();
-        vars.set_var(
-            BootOrderScheme::ORDER_VAR,
-            &format!("{primary} {}", !primary),
-        )?;
+        vars.set_var(BootOrderScheme::ORDER_VAR, &format!("{primary} {}", !primary))?;
         for slot in Slot::ALL {
             vars.set_var(BootOrderScheme::left_var(slot), &attempts.to_string())?;
         }
-        Ok(Self {
-            scheme,
-            stored: vars.clone(),
-            memory: vars,
-            calls: Vec::new(),
-            boots: Vec::new(),
-            fail_stores: 0,
-        })
+        Ok(Self { scheme, stored: vars.clone(), memory: vars, calls: Vec::new(), boots: Vec::new(), fail_stores: 0 })
     }
 
     /// Power-on: forgets unstored changes, lets the "boot script" pick a slot and update its
@@ -185,17 +175,11 @@ mod tests {
     fn successful_update() {
         let mut fake = FakeBootloader::new(Slot::A);
         fake.set_try_next(Slot::B).unwrap();
-        assert_eq!(
-            fake.slot_state(Slot::B),
-            SlotState::Trying { attempts_left: 3 }
-        );
+        assert_eq!(fake.slot_state(Slot::B), SlotState::Trying { attempts_left: 3 });
         assert_eq!(fake.stored_state(Slot::B), Good, "not stored yet");
         fake.store().unwrap();
         assert_eq!(fake.simulate_boot(), Some(Slot::B));
-        assert_eq!(
-            fake.slot_state(Slot::B),
-            SlotState::Trying { attempts_left: 2 }
-        );
+        assert_eq!(fake.slot_state(Slot::B), SlotState::Trying { attempts_left: 2 });
         fake.mark_good(Slot::B).unwrap();
         fake.store().unwrap();
         for _ in 0..5 {
@@ -205,15 +189,7 @@ mod tests {
         }
         assert_eq!(fake.slot_state(Slot::B), Good);
         assert_eq!(fake.slot_state(Slot::A), Good);
-        assert_eq!(
-            &fake.calls()[..4],
-            &[
-                Call::SetTryNext(Slot::B),
-                Call::Store,
-                Call::MarkGood(Slot::B),
-                Call::Store
-            ]
-        );
+        assert_eq!(&fake.calls()[..4], &[Call::SetTryNext(Slot::B), Call::Store, Call::MarkGood(Slot::B), Call::Store]);
     }
 
     #[test]
@@ -223,10 +199,7 @@ mod tests {
         fake.store().unwrap();
         assert_eq!(fake.simulate_boot(), Some(Slot::B));
         assert_eq!(fake.simulate_boot(), Some(Slot::B));
-        assert_eq!(
-            fake.slot_state(Slot::B),
-            SlotState::Trying { attempts_left: 0 }
-        );
+        assert_eq!(fake.slot_state(Slot::B), SlotState::Trying { attempts_left: 0 });
         assert_eq!(fake.simulate_boot(), Some(Slot::A));
         assert_eq!(fake.boots(), &[Some(Slot::B), Some(Slot::B), Some(Slot::A)]);
         fake.mark_bad(Slot::B).unwrap();

@@ -10,10 +10,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::BootError;
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BootError + '_ {
-    move |source| BootError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| BootError::Io { path: path.to_owned(), source }
 }
 
 /// The temp file name used by [`atomic_replace`] for `path`.
@@ -36,22 +33,11 @@ pub(crate) enum ReplaceStop {
 /// the directory. A power cut leaves either the old or the new file, never a mix: without the
 /// first fsync the rename could reach the disk before the data; without the last one the rename
 /// itself could be lost. Keeps the old file's permission bits.
-pub(crate) fn atomic_replace(
-    path: &Path,
-    bytes: &[u8],
-    stop: ReplaceStop,
-) -> Result<(), BootError> {
+pub(crate) fn atomic_replace(path: &Path, bytes: &[u8], stop: ReplaceStop) -> Result<(), BootError> {
     let tmp = temp_path(path);
-    let mode = std::fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(0o644);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
+    let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644);
+    let mut f =
+        OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(io_err(&tmp))?;
     f.write_all(bytes).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
     drop(f);
@@ -68,9 +54,7 @@ pub(crate) fn sync_dir_of(path: &Path) -> Result<(), BootError> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }
 
 /// Reads exactly `len` bytes at `offset` of `path`.
@@ -84,10 +68,7 @@ pub(crate) fn read_at(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, B
 /// Writes `bytes` at `offset` of the existing `path` in place and fsyncs it before returning,
 /// so whatever is written next (the other copy, a flag) cannot reach the disk first.
 pub(crate) fn write_at_synced(path: &Path, offset: u64, bytes: &[u8]) -> Result<(), BootError> {
-    let f = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io_err(path))?;
+    let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
     f.write_all_at(bytes, offset).map_err(io_err(path))?;
     f.sync_all().map_err(io_err(path))
 }
@@ -106,13 +87,8 @@ pub(crate) fn lock(path: &Path) -> Result<LockGuard, BootError> {
         .truncate(true)
         .mode(0o666)
         .open(path)
-        .map_err(|source| BootError::Lock {
-            path: path.to_owned(),
-            source,
-        })?;
-    let lock = Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, errno)| BootError::Lock {
-        path: path.to_owned(),
-        source: errno.into(),
-    })?;
+        .map_err(|source| BootError::Lock { path: path.to_owned(), source })?;
+    let lock = Flock::lock(f, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| BootError::Lock { path: path.to_owned(), source: errno.into() })?;
     Ok(LockGuard { _lock: lock })
 }

@@ -49,10 +49,7 @@ pub struct GrubEnv {
 
 impl Default for GrubEnv {
     fn default() -> Self {
-        Self {
-            vars: VarList::default(),
-            size: GRUBENV_SIZE,
-        }
+        Self { vars: VarList::default(), size: GRUBENV_SIZE }
     }
 }
 
@@ -66,9 +63,7 @@ impl GrubEnv {
     /// `save_env` rewrites the file's blocks in place, so the size must not change).
     /// Comment lines, lines without `=` and an unterminated last line are skipped, as GRUB does.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, GrubEnvError> {
-        let body = bytes
-            .strip_prefix(GRUBENV_SIGNATURE)
-            .ok_or(GrubEnvError::Signature)?;
+        let body = bytes.strip_prefix(GRUBENV_SIGNATURE).ok_or(GrubEnvError::Signature)?;
         let mut vars = VarList::default();
         let mut rest = body;
         while !rest.is_empty() {
@@ -96,10 +91,7 @@ impl GrubEnv {
             };
             vars.set(&line[..eq], &unescape(&line[eq + 1..]));
         }
-        Ok(Self {
-            vars,
-            size: bytes.len(),
-        })
+        Ok(Self { vars, size: bytes.len() })
     }
 
     /// Encodes the block at its size (1024 bytes unless decoded from a block of another size).
@@ -117,10 +109,7 @@ impl GrubEnv {
             out.push(b'\n');
         }
         if out.len() > self.size {
-            return Err(GrubEnvError::TooLarge {
-                needed: out.len(),
-                size: self.size,
-            });
+            return Err(GrubEnvError::TooLarge { needed: out.len(), size: self.size });
         }
         out.resize(self.size, b'#');
         Ok(out)
@@ -133,9 +122,7 @@ impl GrubEnv {
 
     /// The value of `name` if set and valid UTF-8.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.vars
-            .get(name.as_bytes())
-            .and_then(|v| std::str::from_utf8(v).ok())
+        self.vars.get(name.as_bytes()).and_then(|v| std::str::from_utf8(v).ok())
     }
 
     /// Sets `name` to `value` (in memory); an existing variable keeps its position.
@@ -192,11 +179,10 @@ impl EnvVars for GrubEnv {
     }
 
     fn set_var(&mut self, name: &str, value: &str) -> Result<(), BootError> {
-        self.set(name, value)
-            .map_err(|_| BootError::InvalidVariable {
-                variable: name.to_owned(),
-                reason: "not storable in a grub environment block",
-            })
+        self.set(name, value).map_err(|_| BootError::InvalidVariable {
+            variable: name.to_owned(),
+            reason: "not storable in a grub environment block",
+        })
     }
 
     fn remove_var(&mut self, name: &str) {
@@ -222,11 +208,7 @@ impl GrubBackend {
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, BootError> {
         let path = path.into();
         let env = read_grubenv(&path)?;
-        Ok(Self {
-            path,
-            env,
-            dirty: false,
-        })
+        Ok(Self { path, env, dirty: false })
     }
 
     /// The in-memory environment (including unstored changes).
@@ -257,10 +239,7 @@ impl GrubBackend {
 
 fn read_grubenv(path: &Path) -> Result<GrubEnv, BootError> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    GrubEnv::from_bytes(&bytes).map_err(|reason| BootError::GrubEnv {
-        path: path.to_owned(),
-        reason,
-    })
+    GrubEnv::from_bytes(&bytes).map_err(|reason| BootError::GrubEnv { path: path.to_owned(), reason })
 }
 
 impl BootBackend for GrubBackend {
@@ -288,10 +267,7 @@ impl BootBackend for GrubBackend {
         if !self.dirty {
             return Ok(());
         }
-        let bytes = self.env.to_bytes().map_err(|reason| BootError::GrubEnv {
-            path: self.path.clone(),
-            reason,
-        })?;
+        let bytes = self.env.to_bytes().map_err(|reason| BootError::GrubEnv { path: self.path.clone(), reason })?;
         fsutil::atomic_replace(&self.path, &bytes, ReplaceStop::Never)?;
         self.dirty = false;
         Ok(())
@@ -325,18 +301,14 @@ mod tests {
 
     #[test]
     fn decode_edge_cases() {
-        let block =
-            b"# GRUB Environment Block\n# comment=x\nnoeq\na=1\n=empty\nb=2\\\n3\nc=unterminated";
+        let block = b"# GRUB Environment Block\n# comment=x\nnoeq\na=1\n=empty\nb=2\\\n3\nc=unterminated";
         let env = GrubEnv::from_bytes(block).unwrap();
         assert_eq!(env.get("a"), Some("1"));
         assert_eq!(env.get("b"), Some("2\n3"));
         assert_eq!(env.get("c"), None);
         assert_eq!(env.get("# comment"), None);
         assert_eq!(env.size(), block.len());
-        assert_eq!(
-            GrubEnv::from_bytes(b"# GRUB Environment Blok\n"),
-            Err(GrubEnvError::Signature)
-        );
+        assert_eq!(GrubEnv::from_bytes(b"# GRUB Environment Blok\n"), Err(GrubEnvError::Signature));
         assert_eq!(GrubEnv::from_bytes(b""), Err(GrubEnvError::Signature));
     }
 
@@ -344,10 +316,7 @@ mod tests {
     fn oversize_is_rejected() {
         let mut env = GrubEnv::new();
         env.set("big", &"x".repeat(GRUBENV_SIZE)).unwrap();
-        assert!(matches!(
-            env.to_bytes(),
-            Err(GrubEnvError::TooLarge { size: 1024, .. })
-        ));
+        assert!(matches!(env.to_bytes(), Err(GrubEnvError::TooLarge { size: 1024, .. })));
         // Exactly full is fine.
         let mut env = GrubEnv::new();
         let fill = GRUBENV_SIZE - GRUBENV_SIGNATURE.len() - "k=\n".len();
@@ -369,8 +338,8 @@ mod tests {
 
     fn arb_env() -> impl Strategy<Value = GrubEnv> {
         let name = "[A-Za-z_][A-Za-z0-9_ .-]{0,8}";
-        let value = proptest::collection::vec(1u8..=255, 0..30)
-            .prop_map(|v| String::from_utf8_lossy(&v).replace('\0', ""));
+        let value =
+            proptest::collection::vec(1u8..=255, 0..30).prop_map(|v| String::from_utf8_lossy(&v).replace('\0', ""));
         proptest::collection::vec((name, value), 0..8).prop_map(|pairs| {
             let mut env = GrubEnv::new();
             for (n, v) in pairs {

@@ -27,8 +27,8 @@ mod vars;
 
 pub use scheme::TRIAL_VAR;
 
-/// One of the two A/B slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// One of the two A/B slots. Serialised as `"A"` / `"B"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Slot {
     /// Slot A.
     A,
@@ -237,11 +237,7 @@ pub fn booted_slot(cmdline: &str, root_map: &[(String, Slot)]) -> Option<Slot> {
         return v.parse().ok();
     }
     let root = root?;
-    root_map
-        .iter()
-        .rev()
-        .find(|(r, _)| *r == root)
-        .map(|(_, slot)| *slot)
+    root_map.iter().rev().find(|(r, _)| *r == root).map(|(_, slot)| *slot)
 }
 
 /// Splits a kernel command line into parameters; double quotes group spaces and are removed
@@ -286,12 +282,7 @@ mod tests {
         assert_eq!(Slot::ALL, [Slot::A, Slot::B]);
         assert_eq!(Slot::A.to_string(), "A");
         assert_eq!(Slot::B.to_string(), "B");
-        for (s, slot) in [
-            ("A", Slot::A),
-            ("a", Slot::A),
-            ("B", Slot::B),
-            ("b", Slot::B),
-        ] {
+        for (s, slot) in [("A", Slot::A), ("a", Slot::A), ("B", Slot::B), ("b", Slot::B)] {
             assert_eq!(s.parse::<Slot>().unwrap(), slot);
         }
         for bad in ["", "C", "AB", " A", "0"] {
@@ -301,19 +292,13 @@ mod tests {
     }
 
     fn map() -> Vec<(String, Slot)> {
-        vec![
-            ("/dev/mmcblk0p2".to_owned(), Slot::A),
-            ("/dev/mmcblk0p3".to_owned(), Slot::B),
-        ]
+        vec![("/dev/mmcblk0p2".to_owned(), Slot::A), ("/dev/mmcblk0p3".to_owned(), Slot::B)]
     }
 
     #[test]
     fn booted_slot_from_cmdline() {
         let cases: &[(&str, Option<Slot>)] = &[
-            (
-                "console=ttyS0 otter.slot=A root=/dev/mmcblk0p3",
-                Some(Slot::A),
-            ),
+            ("console=ttyS0 otter.slot=A root=/dev/mmcblk0p3", Some(Slot::A)),
             ("otter.slot=b", Some(Slot::B)),
             ("otter.slot=A otter.slot=B", Some(Slot::B)),
             ("root=/dev/mmcblk0p3 rw", Some(Slot::B)),
@@ -322,10 +307,7 @@ mod tests {
             ("otter.slot=C root=/dev/mmcblk0p2", None),
             ("xotter.slot=A", None),
             ("", None),
-            (
-                "foo=\"a b otter.slot=A\" root=/dev/mmcblk0p3",
-                Some(Slot::B),
-            ),
+            ("foo=\"a b otter.slot=A\" root=/dev/mmcblk0p3", Some(Slot::B)),
             ("\"otter.slot=B\"", Some(Slot::B)),
         ];
         for (cmdline, want) in cases {

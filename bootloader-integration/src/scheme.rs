@@ -114,9 +114,7 @@ fn check_attempts(attempts: u32) -> Result<(), BootError> {
     if (1..=MAX_ATTEMPTS).contains(&attempts) {
         Ok(())
     } else {
-        Err(BootError::Settings(format!(
-            "boot attempts must be between 1 and {MAX_ATTEMPTS}, got {attempts}"
-        )))
+        Err(BootError::Settings(format!("boot attempts must be between 1 and {MAX_ATTEMPTS}, got {attempts}")))
     }
 }
 
@@ -196,9 +194,7 @@ impl VarScheme for BootOrderScheme {
         }
         let left = self.left(env, slot);
         if trial(env) == Some(slot) {
-            SlotState::Trying {
-                attempts_left: left,
-            }
+            SlotState::Trying { attempts_left: left }
         } else if left == 0 {
             SlotState::Bad
         } else {
@@ -208,11 +204,8 @@ impl VarScheme for BootOrderScheme {
 
     fn primary(&self, env: &dyn EnvVars) -> Option<Slot> {
         // No slot left: the script resets all counters and reboots, then walks the order again.
-        self.pick(env).or_else(|| {
-            self.order(env)
-                .iter()
-                .find_map(|t| t.parse::<Slot>().ok().filter(|s| s.as_str() == t))
-        })
+        self.pick(env)
+            .or_else(|| self.order(env).iter().find_map(|t| t.parse::<Slot>().ok().filter(|s| s.as_str() == t)))
     }
 
     fn try_next(&self, env: &mut dyn EnvVars, slot: Slot) -> Result<(), BootError> {
@@ -234,11 +227,7 @@ impl VarScheme for BootOrderScheme {
     }
 
     fn mark_bad(&self, env: &mut dyn EnvVars, slot: Slot) -> Result<(), BootError> {
-        let order: Vec<String> = self
-            .order(env)
-            .into_iter()
-            .filter(|t| t != slot.as_str())
-            .collect();
+        let order: Vec<String> = self.order(env).into_iter().filter(|t| t != slot.as_str()).collect();
         env.set_var(Self::ORDER_VAR, &order.join(" "))?;
         env.set_var(Self::left_var(slot), "0")?;
         clear_trial_of(env, slot);
@@ -250,13 +239,11 @@ impl VarScheme for BootOrderScheme {
         for _ in 0..2 {
             if let Some(slot) = self.pick(env) {
                 let left = self.left(env, slot);
-                env.set_var(Self::left_var(slot), &(left - 1).to_string())
-                    .ok()?;
+                env.set_var(Self::left_var(slot), &(left - 1).to_string()).ok()?;
                 return Some(slot);
             }
             for s in Slot::ALL {
-                env.set_var(Self::left_var(s), &self.attempts.to_string())
-                    .ok()?;
+                env.set_var(Self::left_var(s), &self.attempts.to_string()).ok()?;
             }
         }
         None
@@ -304,11 +291,7 @@ impl MenderScheme {
                 "mender partitions of slot A and B must differ, both are {part_a}"
             )));
         }
-        Ok(Self {
-            part_a,
-            part_b,
-            attempts,
-        })
+        Ok(Self { part_a, part_b, attempts })
     }
 
     fn part(&self, slot: Slot) -> u32 {
@@ -359,10 +342,7 @@ impl VarScheme for MenderScheme {
     fn primary(&self, env: &dyn EnvVars) -> Option<Slot> {
         let current = self.current(env)?;
         let limit = Self::num(env, Self::LIMIT_VAR);
-        if Self::num(env, Self::UPGRADE_VAR) == 1
-            && limit != 0
-            && Self::num(env, Self::COUNT_VAR) >= limit
-        {
+        if Self::num(env, Self::UPGRADE_VAR) == 1 && limit != 0 && Self::num(env, Self::COUNT_VAR) >= limit {
             Some(!current)
         } else {
             Some(current)
@@ -479,17 +459,12 @@ impl GrubScheme {
     }
 
     fn pick(env: &dyn EnvVars, tried: &BTreeMap<Slot, bool>) -> Option<Slot> {
-        Self::order_slots(env)
-            .into_iter()
-            .find(|s| Self::ok(env, *s) && !tried[s])
+        Self::order_slots(env).into_iter().find(|s| Self::ok(env, *s) && !tried[s])
     }
 
     /// What grub.cfg decides: the slot it boots and the TRY flags it saves.
     fn decide(env: &dyn EnvVars) -> (Slot, BTreeMap<Slot, bool>) {
-        let mut tried: BTreeMap<Slot, bool> = Slot::ALL
-            .into_iter()
-            .map(|s| (s, Self::tried(env, s)))
-            .collect();
+        let mut tried: BTreeMap<Slot, bool> = Slot::ALL.into_iter().map(|s| (s, Self::tried(env, s))).collect();
         let chosen = Self::pick(env, &tried).unwrap_or_else(|| {
             for slot in Slot::ALL {
                 if Self::ok(env, slot) {
@@ -503,10 +478,7 @@ impl GrubScheme {
     }
 
     fn order_slots(env: &dyn EnvVars) -> Vec<Slot> {
-        Self::order(env)
-            .iter()
-            .filter_map(|t| t.parse::<Slot>().ok().filter(|s| s.as_str() == t))
-            .collect()
+        Self::order(env).iter().filter_map(|t| t.parse::<Slot>().ok().filter(|s| s.as_str() == t)).collect()
     }
 }
 
@@ -516,9 +488,7 @@ impl VarScheme for GrubScheme {
             SlotState::Bad
         } else if trial(env) == Some(slot) {
             let tried = Self::tried(env, slot);
-            SlotState::Trying {
-                attempts_left: if tried { 0 } else { 1 },
-            }
+            SlotState::Trying { attempts_left: if tried { 0 } else { 1 } }
         } else {
             SlotState::Good
         }
@@ -559,8 +529,7 @@ impl VarScheme for GrubScheme {
         // grub.cfg ends with `save_env A_TRY B_TRY`: both are written, defaults included.
         let (chosen, tried) = Self::decide(env);
         for (slot, t) in tried {
-            env.set_var(Self::try_var(slot), if t { "1" } else { "0" })
-                .ok()?;
+            env.set_var(Self::try_var(slot), if t { "1" } else { "0" }).ok()?;
         }
         Some(chosen)
     }
@@ -573,10 +542,7 @@ mod tests {
     type Env = BTreeMap<String, String>;
 
     fn env(pairs: &[(&str, &str)]) -> Env {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     fn trying(n: u32) -> SlotState {
@@ -662,12 +628,7 @@ mod tests {
             let booted = (row.op)(scheme, &mut e);
             assert_eq!(booted, row.booted, "{}: booted slot", row.name);
             for (k, v) in row.vars {
-                assert_eq!(
-                    e.get(*k).map(String::as_str),
-                    *v,
-                    "{}: variable {k}",
-                    row.name
-                );
+                assert_eq!(e.get(*k).map(String::as_str), *v, "{}: variable {k}", row.name);
             }
             assert_eq!(scheme.state(&e, Slot::A), row.a, "{}: state of A", row.name);
             assert_eq!(scheme.state(&e, Slot::B), row.b, "{}: state of B", row.name);
@@ -675,11 +636,7 @@ mod tests {
         }
     }
 
-    const SETTLED_A: &[(&str, &str)] = &[
-        ("BOOT_ORDER", "A B"),
-        ("BOOT_A_LEFT", "3"),
-        ("BOOT_B_LEFT", "3"),
-    ];
+    const SETTLED_A: &[(&str, &str)] = &[("BOOT_ORDER", "A B"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "3")];
 
     #[test]
     fn boot_order_transitions() {
@@ -713,11 +670,7 @@ mod tests {
             },
             Row {
                 name: "try next B after B was marked bad",
-                start: &[
-                    ("BOOT_ORDER", "A"),
-                    ("BOOT_A_LEFT", "3"),
-                    ("BOOT_B_LEFT", "0"),
-                ],
+                start: &[("BOOT_ORDER", "A"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "0")],
                 op: try_b,
                 booted: None,
                 vars: &[("BOOT_ORDER", Some("B A")), ("BOOT_B_LEFT", Some("3"))],
@@ -727,12 +680,7 @@ mod tests {
             },
             Row {
                 name: "boot during trial decrements B",
-                start: &[
-                    ("BOOT_ORDER", "B A"),
-                    ("BOOT_A_LEFT", "3"),
-                    ("BOOT_B_LEFT", "3"),
-                    (TRIAL_VAR, "B"),
-                ],
+                start: &[("BOOT_ORDER", "B A"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "3"), (TRIAL_VAR, "B")],
                 op: boot,
                 booted: Some(Slot::B),
                 vars: &[("BOOT_B_LEFT", Some("2")), ("BOOT_A_LEFT", Some("3"))],
@@ -742,12 +690,7 @@ mod tests {
             },
             Row {
                 name: "last attempt running",
-                start: &[
-                    ("BOOT_ORDER", "B A"),
-                    ("BOOT_A_LEFT", "3"),
-                    ("BOOT_B_LEFT", "1"),
-                    (TRIAL_VAR, "B"),
-                ],
+                start: &[("BOOT_ORDER", "B A"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "1"), (TRIAL_VAR, "B")],
                 op: boot,
                 booted: Some(Slot::B),
                 vars: &[("BOOT_B_LEFT", Some("0"))],
@@ -757,12 +700,7 @@ mod tests {
             },
             Row {
                 name: "attempts exhausted: falls back to A",
-                start: &[
-                    ("BOOT_ORDER", "B A"),
-                    ("BOOT_A_LEFT", "3"),
-                    ("BOOT_B_LEFT", "0"),
-                    (TRIAL_VAR, "B"),
-                ],
+                start: &[("BOOT_ORDER", "B A"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "0"), (TRIAL_VAR, "B")],
                 op: boot,
                 booted: Some(Slot::A),
                 vars: &[("BOOT_B_LEFT", Some("0")), ("BOOT_A_LEFT", Some("2"))],
@@ -772,69 +710,37 @@ mod tests {
             },
             Row {
                 name: "mark good B commits the trial",
-                start: &[
-                    ("BOOT_ORDER", "B A"),
-                    ("BOOT_A_LEFT", "3"),
-                    ("BOOT_B_LEFT", "2"),
-                    (TRIAL_VAR, "B"),
-                ],
+                start: &[("BOOT_ORDER", "B A"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "2"), (TRIAL_VAR, "B")],
                 op: good_b,
                 booted: None,
-                vars: &[
-                    ("BOOT_ORDER", Some("B A")),
-                    ("BOOT_B_LEFT", Some("3")),
-                    (TRIAL_VAR, None),
-                ],
+                vars: &[("BOOT_ORDER", Some("B A")), ("BOOT_B_LEFT", Some("3")), (TRIAL_VAR, None)],
                 a: Good,
                 b: Good,
                 primary: Some(Slot::B),
             },
             Row {
                 name: "mark good A re-arms its counter and puts it back in the order",
-                start: &[
-                    ("BOOT_ORDER", "B"),
-                    ("BOOT_A_LEFT", "0"),
-                    ("BOOT_B_LEFT", "1"),
-                    (TRIAL_VAR, "B"),
-                ],
+                start: &[("BOOT_ORDER", "B"), ("BOOT_A_LEFT", "0"), ("BOOT_B_LEFT", "1"), (TRIAL_VAR, "B")],
                 op: good_a,
                 booted: None,
-                vars: &[
-                    ("BOOT_ORDER", Some("B A")),
-                    ("BOOT_A_LEFT", Some("3")),
-                    (TRIAL_VAR, Some("B")),
-                ],
+                vars: &[("BOOT_ORDER", Some("B A")), ("BOOT_A_LEFT", Some("3")), (TRIAL_VAR, Some("B"))],
                 a: Good,
                 b: trying(1),
                 primary: Some(Slot::B),
             },
             Row {
                 name: "mark bad B after a failed trial",
-                start: &[
-                    ("BOOT_ORDER", "B A"),
-                    ("BOOT_A_LEFT", "2"),
-                    ("BOOT_B_LEFT", "0"),
-                    (TRIAL_VAR, "B"),
-                ],
+                start: &[("BOOT_ORDER", "B A"), ("BOOT_A_LEFT", "2"), ("BOOT_B_LEFT", "0"), (TRIAL_VAR, "B")],
                 op: bad_b,
                 booted: None,
-                vars: &[
-                    ("BOOT_ORDER", Some("A")),
-                    ("BOOT_B_LEFT", Some("0")),
-                    (TRIAL_VAR, None),
-                ],
+                vars: &[("BOOT_ORDER", Some("A")), ("BOOT_B_LEFT", Some("0")), (TRIAL_VAR, None)],
                 a: Good,
                 b: Bad,
                 primary: Some(Slot::A),
             },
             Row {
                 name: "mark bad of the other slot keeps the trial",
-                start: &[
-                    ("BOOT_ORDER", "B A"),
-                    ("BOOT_A_LEFT", "3"),
-                    ("BOOT_B_LEFT", "3"),
-                    (TRIAL_VAR, "B"),
-                ],
+                start: &[("BOOT_ORDER", "B A"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "3"), (TRIAL_VAR, "B")],
                 op: bad_a,
                 booted: None,
                 vars: &[("BOOT_ORDER", Some("B")), (TRIAL_VAR, Some("B"))],
@@ -844,11 +750,7 @@ mod tests {
             },
             Row {
                 name: "no slot left: counters reset, then the first in order boots",
-                start: &[
-                    ("BOOT_ORDER", "A B"),
-                    ("BOOT_A_LEFT", "0"),
-                    ("BOOT_B_LEFT", "0"),
-                ],
+                start: &[("BOOT_ORDER", "A B"), ("BOOT_A_LEFT", "0"), ("BOOT_B_LEFT", "0")],
                 op: boot,
                 booted: Some(Slot::A),
                 vars: &[("BOOT_A_LEFT", Some("2")), ("BOOT_B_LEFT", Some("3"))],
@@ -868,11 +770,7 @@ mod tests {
             },
             Row {
                 name: "RAUC's hex counters are understood, 10 and more are not",
-                start: &[
-                    ("BOOT_ORDER", "A B"),
-                    ("BOOT_A_LEFT", "0x0"),
-                    ("BOOT_B_LEFT", "0x3"),
-                ],
+                start: &[("BOOT_ORDER", "A B"), ("BOOT_A_LEFT", "0x0"), ("BOOT_B_LEFT", "0x3")],
                 op: boot,
                 booted: Some(Slot::B),
                 vars: &[("BOOT_B_LEFT", Some("2")), ("BOOT_A_LEFT", Some("0x0"))],
@@ -1030,11 +928,7 @@ mod tests {
             },
             Row {
                 name: "try next clears a bad mark",
-                start: &[
-                    ("mender_boot_part", "2"),
-                    ("upgrade_available", "0"),
-                    (MENDER_BAD_VAR, "B"),
-                ],
+                start: &[("mender_boot_part", "2"), ("upgrade_available", "0"), (MENDER_BAD_VAR, "B")],
                 op: try_b,
                 booted: None,
                 vars: &[(MENDER_BAD_VAR, None)],
@@ -1085,21 +979,10 @@ mod tests {
     fn grub_transitions() {
         use SlotState::{Bad, Good};
         let s = GrubScheme;
-        let settled: &[(&str, &str)] = &[
-            ("ORDER", "A B"),
-            ("A_OK", "1"),
-            ("A_TRY", "0"),
-            ("B_OK", "1"),
-            ("B_TRY", "0"),
-        ];
-        let trial_b: &[(&str, &str)] = &[
-            ("ORDER", "B A"),
-            ("A_OK", "1"),
-            ("A_TRY", "0"),
-            ("B_OK", "1"),
-            ("B_TRY", "0"),
-            (TRIAL_VAR, "B"),
-        ];
+        let settled: &[(&str, &str)] =
+            &[("ORDER", "A B"), ("A_OK", "1"), ("A_TRY", "0"), ("B_OK", "1"), ("B_TRY", "0")];
+        let trial_b: &[(&str, &str)] =
+            &[("ORDER", "B A"), ("A_OK", "1"), ("A_TRY", "0"), ("B_OK", "1"), ("B_TRY", "0"), (TRIAL_VAR, "B")];
         let rows = [
             Row {
                 name: "fresh env: grub.cfg's defaults boot A",
@@ -1126,12 +1009,7 @@ mod tests {
                 start: settled,
                 op: try_b,
                 booted: None,
-                vars: &[
-                    ("ORDER", Some("B A")),
-                    ("B_OK", Some("1")),
-                    ("B_TRY", Some("0")),
-                    (TRIAL_VAR, Some("B")),
-                ],
+                vars: &[("ORDER", Some("B A")), ("B_OK", Some("1")), ("B_TRY", Some("0")), (TRIAL_VAR, Some("B"))],
                 a: Good,
                 b: trying(1),
                 primary: Some(Slot::B),
@@ -1200,13 +1078,7 @@ mod tests {
             },
             Row {
                 name: "mark good A after the fallback re-arms it",
-                start: &[
-                    ("ORDER", "B A"),
-                    ("A_OK", "1"),
-                    ("A_TRY", "1"),
-                    ("B_OK", "0"),
-                    ("B_TRY", "0"),
-                ],
+                start: &[("ORDER", "B A"), ("A_OK", "1"), ("A_TRY", "1"), ("B_OK", "0"), ("B_TRY", "0")],
                 op: good_a,
                 booted: None,
                 vars: &[("A_TRY", Some("0")), ("ORDER", Some("B A"))],
@@ -1216,13 +1088,7 @@ mod tests {
             },
             Row {
                 name: "every good slot tried: TRY of good slots cleared, first one boots",
-                start: &[
-                    ("ORDER", "A B"),
-                    ("A_OK", "1"),
-                    ("A_TRY", "1"),
-                    ("B_OK", "0"),
-                    ("B_TRY", "1"),
-                ],
+                start: &[("ORDER", "A B"), ("A_OK", "1"), ("A_TRY", "1"), ("B_OK", "0"), ("B_TRY", "1")],
                 op: boot,
                 booted: Some(Slot::A),
                 vars: &[("A_TRY", Some("1")), ("B_TRY", Some("1"))],

@@ -9,10 +9,7 @@ pub(crate) struct VarList {
 
 impl VarList {
     pub(crate) fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        self.vars
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+        self.vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
     }
 
     /// Sets `name`; an existing variable keeps its position, a new one goes last.

@@ -11,9 +11,7 @@ use otter_bootloader::grub::{GRUBENV_SIZE, GrubBackend, GrubEnv};
 use otter_bootloader::{BootBackend, BootError, Slot, SlotState};
 
 fn editenv(file: &Path, args: &[&str]) -> String {
-    let out = run(Command::new(tool("grub-editenv", "grub-common"))
-        .arg(file)
-        .args(args));
+    let out = run(Command::new(tool("grub-editenv", "grub-common")).arg(file).args(args));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -70,17 +68,9 @@ fn otter_reads_what_grub_editenv_writes() {
     let env = GrubEnv::from_bytes(&bytes).unwrap();
     let got: Vec<(String, String)> = env
         .iter()
-        .map(|(n, v)| {
-            (
-                String::from_utf8(n.to_vec()).unwrap(),
-                String::from_utf8(v.to_vec()).unwrap(),
-            )
-        })
+        .map(|(n, v)| (String::from_utf8(n.to_vec()).unwrap(), String::from_utf8(v.to_vec()).unwrap()))
         .collect();
-    let want: Vec<(String, String)> = tricky()
-        .into_iter()
-        .map(|(n, v)| (n.to_owned(), v))
-        .collect();
+    let want: Vec<(String, String)> = tricky().into_iter().map(|(n, v)| (n.to_owned(), v)).collect();
     assert_eq!(got, want);
     // Re-encoded by otter, grub-editenv lists the same.
     std::fs::write(&file, env.to_bytes().unwrap()).unwrap();
@@ -102,10 +92,7 @@ fn oversize_is_refused_and_nothing_is_written() {
     backend.set_try_next(Slot::B).unwrap();
     // ORDER, B_TRY and OTTER_TRIAL no longer fit next to the 960-byte variable.
     let err = backend.store().unwrap_err();
-    assert!(
-        matches!(&err, BootError::GrubEnv { reason, .. } if reason.to_string().contains("bytes")),
-        "{err}"
-    );
+    assert!(matches!(&err, BootError::GrubEnv { reason, .. } if reason.to_string().contains("bytes")), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), before);
 }
 
@@ -128,47 +115,22 @@ fn backend_store_is_atomic_and_seen_by_grub_editenv() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("grubenv");
     editenv(&file, &["create"]);
-    editenv(
-        &file,
-        &[
-            "set",
-            "ORDER=A B",
-            "A_OK=1",
-            "A_TRY=0",
-            "B_OK=0",
-            "B_TRY=0",
-            "keep=me",
-        ],
-    );
+    editenv(&file, &["set", "ORDER=A B", "A_OK=1", "A_TRY=0", "B_OK=0", "B_TRY=0", "keep=me"]);
     let mut backend = GrubBackend::open(&file).unwrap();
     assert_eq!(backend.slot_state(Slot::B), SlotState::Bad);
     backend.set_try_next(Slot::B).unwrap();
-    assert!(
-        editenv(&file, &["list"]).contains("ORDER=A B\n"),
-        "nothing written before store"
-    );
+    assert!(editenv(&file, &["list"]).contains("ORDER=A B\n"), "nothing written before store");
     backend.store().unwrap();
     let list = editenv(&file, &["list"]);
-    for line in [
-        "ORDER=B A\n",
-        "B_OK=1\n",
-        "B_TRY=0\n",
-        "OTTER_TRIAL=B\n",
-        "keep=me\n",
-    ] {
+    for line in ["ORDER=B A\n", "B_OK=1\n", "B_TRY=0\n", "OTTER_TRIAL=B\n", "keep=me\n"] {
         assert!(list.contains(line), "{line:?} missing in {list:?}");
     }
     assert_eq!(std::fs::metadata(&file).unwrap().len(), GRUBENV_SIZE as u64);
-    let names: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(names, vec!["grubenv".to_owned()], "temp file left behind");
     // GRUB booted B (it sets B_TRY=1); the daemon sees the running last attempt.
     editenv(&file, &["set", "B_TRY=1"]);
     backend.reload().unwrap();
-    assert_eq!(
-        backend.slot_state(Slot::B),
-        SlotState::Trying { attempts_left: 0 }
-    );
+    assert_eq!(backend.slot_state(Slot::B), SlotState::Trying { attempts_left: 0 });
 }

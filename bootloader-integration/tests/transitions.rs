@@ -75,29 +75,19 @@ struct UBootDevice {
 impl UBootDevice {
     fn new(scheme: UBootScheme, initial: &[(&str, &str)], layout: Layout) -> Self {
         let files = EnvFiles::new(layout, 0x4000);
-        let mut env =
-            UBootEnv::from_pairs([("bootcmd", "run otter_script"), ("bootdelay", "0")]).unwrap();
+        let mut env = UBootEnv::from_pairs([("bootcmd", "run otter_script"), ("bootdelay", "0")]).unwrap();
         for (n, v) in initial {
             env.set(n, v).unwrap();
         }
         provision(&files.config(), &env, 0).unwrap();
         let sim: Box<dyn VarScheme> = match scheme {
-            UBootScheme::BootOrder { attempts } => {
-                Box::new(BootOrderScheme::new(attempts).unwrap())
+            UBootScheme::BootOrder { attempts } => Box::new(BootOrderScheme::new(attempts).unwrap()),
+            UBootScheme::Mender { part_a, part_b, attempts } => {
+                Box::new(MenderScheme::new(part_a, part_b, attempts).unwrap())
             }
-            UBootScheme::Mender {
-                part_a,
-                part_b,
-                attempts,
-            } => Box::new(MenderScheme::new(part_a, part_b, attempts).unwrap()),
         };
         let backend = Self::open(&files, scheme);
-        Self {
-            files,
-            scheme,
-            sim,
-            backend,
-        }
+        Self { files, scheme, sim, backend }
     }
 
     fn open(files: &EnvFiles, scheme: UBootScheme) -> UBootBackend {
@@ -111,15 +101,11 @@ impl Device for UBootDevice {
     }
 
     fn reboot(&mut self) -> Option<Slot> {
-        let before: BTreeMap<String, String> =
-            fw_printenv(&self.files.config_path).into_iter().collect();
+        let before: BTreeMap<String, String> = fw_printenv(&self.files.config_path).into_iter().collect();
         let mut vars = before.clone();
         let booted = self.sim.simulate_boot(&mut vars);
-        let script: String = vars
-            .iter()
-            .filter(|(k, v)| before.get(*k) != Some(*v))
-            .map(|(k, v)| format!("{k}={v}\n"))
-            .collect();
+        let script: String =
+            vars.iter().filter(|(k, v)| before.get(*k) != Some(*v)).map(|(k, v)| format!("{k}={v}\n")).collect();
         if !script.is_empty() {
             fw_setenv_script(&self.files.config_path, &script);
         }
@@ -138,9 +124,7 @@ fn grubenv(dir: &Path) -> std::path::PathBuf {
 }
 
 fn editenv(file: &Path, args: &[String]) -> String {
-    let out = run(Command::new(tool("grub-editenv", "grub-common"))
-        .arg(file)
-        .args(args));
+    let out = run(Command::new(tool("grub-editenv", "grub-common")).arg(file).args(args));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -173,11 +157,7 @@ impl Device for GrubDevice {
         let mut vars = before.clone();
         let booted = GrubScheme.simulate_boot(&mut vars);
         let mut args = vec!["set".to_owned()];
-        args.extend(
-            vars.iter()
-                .filter(|(k, v)| before.get(*k) != Some(*v))
-                .map(|(k, v)| format!("{k}={v}")),
-        );
+        args.extend(vars.iter().filter(|(k, v)| before.get(*k) != Some(*v)).map(|(k, v)| format!("{k}={v}")));
         if args.len() > 1 {
             editenv(&file, &args);
         }
@@ -188,11 +168,7 @@ impl Device for GrubDevice {
     }
 }
 
-const BOOT_ORDER_SETTLED: &[(&str, &str)] = &[
-    ("BOOT_ORDER", "A B"),
-    ("BOOT_A_LEFT", "3"),
-    ("BOOT_B_LEFT", "3"),
-];
+const BOOT_ORDER_SETTLED: &[(&str, &str)] = &[("BOOT_ORDER", "A B"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "3")];
 
 #[test]
 fn boot_order_scheme() {
@@ -290,11 +266,7 @@ fn boot_order_scheme() {
 
 #[test]
 fn mender_scheme() {
-    let scheme = UBootScheme::Mender {
-        part_a: 2,
-        part_b: 3,
-        attempts: 2,
-    };
+    let scheme = UBootScheme::Mender { part_a: 2, part_b: 3, attempts: 2 };
     let settled: &[(&str, &str)] = &[
         ("mender_boot_part", "2"),
         ("mender_boot_part_hex", "2"),
@@ -360,13 +332,7 @@ fn mender_scheme() {
 
 #[test]
 fn grub_scheme() {
-    let settled: &[(&str, &str)] = &[
-        ("ORDER", "A B"),
-        ("A_OK", "1"),
-        ("A_TRY", "0"),
-        ("B_OK", "0"),
-        ("B_TRY", "0"),
-    ];
+    let settled: &[(&str, &str)] = &[("ORDER", "A B"), ("A_OK", "1"), ("A_TRY", "0"), ("B_OK", "0"), ("B_TRY", "0")];
     let scenarios: &[(&str, &[Step])] = &[
         (
             "update confirmed",
@@ -409,13 +375,7 @@ fn grub_scheme() {
         ),
         (
             "unstored changes are dropped",
-            &[
-                TryNext(Slot::B),
-                Reload,
-                Expect(Good, Bad, Slot::A),
-                TryNext(Slot::B),
-                Boot(Slot::A),
-            ],
+            &[TryNext(Slot::B), Reload, Expect(Good, Bad, Slot::A), TryNext(Slot::B), Boot(Slot::A)],
         ),
     ];
     for (name, steps) in scenarios {

@@ -6,12 +6,8 @@ mod common;
 
 use std::process::Command;
 
-use common::{
-    EnvFiles, Layout, env_pairs, fw_printenv, fw_setenv, fw_setenv_script, pairs, run, tool,
-};
-use otter_bootloader::uboot::{
-    EnvStorage, FwEnvConfig, UBootBackend, UBootEnv, UBootScheme, provision,
-};
+use common::{EnvFiles, Layout, env_pairs, fw_printenv, fw_setenv, fw_setenv_script, pairs, run, tool};
+use otter_bootloader::uboot::{EnvStorage, FwEnvConfig, UBootBackend, UBootEnv, UBootScheme, provision};
 use otter_bootloader::{BootBackend, Slot, SlotState};
 
 const SIZE: usize = 0x4000;
@@ -20,10 +16,7 @@ fn sample() -> UBootEnv {
     UBootEnv::from_pairs([
         ("bootdelay", "2"),
         ("bootcmd", "run otter_boot; reset"),
-        (
-            "otter_boot",
-            "load mmc 0:2 ${loadaddr} /boot/vmlinuz && bootz ${loadaddr}",
-        ),
+        ("otter_boot", "load mmc 0:2 ${loadaddr} /boot/vmlinuz && bootz ${loadaddr}"),
         ("BOOT_ORDER", "A B"),
         ("BOOT_A_LEFT", "3"),
         ("BOOT_B_LEFT", "3"),
@@ -40,20 +33,13 @@ fn fw_printenv_reads_what_otter_writes() {
         ("single file", Layout::SingleFile),
         ("single at offset", Layout::SingleAtOffset(0x10_0000)),
         ("redundant files", Layout::RedundantFiles),
-        (
-            "redundant image",
-            Layout::RedundantImage(0x8000, 0xC000, 0x2_0000),
-        ),
+        ("redundant image", Layout::RedundantImage(0x8000, 0xC000, 0x2_0000)),
     ];
     for (name, layout) in layouts {
         for pad in [0x00, 0xFF] {
             let files = EnvFiles::new(layout_clone(&layout), SIZE);
             provision(&files.config(), &sample(), pad).unwrap();
-            assert_eq!(
-                fw_printenv(&files.config_path),
-                env_pairs(&sample()),
-                "{name}, padding {pad:#x}"
-            );
+            assert_eq!(fw_printenv(&files.config_path), env_pairs(&sample()), "{name}, padding {pad:#x}");
         }
     }
 }
@@ -118,16 +104,12 @@ fn otter_reads_mkenvimage_and_writes_the_same_bytes() {
     for (args, redundant, flags, pad) in cases {
         let image = mkenvimage(args, MKENV_INPUT, SIZE);
         assert_eq!(image.len(), SIZE);
-        let decoded = UBootEnv::decode(&image, redundant)
-            .unwrap_or_else(|e| panic!("mkenvimage {args:?}: {e}"));
+        let decoded = UBootEnv::decode(&image, redundant).unwrap_or_else(|e| panic!("mkenvimage {args:?}: {e}"));
         assert_eq!(decoded.env, expected, "mkenvimage {args:?}");
         assert_eq!(decoded.flags, flags, "mkenvimage {args:?}");
         // Same variables in the same order, same padding: byte-identical image.
         let ours = expected.to_bytes(SIZE, flags, pad).unwrap();
-        assert!(
-            ours == image,
-            "otter's image differs from mkenvimage {args:?}"
-        );
+        assert!(ours == image, "otter's image differs from mkenvimage {args:?}");
     }
 }
 
@@ -140,10 +122,7 @@ fn otter_storage_reads_a_redundant_pair_made_by_mkenvimage() {
     let loaded = EnvStorage::open(&files.config()).unwrap().read().unwrap();
     assert_eq!(loaded.env, mkenv_expected());
     assert_eq!(loaded.current, 0, "equal flags: copy 0");
-    assert_eq!(
-        fw_printenv(&files.config_path),
-        env_pairs(&mkenv_expected())
-    );
+    assert_eq!(fw_printenv(&files.config_path), env_pairs(&mkenv_expected()));
 }
 
 #[test]
@@ -157,10 +136,7 @@ fn otter_reads_what_fw_setenv_writes() {
         let files = EnvFiles::new(layout, SIZE);
         provision(&files.config(), &sample(), 0).unwrap();
         fw_setenv(&files.config_path, "BOOT_ORDER", "B A");
-        fw_setenv_script(
-            &files.config_path,
-            "BOOT_B_LEFT=2\nnew_var=hello world\nbootdelay=\n",
-        );
+        fw_setenv_script(&files.config_path, "BOOT_B_LEFT=2\nnew_var=hello world\nbootdelay=\n");
         let storage = EnvStorage::open(&files.config()).unwrap();
         let env = storage.read().unwrap().env;
         assert_eq!(env.get("BOOT_ORDER"), Some("B A"));
@@ -173,10 +149,7 @@ fn otter_reads_what_fw_setenv_writes() {
 
 #[test]
 fn alternating_stores_by_otter_and_fw_setenv_in_a_redundant_pair() {
-    for layout in [
-        Layout::RedundantFiles,
-        Layout::RedundantImage(0x1000, 0x9000, 0x10000),
-    ] {
+    for layout in [Layout::RedundantFiles, Layout::RedundantImage(0x1000, 0x9000, 0x10000)] {
         let files = EnvFiles::new(layout, SIZE);
         provision(&files.config(), &sample(), 0).unwrap();
         let storage = EnvStorage::open(&files.config()).unwrap();
@@ -197,16 +170,8 @@ fn alternating_stores_by_otter_and_fw_setenv_in_a_redundant_pair() {
             );
             fw_setenv(&files.config_path, "tool_round", &round.to_string());
             let env = storage.read().unwrap().env;
-            assert_eq!(
-                env.get("tool_round"),
-                Some(round.to_string().as_str()),
-                "round {round}"
-            );
-            assert_eq!(
-                env.get("otter_round"),
-                Some(round.to_string().as_str()),
-                "round {round}"
-            );
+            assert_eq!(env.get("tool_round"), Some(round.to_string().as_str()), "round {round}");
+            assert_eq!(env.get("otter_round"), Some(round.to_string().as_str()), "round {round}");
             let flags: Vec<u8> = storage.read_raw().unwrap().iter().map(|c| c[4]).collect();
             wrapped |= flags.contains(&255) && flags.contains(&0);
         }
@@ -232,10 +197,7 @@ fn flag_wraparound_is_read_alike() {
     let newer = UBootEnv::from_pairs([("which", "newer")]).unwrap();
     storage.store(&newer, &loaded).unwrap();
     assert_eq!(std::fs::read(&files.copies[0]).unwrap()[4], 1);
-    assert_eq!(
-        fw_printenv(&files.config_path),
-        pairs(&[("which", "newer")])
-    );
+    assert_eq!(fw_printenv(&files.config_path), pairs(&[("which", "newer")]));
 
     // The other way round: 254 → 255 written by otter, then fw_setenv wraps to 0.
     std::fs::write(&files.copies[0], old.to_bytes(SIZE, Some(254), 0).unwrap()).unwrap();
@@ -244,11 +206,7 @@ fn flag_wraparound_is_read_alike() {
     storage.store(&new, &loaded).unwrap();
     assert_eq!(std::fs::read(&files.copies[1]).unwrap()[4], 255);
     fw_setenv(&files.config_path, "which", "tool");
-    assert_eq!(
-        std::fs::read(&files.copies[0]).unwrap()[4],
-        0,
-        "fw_setenv wrapped"
-    );
+    assert_eq!(std::fs::read(&files.copies[0]).unwrap()[4], 0, "fw_setenv wrapped");
     let loaded = storage.read().unwrap();
     assert_eq!((loaded.current, loaded.env.get("which")), (0, Some("tool")));
 }
@@ -287,33 +245,18 @@ fn backend_store_is_seen_by_fw_printenv_and_fw_setenv_by_backend() {
     for layout in [Layout::SingleFile, Layout::RedundantFiles] {
         let files = EnvFiles::new(layout, SIZE);
         provision(&files.config(), &sample(), 0).unwrap();
-        let mut backend = UBootBackend::open(
-            &files.config(),
-            UBootScheme::default(),
-            Some(files.lock.as_path()),
-        )
-        .unwrap();
+        let mut backend =
+            UBootBackend::open(&files.config(), UBootScheme::default(), Some(files.lock.as_path())).unwrap();
         backend.set_try_next(Slot::B).unwrap();
         backend.store().unwrap();
         let seen = fw_printenv(&files.config_path);
-        for (k, v) in [
-            ("BOOT_ORDER", "B A"),
-            ("BOOT_B_LEFT", "3"),
-            ("OTTER_TRIAL", "B"),
-            ("bootdelay", "2"),
-        ] {
-            assert!(
-                seen.contains(&(k.to_owned(), v.to_owned())),
-                "{k}={v} missing in {seen:?}"
-            );
+        for (k, v) in [("BOOT_ORDER", "B A"), ("BOOT_B_LEFT", "3"), ("OTTER_TRIAL", "B"), ("bootdelay", "2")] {
+            assert!(seen.contains(&(k.to_owned(), v.to_owned())), "{k}={v} missing in {seen:?}");
         }
         // The boot script took two attempts (as U-Boot would, written by the reference tool).
         fw_setenv(&files.config_path, "BOOT_B_LEFT", "1");
         backend.reload().unwrap();
-        assert_eq!(
-            backend.slot_state(Slot::B),
-            SlotState::Trying { attempts_left: 1 }
-        );
+        assert_eq!(backend.slot_state(Slot::B), SlotState::Trying { attempts_left: 1 });
         backend.mark_good(Slot::B).unwrap();
         backend.store().unwrap();
         let seen = fw_printenv(&files.config_path);
@@ -326,25 +269,14 @@ fn backend_store_is_seen_by_fw_printenv_and_fw_setenv_by_backend() {
 fn store_keeps_variables_fw_setenv_changed_since_the_last_read() {
     let files = EnvFiles::new(Layout::RedundantFiles, SIZE);
     provision(&files.config(), &sample(), 0).unwrap();
-    let mut backend = UBootBackend::open(
-        &files.config(),
-        UBootScheme::default(),
-        Some(files.lock.as_path()),
-    )
-    .unwrap();
+    let mut backend = UBootBackend::open(&files.config(), UBootScheme::default(), Some(files.lock.as_path())).unwrap();
     backend.set_try_next(Slot::B).unwrap();
     // Someone else changes an unrelated variable between otter's read and store.
     fw_setenv(&files.config_path, "bootdelay", "7");
     backend.store().unwrap();
     let seen = fw_printenv(&files.config_path);
-    assert!(
-        seen.contains(&("bootdelay".to_owned(), "7".to_owned())),
-        "{seen:?}"
-    );
-    assert!(
-        seen.contains(&("BOOT_ORDER".to_owned(), "B A".to_owned())),
-        "{seen:?}"
-    );
+    assert!(seen.contains(&("bootdelay".to_owned(), "7".to_owned())), "{seen:?}");
+    assert!(seen.contains(&("BOOT_ORDER".to_owned(), "B A".to_owned())), "{seen:?}");
     assert_eq!(backend.env().get("bootdelay"), Some("7"));
 }
 

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{EnvFiles, Layout, env_pairs, fw_printenv, fw_setenv, tool};
 use otter_bootloader::uboot::{
-    DEFAULT_LOCK_PATH, EnvStorage, FlagScheme, Interruption, UBootBackend, UBootEnv, UBootScheme,
-    next_flags, provision,
+    DEFAULT_LOCK_PATH, EnvStorage, FlagScheme, Interruption, UBootBackend, UBootEnv, UBootScheme, next_flags, provision,
 };
 use otter_bootloader::{BootBackend, BootError, Slot};
 
@@ -59,11 +58,7 @@ fn one_corrupt_copy_falls_back_to_the_other() {
         assert_eq!(loaded.current, 1 - bad, "copy {bad} corrupt");
         assert_eq!(loaded.env, want, "copy {bad} corrupt");
         assert!(!loaded.valid[bad]);
-        assert_eq!(
-            fw_printenv(&files.config_path),
-            env_pairs(&want),
-            "fw_printenv agrees"
-        );
+        assert_eq!(fw_printenv(&files.config_path), env_pairs(&want), "fw_printenv agrees");
         // The next store replaces the corrupt copy, never the good one.
         let good_before = std::fs::read(&files.copies[1 - bad]).unwrap();
         let mut env = loaded.env.clone();
@@ -76,19 +71,11 @@ fn one_corrupt_copy_falls_back_to_the_other() {
 
 #[test]
 fn both_copies_corrupt_is_a_typed_error_and_nothing_is_written() {
-    for layout in [
-        Layout::RedundantFiles,
-        Layout::SingleFile,
-        Layout::SingleAtOffset(0x800),
-    ] {
+    for layout in [Layout::RedundantFiles, Layout::SingleFile, Layout::SingleAtOffset(0x800)] {
         let files = EnvFiles::new(layout, SIZE);
         provision(&files.config(), &old_env(), 0).unwrap();
-        let mut backend = UBootBackend::open(
-            &files.config(),
-            UBootScheme::default(),
-            Some(files.lock.as_path()),
-        )
-        .unwrap();
+        let mut backend =
+            UBootBackend::open(&files.config(), UBootScheme::default(), Some(files.lock.as_path())).unwrap();
         backend.set_try_next(Slot::B).unwrap();
         let storage = EnvStorage::open(&files.config()).unwrap();
         for c in storage.copies() {
@@ -100,12 +87,7 @@ fn both_copies_corrupt_is_a_typed_error_and_nothing_is_written() {
         assert!(err.to_string().contains("corrupt"), "{err}");
         assert_eq!(files.snapshot(), before, "store wrote over a corrupt env");
         assert!(matches!(backend.reload(), Err(BootError::Corrupt { .. })));
-        let err = UBootBackend::open(
-            &files.config(),
-            UBootScheme::default(),
-            Some(files.lock.as_path()),
-        )
-        .unwrap_err();
+        let err = UBootBackend::open(&files.config(), UBootScheme::default(), Some(files.lock.as_path())).unwrap_err();
         assert!(matches!(err, BootError::Corrupt { .. }), "{err}");
         assert_eq!(files.snapshot(), before, "open wrote over a corrupt env");
     }
@@ -114,29 +96,16 @@ fn both_copies_corrupt_is_a_typed_error_and_nothing_is_written() {
 #[test]
 fn a_never_written_env_is_corrupt_not_defaulted() {
     let files = EnvFiles::new(Layout::SingleFile, SIZE); // all zeroes: CRC fails
-    let err = UBootBackend::open(
-        &files.config(),
-        UBootScheme::default(),
-        Some(files.lock.as_path()),
-    )
-    .unwrap_err();
+    let err = UBootBackend::open(&files.config(), UBootScheme::default(), Some(files.lock.as_path())).unwrap_err();
     assert!(matches!(err, BootError::Corrupt { .. }), "{err}");
     assert_eq!(files.snapshot(), vec![vec![0u8; SIZE]]);
 }
 
 /// Reads the env the way both implementations do and checks it is exactly `old` or `new`.
 fn assert_old_or_new(files: &EnvFiles, what: &str) -> bool {
-    let env = EnvStorage::open(&files.config())
-        .unwrap()
-        .read()
-        .unwrap()
-        .env;
+    let env = EnvStorage::open(&files.config()).unwrap().read().unwrap().env;
     let tool_view = fw_printenv(&files.config_path);
-    assert_eq!(
-        env_pairs(&env),
-        tool_view,
-        "{what}: otter and fw_printenv disagree"
-    );
+    assert_eq!(env_pairs(&env), tool_view, "{what}: otter and fw_printenv disagree");
     if env == old_env() {
         false
     } else if env == new_env() {
@@ -148,42 +117,24 @@ fn assert_old_or_new(files: &EnvFiles, what: &str) -> bool {
 
 #[test]
 fn torn_redundant_store_reads_old_or_new_never_a_mix() {
-    for layout in [
-        Layout::RedundantFiles,
-        Layout::RedundantImage(0x400, 0x2400, 0x8000),
-    ] {
+    for layout in [Layout::RedundantFiles, Layout::RedundantImage(0x400, 0x2400, 0x8000)] {
         let files = EnvFiles::new(layout, SIZE);
         provision(&files.config(), &old_env(), 0).unwrap();
         let storage = EnvStorage::open(&files.config()).unwrap();
         let loaded = storage.read().unwrap();
 
-        storage
-            .store_interrupted(&new_env(), &loaded, Interruption::MidFirstCopy)
-            .unwrap();
-        assert!(
-            !assert_old_or_new(&files, "cut mid-copy"),
-            "cut mid-copy must read old"
-        );
+        storage.store_interrupted(&new_env(), &loaded, Interruption::MidFirstCopy).unwrap();
+        assert!(!assert_old_or_new(&files, "cut mid-copy"), "cut mid-copy must read old");
 
-        storage
-            .store_interrupted(&new_env(), &loaded, Interruption::AfterFirstCopy)
-            .unwrap();
-        assert!(
-            assert_old_or_new(&files, "cut after the copy"),
-            "complete copy must read new"
-        );
+        storage.store_interrupted(&new_env(), &loaded, Interruption::AfterFirstCopy).unwrap();
+        assert!(assert_old_or_new(&files, "cut after the copy"), "complete copy must read new");
 
         // Every cut point of the new copy: the current copy stays intact, so old is read until
         // the new copy's variables are complete (the padding after them is the same zeroes).
         provision(&files.config(), &old_env(), 0).unwrap();
         let loaded = storage.read().unwrap();
-        let image = new_env()
-            .to_bytes(
-                SIZE,
-                Some(next_flags(loaded.flags.unwrap(), FlagScheme::Incremental)),
-                0,
-            )
-            .unwrap();
+        let image =
+            new_env().to_bytes(SIZE, Some(next_flags(loaded.flags.unwrap(), FlagScheme::Incremental)), 0).unwrap();
         let target = &storage.copies()[1 - loaded.current];
         for cut in (0..SIZE).step_by(509).chain([SIZE - 1]) {
             let mut bytes = std::fs::read(&target.path).unwrap();
@@ -193,11 +144,7 @@ fn torn_redundant_store_reads_old_or_new_never_a_mix() {
             let env = storage.read().unwrap().env;
             let complete = cut >= 5 + new_env().data_bytes().len();
             let want = if complete { new_env() } else { old_env() };
-            assert!(
-                env == want,
-                "cut at {cut}: expected the {} env",
-                if complete { "new" } else { "old" }
-            );
+            assert!(env == want, "cut at {cut}: expected the {} env", if complete { "new" } else { "old" });
         }
     }
 }
@@ -213,13 +160,9 @@ fn torn_store_on_nor_boolean_flags() {
     assert_eq!((loaded.current, loaded.flags), (0, Some(1)));
 
     // New copy written as active, old flag not yet cleared: both active → copy 0 (old).
-    storage
-        .store_interrupted(&new_env(), &loaded, Interruption::AfterFirstCopy)
-        .unwrap();
+    storage.store_interrupted(&new_env(), &loaded, Interruption::AfterFirstCopy).unwrap();
     assert_eq!(storage.read().unwrap().env, old_env());
-    storage
-        .store_interrupted(&new_env(), &loaded, Interruption::MidFirstCopy)
-        .unwrap();
+    storage.store_interrupted(&new_env(), &loaded, Interruption::MidFirstCopy).unwrap();
     assert_eq!(storage.read().unwrap().env, old_env());
 
     storage.store(&new_env(), &loaded).unwrap();
@@ -243,10 +186,7 @@ fn single_file_store_is_an_atomic_replace() {
     let loaded = storage.read().unwrap();
     for at in [Interruption::MidFirstCopy, Interruption::AfterFirstCopy] {
         storage.store_interrupted(&new_env(), &loaded, at).unwrap();
-        assert!(
-            !assert_old_or_new(&files, "before the rename"),
-            "{at:?}: must read old"
-        );
+        assert!(!assert_old_or_new(&files, "before the rename"), "{at:?}: must read old");
     }
     storage.store(&new_env(), &loaded).unwrap();
     assert!(assert_old_or_new(&files, "after the rename"));
@@ -256,10 +196,7 @@ fn single_file_store_is_an_atomic_replace() {
         .filter(|n| n.contains("otter-new"))
         .collect();
     assert!(leftovers.is_empty(), "temp file left behind: {leftovers:?}");
-    assert_eq!(
-        std::fs::metadata(&files.copies[0]).unwrap().len(),
-        SIZE as u64
-    );
+    assert_eq!(std::fs::metadata(&files.copies[0]).unwrap().len(), SIZE as u64);
 }
 
 #[test]
@@ -270,9 +207,7 @@ fn single_copy_at_an_offset_cannot_be_atomic_and_says_so() {
     let storage = EnvStorage::open(&files.config()).unwrap();
     assert!(!storage.copies()[0].whole_file);
     let loaded = storage.read().unwrap();
-    storage
-        .store_interrupted(&new_env(), &loaded, Interruption::MidFirstCopy)
-        .unwrap();
+    storage.store_interrupted(&new_env(), &loaded, Interruption::MidFirstCopy).unwrap();
     assert!(matches!(storage.read(), Err(BootError::Corrupt { .. })));
 }
 
@@ -304,11 +239,7 @@ impl HeldLock {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while !marker.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "flock child never took {}",
-                path.display()
-            );
+            assert!(Instant::now() < deadline, "flock child never took {}", path.display());
             std::thread::sleep(Duration::from_millis(10));
         }
         HeldLock(child)
@@ -326,12 +257,7 @@ impl Drop for HeldLock {
 fn store_waits_for_the_lock() {
     let files = EnvFiles::new(Layout::RedundantFiles, SIZE);
     provision(&files.config(), &old_env(), 0).unwrap();
-    let mut backend = UBootBackend::open(
-        &files.config(),
-        UBootScheme::default(),
-        Some(files.lock.as_path()),
-    )
-    .unwrap();
+    let mut backend = UBootBackend::open(&files.config(), UBootScheme::default(), Some(files.lock.as_path())).unwrap();
     backend.set_try_next(Slot::B).unwrap();
     let held = HeldLock::take(&files.lock);
     let before = files.snapshot();
@@ -341,23 +267,11 @@ fn store_waits_for_the_lock() {
     });
     std::thread::sleep(Duration::from_millis(500));
     assert!(!worker.is_finished(), "store did not wait for the lock");
-    assert_eq!(
-        files.snapshot(),
-        before,
-        "wrote while another process held the lock"
-    );
+    assert_eq!(files.snapshot(), before, "wrote while another process held the lock");
     drop(held);
     let backend = worker.join().unwrap();
     assert!(!backend.has_unstored_changes());
-    assert_eq!(
-        EnvStorage::open(&files.config())
-            .unwrap()
-            .read()
-            .unwrap()
-            .env
-            .get("BOOT_ORDER"),
-        Some("B A")
-    );
+    assert_eq!(EnvStorage::open(&files.config()).unwrap().read().unwrap().env.get("BOOT_ORDER"), Some("B A"));
 }
 
 #[test]
@@ -376,20 +290,13 @@ fn default_lock_is_the_one_fw_setenv_takes() {
         backend.store().unwrap();
     });
     std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        !tool_thread.is_finished(),
-        "fw_setenv did not wait for the lock"
-    );
+    assert!(!tool_thread.is_finished(), "fw_setenv did not wait for the lock");
     assert!(!worker.is_finished(), "otter did not wait for the lock");
     drop(held);
     tool_thread.join().unwrap();
     worker.join().unwrap();
     // Both stores happened, one after the other, neither lost.
-    let env = EnvStorage::open(&files.config())
-        .unwrap()
-        .read()
-        .unwrap()
-        .env;
+    let env = EnvStorage::open(&files.config()).unwrap().read().unwrap().env;
     assert_eq!(env.get("bootdelay"), Some("9"));
     assert_eq!(env.get("BOOT_ORDER"), Some("B A"));
 }

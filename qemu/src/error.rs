@@ -59,44 +59,27 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
-        Error::Io {
-            action,
-            path: path.to_path_buf(),
-            source,
-        }
+        Error::Io { action, path: path.to_path_buf(), source }
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::MissingTool { tool, package } => write!(
-                f,
-                "{tool} not found: install the Debian package {package} (tests/install-deps does)"
-            ),
+            Error::MissingTool { tool, package } => {
+                write!(f, "{tool} not found: install the Debian package {package} (tests/install-deps does)")
+            }
             Error::MissingFile { path, package } => write!(
                 f,
                 "{} not found: install the Debian package {package} (tests/install-deps does)",
                 path.display()
             ),
-            Error::Io {
-                action,
-                path,
-                source,
-            } => write!(f, "failed to {action} {}: {source}", path.display()),
-            Error::Command {
-                command,
-                status,
-                stderr,
-            } => write!(f, "`{command}` failed ({status}): {stderr}"),
+            Error::Io { action, path, source } => write!(f, "failed to {action} {}: {source}", path.display()),
+            Error::Command { command, status, stderr } => write!(f, "`{command}` failed ({status}): {stderr}"),
             Error::Timeout { after, console } => {
                 let tail: Vec<&str> = console.lines().rev().take(30).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
-                write!(
-                    f,
-                    "the VM did not power off within {after:?}; last console lines:\n{}",
-                    tail.join("\n")
-                )
+                write!(f, "the VM did not power off within {after:?}; last console lines:\n{}", tail.join("\n"))
             }
             Error::BadImage { path, reason } => {
                 write!(f, "unexpected disk image {}: {reason}", path.display())

@@ -106,10 +106,8 @@ impl ImageBuilder {
         if self.grub {
             tools::require_grub()?;
         }
-        let out_dir = self
-            .out
-            .clone()
-            .unwrap_or_else(|| work_dir().join(if self.grub { "image-grub" } else { "image" }));
+        let out_dir =
+            self.out.clone().unwrap_or_else(|| work_dir().join(if self.grub { "image-grub" } else { "image" }));
         let script = repo_root().join("qemu").join("build-image");
         let mut cmd = Command::new(&script);
         cmd.arg("--out").arg(&out_dir);
@@ -135,24 +133,15 @@ impl ImageBuilder {
         let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let path = PathBuf::from(path);
         if !path.is_file() {
-            return Err(Error::BadImage {
-                path,
-                reason: "build-image did not print the path of the disk".to_owned(),
-            });
+            return Err(Error::BadImage { path, reason: "build-image did not print the path of the disk".to_owned() });
         }
         let grub_iso = self.grub.then(|| out_dir.join("grub.iso"));
         if let Some(iso) = &grub_iso
             && !iso.is_file()
         {
-            return Err(Error::BadImage {
-                path: iso.clone(),
-                reason: "build-image made no GRUB loader CD".to_owned(),
-            });
+            return Err(Error::BadImage { path: iso.clone(), reason: "build-image made no GRUB loader CD".to_owned() });
         }
-        Ok(BuiltImage {
-            disk: path,
-            grub_iso,
-        })
+        Ok(BuiltImage { disk: path, grub_iso })
     }
 }
 
@@ -213,10 +202,7 @@ impl DiskImage {
     /// Copies `base` to `dest` (sparse) and opens the copy.
     pub fn copy_from(base: &Path, dest: impl Into<PathBuf>) -> Result<Self, Error> {
         let dest = dest.into();
-        run(tools::command("cp", "coreutils")?
-            .arg("--sparse=always")
-            .arg(base)
-            .arg(&dest))?;
+        run(tools::command("cp", "coreutils")?.arg("--sparse=always").arg(base).arg(&dest))?;
         Ok(Self { path: dest })
     }
 
@@ -232,21 +218,16 @@ impl DiskImage {
         fs::File::open(&self.path)
             .and_then(|mut f| f.read_exact(&mut sector))
             .map_err(|e| Error::io("read the partition table of", &self.path, e))?;
-        parse_mbr(&sector).ok_or_else(|| Error::BadImage {
-            path: self.path.clone(),
-            reason: "no MBR partition table".to_owned(),
-        })
+        parse_mbr(&sector)
+            .ok_or_else(|| Error::BadImage { path: self.path.clone(), reason: "no MBR partition table".to_owned() })
     }
 
     /// The FAT boot partition: the one with the boot flag.
     pub fn boot_partition(&self) -> Result<Partition, Error> {
-        self.partitions()?
-            .into_iter()
-            .find(|p| p.bootable)
-            .ok_or_else(|| Error::BadImage {
-                path: self.path.clone(),
-                reason: "no partition has the boot flag".to_owned(),
-            })
+        self.partitions()?.into_iter().find(|p| p.bootable).ok_or_else(|| Error::BadImage {
+            path: self.path.clone(),
+            reason: "no partition has the boot flag".to_owned(),
+        })
     }
 
     /// `-i image@@offset`, mtools' way to address a partition inside an image.
@@ -266,10 +247,7 @@ impl DiskImage {
     /// partition.
     pub fn has_boot_file(&self, name: &str) -> Result<bool, Error> {
         let mut cmd = self.mtools("mdir")?;
-        cmd.arg("-b")
-            .arg("-i")
-            .arg(self.mtools_image()?)
-            .arg(format!("::{name}"));
+        cmd.arg("-b").arg("-i").arg(self.mtools_image()?).arg(format!("::{name}"));
         match run(&mut cmd) {
             Ok(_) => Ok(true),
             Err(Error::Command { stderr, .. }) if stderr.contains("not found") => Ok(false),
@@ -295,13 +273,7 @@ impl DiskImage {
 
     /// Copies `src` onto the boot partition as `name`, replacing it.
     pub fn put_boot_file(&self, src: &Path, name: &str) -> Result<(), Error> {
-        run(self
-            .mtools("mcopy")?
-            .arg("-o")
-            .arg("-i")
-            .arg(self.mtools_image()?)
-            .arg(src)
-            .arg(format!("::{name}")))?;
+        run(self.mtools("mcopy")?.arg("-o").arg("-i").arg(self.mtools_image()?).arg(src).arg(format!("::{name}")))?;
         Ok(())
     }
 
@@ -338,12 +310,7 @@ impl DiskImage {
         let config = dir.join("fw_env.config");
         let line = format!("{} 0x0 {:#x}\n", path.display(), UBOOT_ENV_SIZE);
         fs::write(&config, line).map_err(|e| Error::io("write", &config, e))?;
-        Ok(BootFileCheckout {
-            image: self.clone(),
-            name: name.to_owned(),
-            path,
-            config,
-        })
+        Ok(BootFileCheckout { image: self.clone(), name: name.to_owned(), path, config })
     }
 }
 
@@ -405,16 +372,7 @@ mod tests {
         e2[12..16].copy_from_slice(&131072u32.to_le_bytes());
         let parts = parse_mbr(&s).unwrap();
         assert_eq!(parts.len(), 2);
-        assert_eq!(
-            parts[0],
-            Partition {
-                number: 1,
-                kind: 0x0c,
-                bootable: true,
-                offset: 1 << 20,
-                size: 16 << 20
-            }
-        );
+        assert_eq!(parts[0], Partition { number: 1, kind: 0x0c, bootable: true, offset: 1 << 20, size: 16 << 20 });
         assert_eq!(parts[1].number, 2);
         assert!(!parts[1].bootable);
         assert_eq!(parts[1].offset, 34816 * 512);

@@ -24,26 +24,18 @@ pub mod tools;
 mod vm;
 
 pub use error::Error;
-pub use image::{
-    BootFileCheckout, BuiltImage, DiskImage, ImageBuilder, Partition, UBOOT_ENV_SIZE, parse_mbr,
-};
+pub use image::{BootFileCheckout, BuiltImage, DiskImage, ImageBuilder, Partition, UBOOT_ENV_SIZE, parse_mbr};
 pub use vm::{Console, Firmware, Qemu, RunningVm};
 
 /// The repository root (the workspace this crate lives in).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(".."))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".."))
 }
 
 /// Where images, per-test copies and console logs go: `$CARGO_TARGET_DIR/qemu`, else
 /// `<repo>/target/qemu`.
 pub fn work_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"))
-        .join("qemu")
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target")).join("qemu")
 }
 
 /// A fresh, empty directory for one test's files: `work_dir()/runs/<name>`. Whatever a previous

@@ -37,10 +37,7 @@ pub fn find(tool: &str) -> Option<PathBuf> {
 
 /// The full path of `tool`, or an error naming `package`.
 pub fn require(tool: &str, package: &str) -> Result<PathBuf, Error> {
-    find(tool).ok_or_else(|| Error::MissingTool {
-        tool: tool.to_owned(),
-        package: package.to_owned(),
-    })
+    find(tool).ok_or_else(|| Error::MissingTool { tool: tool.to_owned(), package: package.to_owned() })
 }
 
 /// Checks every tool in [`TOOLS`] and the U-Boot ROM; the first one missing is the error.
@@ -49,10 +46,7 @@ pub fn require_all() -> Result<(), Error> {
         require(tool, package)?;
     }
     if !Path::new(UBOOT_ROM).is_file() {
-        return Err(Error::MissingFile {
-            path: PathBuf::from(UBOOT_ROM),
-            package: "u-boot-qemu".to_owned(),
-        });
+        return Err(Error::MissingFile { path: PathBuf::from(UBOOT_ROM), package: "u-boot-qemu".to_owned() });
     }
     Ok(())
 }
@@ -65,10 +59,7 @@ pub fn require_grub() -> Result<(), Error> {
     require("xorriso", "xorriso")?;
     let modules = Path::new("/usr/lib/grub/i386-pc");
     if !modules.is_dir() {
-        return Err(Error::MissingFile {
-            path: modules.to_path_buf(),
-            package: "grub-pc-bin".to_owned(),
-        });
+        return Err(Error::MissingFile { path: modules.to_path_buf(), package: "grub-pc-bin".to_owned() });
     }
     Ok(())
 }
@@ -99,9 +90,7 @@ pub fn run(cmd: &mut Command) -> Result<Output, Error> {
 /// All variables of the environment described by the `fw_env.config` at `config`, as
 /// libubootenv's `fw_printenv -c` reads them.
 pub fn fw_printenv(config: &Path) -> Result<BTreeMap<String, String>, Error> {
-    let out = run(command("fw_printenv", "libubootenv-tool")?
-        .arg("-c")
-        .arg(config))?;
+    let out = run(command("fw_printenv", "libubootenv-tool")?.arg("-c").arg(config))?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_once('='))
@@ -111,9 +100,7 @@ pub fn fw_printenv(config: &Path) -> Result<BTreeMap<String, String>, Error> {
 
 /// All variables of the GRUB environment block at `path`, as `grub-editenv list` reads them.
 pub fn grub_editenv_list(path: &Path) -> Result<BTreeMap<String, String>, Error> {
-    let out = run(command("grub-editenv", "grub-common")?
-        .arg(path)
-        .arg("list"))?;
+    let out = run(command("grub-editenv", "grub-common")?.arg(path).arg("list"))?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_once('='))

@@ -98,17 +98,12 @@ impl Qemu {
     /// The QEMU command line for `disk`.
     pub fn command(&self, disk: &DiskImage) -> Result<Command, Error> {
         let mut cmd = tools::command("qemu-system-x86_64", "qemu-system-x86")?;
-        cmd.arg("-m")
-            .arg(self.memory_mib.to_string())
-            .arg("-nographic");
+        cmd.arg("-m").arg(self.memory_mib.to_string()).arg("-nographic");
         match &self.firmware {
             Firmware::UBoot => {
                 let rom = PathBuf::from(UBOOT_ROM);
                 if !rom.is_file() {
-                    return Err(Error::MissingFile {
-                        path: rom,
-                        package: "u-boot-qemu".to_owned(),
-                    });
+                    return Err(Error::MissingFile { path: rom, package: "u-boot-qemu".to_owned() });
                 }
                 cmd.arg("-bios").arg(rom);
             }
@@ -122,10 +117,7 @@ impl Qemu {
                 cmd.arg("-cdrom").arg(iso).arg("-boot").arg("d");
             }
         }
-        cmd.arg("-drive").arg(format!(
-            "file={},format=raw,if=virtio",
-            disk.path().display()
-        ));
+        cmd.arg("-drive").arg(format!("file={},format=raw,if=virtio", disk.path().display()));
         if !self.network {
             cmd.arg("-nic").arg("none");
         }
@@ -137,15 +129,9 @@ impl Qemu {
     pub fn spawn(&self, disk: &DiskImage) -> Result<RunningVm, Error> {
         let mut cmd = self.command(disk)?;
         let line = format!("{cmd:?}");
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::Command {
-                command: line,
-                status: "not started".to_owned(),
-                stderr: e.to_string(),
+        let mut child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| {
+                Error::Command { command: line, status: "not started".to_owned(), stderr: e.to_string() }
             })?;
         let output = Arc::new(Mutex::new(Vec::new()));
         let readers = [
@@ -155,13 +141,7 @@ impl Qemu {
         .into_iter()
         .flatten()
         .collect();
-        Ok(RunningVm {
-            child,
-            output,
-            readers,
-            started: Instant::now(),
-            log: self.log.clone(),
-        })
+        Ok(RunningVm { child, output, readers, started: Instant::now(), log: self.log.clone() })
     }
 
     /// Boots `disk` and waits until the guest powers off (QEMU exits); returns the console.
@@ -237,10 +217,7 @@ impl RunningVm {
                 Ok(Some(_)) => return self.finish(),
                 Ok(None) if Instant::now() >= deadline => {
                     let console = self.finish()?;
-                    return Err(Error::Timeout {
-                        after: timeout,
-                        console: console.text().to_owned(),
-                    });
+                    return Err(Error::Timeout { after: timeout, console: console.text().to_owned() });
                 }
                 Ok(None) => std::thread::sleep(POLL),
                 Err(e) => return Err(Error::io("wait for", &PathBuf::from("qemu"), e)),
@@ -290,10 +267,7 @@ pub struct Console {
 impl Console {
     /// From raw console bytes (invalid UTF-8 is replaced).
     pub fn from_bytes(bytes: &[u8], elapsed: Duration) -> Self {
-        Self {
-            text: String::from_utf8_lossy(bytes).replace('\r', ""),
-            elapsed,
-        }
+        Self { text: String::from_utf8_lossy(bytes).replace('\r', ""), elapsed }
     }
 
     /// The whole text.
@@ -315,11 +289,7 @@ impl Console {
     /// (after any leading noise such as escape sequences), value up to the end of the line.
     pub fn markers(&self, key: &str) -> Vec<&str> {
         let prefix = format!("{key}=");
-        self.text
-            .lines()
-            .filter_map(|l| l.find(&prefix).map(|i| &l[i + prefix.len()..]))
-            .map(str::trim)
-            .collect()
+        self.text.lines().filter_map(|l| l.find(&prefix).map(|i| &l[i + prefix.len()..])).map(str::trim).collect()
     }
 
     /// The slots whose init ran (`OTTER-SLOT=` markers), in boot order; more than one when the
@@ -338,9 +308,7 @@ impl Console {
         };
         let cmdline = self.markers("OTTER-CMDLINE-SLOT");
         if cmdline != [slot] {
-            return Err(format!(
-                "the root filesystem of slot {slot} booted, but otter.slot= said {cmdline:?}"
-            ));
+            return Err(format!("the root filesystem of slot {slot} booted, but otter.slot= said {cmdline:?}"));
         }
         if !self.contains("OTTER-POWEROFF") {
             return Err(format!("slot {slot}'s init did not finish"));
@@ -380,15 +348,9 @@ mod tests {
 
     #[test]
     fn one_boot_checks_the_command_line_and_the_end() {
-        let ok = Console::from_bytes(
-            b"OTTER-SLOT=B\nOTTER-CMDLINE-SLOT=B\nOTTER-POWEROFF\n",
-            Duration::ZERO,
-        );
+        let ok = Console::from_bytes(b"OTTER-SLOT=B\nOTTER-CMDLINE-SLOT=B\nOTTER-POWEROFF\n", Duration::ZERO);
         assert_eq!(ok.one_boot(), Ok("B"));
-        let wrong = Console::from_bytes(
-            b"OTTER-SLOT=B\nOTTER-CMDLINE-SLOT=A\nOTTER-POWEROFF\n",
-            Duration::ZERO,
-        );
+        let wrong = Console::from_bytes(b"OTTER-SLOT=B\nOTTER-CMDLINE-SLOT=A\nOTTER-POWEROFF\n", Duration::ZERO);
         assert!(wrong.one_boot().unwrap_err().contains("otter.slot="));
         let cut = Console::from_bytes(b"OTTER-SLOT=A\nOTTER-CMDLINE-SLOT=A\n", Duration::ZERO);
         assert!(cut.one_boot().unwrap_err().contains("did not finish"));

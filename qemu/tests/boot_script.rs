@@ -23,12 +23,7 @@ const SCHEME: UBootScheme = UBootScheme::BootOrder { attempts: 3 };
 /// The base image, built (or found up to date) once per test process.
 fn base_image() -> &'static Path {
     static IMAGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match IMAGE.get_or_init(|| {
-        ImageBuilder::new()
-            .build()
-            .map(|b| b.disk)
-            .map_err(|e| e.to_string())
-    }) {
+    match IMAGE.get_or_init(|| ImageBuilder::new().build().map(|b| b.disk).map_err(|e| e.to_string())) {
         Ok(p) => p,
         Err(e) => panic!("cannot build the QEMU image: {e}"),
     }
@@ -47,12 +42,7 @@ impl Rig {
         let base = base_image();
         let dir = test_dir(name).expect("test directory");
         let disk = DiskImage::copy_from(base, dir.join("disk.img")).expect("copy the base image");
-        Rig {
-            name,
-            dir,
-            disk,
-            boots: 0,
-        }
+        Rig { name, dir, disk, boots: 0 }
     }
 
     /// Boots once (until the guest powers off) and returns the console; the console is kept in
@@ -82,33 +72,17 @@ impl Rig {
         let console = self.run_vm();
         match console.one_boot() {
             Ok(slot) => slot.parse().expect("slot name"),
-            Err(e) => panic!(
-                "{}: boot {}: {e}; console:\n{}",
-                self.name,
-                self.boots,
-                console.text()
-            ),
+            Err(e) => panic!("{}: boot {}: {e}; console:\n{}", self.name, self.boots, console.text()),
         }
     }
 
     /// Copies `uboot.env` out, lets `f` work on it with otter's U-Boot backend, stores and
     /// copies it back: what otterd does on the device.
     fn daemon<R>(&self, f: impl FnOnce(&mut UBootBackend) -> R) -> R {
-        let co = self
-            .disk
-            .checkout_boot_file("uboot.env", &self.dir.join("env"))
-            .expect("checkout");
-        assert!(
-            co.exists(),
-            "{}: no uboot.env on the boot partition",
-            self.name
-        );
-        let mut backend = UBootBackend::open(
-            &self.fw_config(co.fw_env_config()),
-            SCHEME,
-            Some(&self.lock()),
-        )
-        .expect("otter opens uboot.env");
+        let co = self.disk.checkout_boot_file("uboot.env", &self.dir.join("env")).expect("checkout");
+        assert!(co.exists(), "{}: no uboot.env on the boot partition", self.name);
+        let mut backend = UBootBackend::open(&self.fw_config(co.fw_env_config()), SCHEME, Some(&self.lock()))
+            .expect("otter opens uboot.env");
         let r = f(&mut backend);
         backend.store().expect("otter stores uboot.env");
         co.commit().expect("copy uboot.env back");
@@ -121,62 +95,35 @@ impl Rig {
         std::fs::create_dir_all(&dir).expect("env dir");
         let path = dir.join("uboot.env");
         std::fs::write(&path, vec![0u8; UBOOT_ENV_SIZE]).expect("create uboot.env");
-        let config = FwEnvConfig::parse(&format!("{} 0x0 {UBOOT_ENV_SIZE:#x}\n", path.display()))
-            .expect("fw_env.config");
+        let config =
+            FwEnvConfig::parse(&format!("{} 0x0 {UBOOT_ENV_SIZE:#x}\n", path.display())).expect("fw_env.config");
         let mut env = UBootEnv::new();
         for (k, v) in vars {
             env.set(k, v).expect("set variable");
         }
         provision(&config, &env, 0x00).expect("otter provisions uboot.env");
-        self.disk
-            .put_boot_file(&path, "uboot.env")
-            .expect("put uboot.env");
+        self.disk.put_boot_file(&path, "uboot.env").expect("put uboot.env");
     }
 
     /// The env on the boot partition, read with otter's codec and with `fw_printenv`; both must
     /// see the same variables. Also returns otter's backend view for state checks.
     fn env(&self) -> (BTreeMap<String, String>, UBootBackend) {
-        let co = self
-            .disk
-            .checkout_boot_file("uboot.env", &self.dir.join("env"))
-            .expect("checkout");
-        assert!(
-            co.exists(),
-            "{}: no uboot.env on the boot partition",
-            self.name
-        );
+        let co = self.disk.checkout_boot_file("uboot.env", &self.dir.join("env")).expect("checkout");
+        assert!(co.exists(), "{}: no uboot.env on the boot partition", self.name);
 
         let bytes = std::fs::read(co.path()).expect("read uboot.env");
-        assert_eq!(
-            bytes.len(),
-            UBOOT_ENV_SIZE,
-            "{}: uboot.env has the wrong size",
-            self.name
-        );
+        assert_eq!(bytes.len(), UBOOT_ENV_SIZE, "{}: uboot.env has the wrong size", self.name);
         let decoded = UBootEnv::from_bytes(&bytes, false).expect("otter's codec decodes uboot.env");
         let otter: BTreeMap<String, String> = decoded
             .iter()
-            .map(|(k, v)| {
-                (
-                    String::from_utf8_lossy(k).into_owned(),
-                    String::from_utf8_lossy(v).into_owned(),
-                )
-            })
+            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()))
             .collect();
 
         let fw = tools::fw_printenv(co.fw_env_config()).expect("fw_printenv reads uboot.env");
-        assert_eq!(
-            otter, fw,
-            "{}: otter's codec and fw_printenv disagree",
-            self.name
-        );
+        assert_eq!(otter, fw, "{}: otter's codec and fw_printenv disagree", self.name);
 
-        let backend = UBootBackend::open(
-            &self.fw_config(co.fw_env_config()),
-            SCHEME,
-            Some(&self.lock()),
-        )
-        .expect("otter opens uboot.env");
+        let backend = UBootBackend::open(&self.fw_config(co.fw_env_config()), SCHEME, Some(&self.lock()))
+            .expect("otter opens uboot.env");
         (otter, backend)
     }
 
@@ -192,10 +139,7 @@ impl Rig {
 }
 
 fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 /// The primary slot boots; a trial of B boots B and spends its attempts; B never confirms, so
@@ -204,22 +148,11 @@ fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 #[ignore = "boots QEMU (about a minute); run with qemu/run-tests"]
 fn unconfirmed_trial_falls_back_to_the_primary_slot() {
     let mut rig = Rig::new("unconfirmed_trial");
-    rig.provision(&[
-        ("BOOT_ORDER", "A B"),
-        ("BOOT_A_LEFT", "3"),
-        ("BOOT_B_LEFT", "3"),
-    ]);
+    rig.provision(&[("BOOT_ORDER", "A B"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "3")]);
 
     assert_eq!(rig.boot(), Slot::A, "the primary slot boots");
     let (env, backend) = rig.env();
-    assert_eq!(
-        env,
-        vars(&[
-            ("BOOT_ORDER", "A B"),
-            ("BOOT_A_LEFT", "2"),
-            ("BOOT_B_LEFT", "3")
-        ])
-    );
+    assert_eq!(env, vars(&[("BOOT_ORDER", "A B"), ("BOOT_A_LEFT", "2"), ("BOOT_B_LEFT", "3")]));
     assert_eq!(backend.primary(), Some(Slot::A));
     assert_eq!(backend.slot_state(Slot::A), SlotState::Good);
 
@@ -236,52 +169,22 @@ fn unconfirmed_trial_falls_back_to_the_primary_slot() {
 
     // B boots and never confirms: each boot takes one attempt, OTTER_TRIAL is kept.
     for left in ["2", "1", "0"] {
-        assert_eq!(
-            rig.boot(),
-            Slot::B,
-            "the trial slot boots while it has attempts"
-        );
+        assert_eq!(rig.boot(), Slot::B, "the trial slot boots while it has attempts");
         let (env, backend) = rig.env();
         assert_eq!(
             env,
-            vars(&[
-                ("BOOT_ORDER", "B A"),
-                ("BOOT_A_LEFT", "3"),
-                ("BOOT_B_LEFT", left),
-                ("OTTER_TRIAL", "B")
-            ])
+            vars(&[("BOOT_ORDER", "B A"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", left), ("OTTER_TRIAL", "B")])
         );
-        assert_eq!(
-            backend.slot_state(Slot::B),
-            SlotState::Trying {
-                attempts_left: left.parse().unwrap()
-            }
-        );
+        assert_eq!(backend.slot_state(Slot::B), SlotState::Trying { attempts_left: left.parse().unwrap() });
     }
     let (_, backend) = rig.env();
-    assert_eq!(
-        backend.primary(),
-        Some(Slot::A),
-        "otter predicts the fallback"
-    );
+    assert_eq!(backend.primary(), Some(Slot::A), "otter predicts the fallback");
 
     // Attempts used up: the script falls back to A, B stays at 0 (the script never drops it
     // from BOOT_ORDER; that is otter's mark bad).
-    assert_eq!(
-        rig.boot(),
-        Slot::A,
-        "after the trial's attempts the primary slot boots again"
-    );
+    assert_eq!(rig.boot(), Slot::A, "after the trial's attempts the primary slot boots again");
     let (env, _) = rig.env();
-    assert_eq!(
-        env,
-        vars(&[
-            ("BOOT_ORDER", "B A"),
-            ("BOOT_A_LEFT", "2"),
-            ("BOOT_B_LEFT", "0"),
-            ("OTTER_TRIAL", "B")
-        ])
-    );
+    assert_eq!(env, vars(&[("BOOT_ORDER", "B A"), ("BOOT_A_LEFT", "2"), ("BOOT_B_LEFT", "0"), ("OTTER_TRIAL", "B")]));
 
     // The daemon sees it booted A while B was on trial: marks B bad and confirms A.
     rig.daemon(|b| {
@@ -290,14 +193,7 @@ fn unconfirmed_trial_falls_back_to_the_primary_slot() {
     });
     assert_eq!(rig.boot(), Slot::A, "a slot marked bad is not booted");
     let (env, backend) = rig.env();
-    assert_eq!(
-        env,
-        vars(&[
-            ("BOOT_ORDER", "A"),
-            ("BOOT_A_LEFT", "2"),
-            ("BOOT_B_LEFT", "0")
-        ])
-    );
+    assert_eq!(env, vars(&[("BOOT_ORDER", "A"), ("BOOT_A_LEFT", "2"), ("BOOT_B_LEFT", "0")]));
     assert_eq!(backend.slot_state(Slot::B), SlotState::Bad);
     assert_eq!(backend.slot_state(Slot::A), SlotState::Good);
 }
@@ -308,11 +204,7 @@ fn unconfirmed_trial_falls_back_to_the_primary_slot() {
 #[ignore = "boots QEMU (about 40 s); run with qemu/run-tests"]
 fn confirmed_trial_keeps_booting_the_new_slot() {
     let mut rig = Rig::new("confirmed_trial");
-    rig.provision(&[
-        ("BOOT_ORDER", "A B"),
-        ("BOOT_A_LEFT", "3"),
-        ("BOOT_B_LEFT", "3"),
-    ]);
+    rig.provision(&[("BOOT_ORDER", "A B"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "3")]);
     assert_eq!(rig.boot(), Slot::A);
 
     rig.daemon(|b| {
@@ -322,39 +214,18 @@ fn confirmed_trial_keeps_booting_the_new_slot() {
     assert_eq!(rig.boot(), Slot::B, "the trial slot boots");
     let (env, backend) = rig.env();
     assert_eq!(env["BOOT_B_LEFT"], "2");
-    assert_eq!(
-        backend.slot_state(Slot::B),
-        SlotState::Trying { attempts_left: 2 }
-    );
+    assert_eq!(backend.slot_state(Slot::B), SlotState::Trying { attempts_left: 2 });
 
     // Healthy: the daemon commits B.
     rig.daemon(|b| b.mark_good(Slot::B).expect("mark B good"));
     let (env, backend) = rig.env();
-    assert_eq!(
-        env,
-        vars(&[
-            ("BOOT_ORDER", "B A"),
-            ("BOOT_A_LEFT", "3"),
-            ("BOOT_B_LEFT", "3")
-        ])
-    );
+    assert_eq!(env, vars(&[("BOOT_ORDER", "B A"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "3")]));
     assert_eq!(backend.slot_state(Slot::B), SlotState::Good);
 
     for boot in 0..2 {
-        assert_eq!(
-            rig.boot(),
-            Slot::B,
-            "the committed slot keeps booting (boot {boot})"
-        );
+        assert_eq!(rig.boot(), Slot::B, "the committed slot keeps booting (boot {boot})");
         let (env, backend) = rig.env();
-        assert_eq!(
-            env,
-            vars(&[
-                ("BOOT_ORDER", "B A"),
-                ("BOOT_A_LEFT", "3"),
-                ("BOOT_B_LEFT", "2")
-            ])
-        );
+        assert_eq!(env, vars(&[("BOOT_ORDER", "B A"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "2")]));
         assert_eq!(backend.slot_state(Slot::B), SlotState::Good);
         assert_eq!(backend.primary(), Some(Slot::B));
         rig.daemon(|b| b.mark_good(Slot::B).expect("mark B good"));
@@ -369,45 +240,23 @@ fn confirmed_trial_keeps_booting_the_new_slot() {
 fn exhausted_slots_get_their_attempts_back() {
     let mut rig = Rig::new("exhausted_slots");
     let bytes = tools::mkenvimage(
-        &[
-            ("BOOT_ORDER", "B A"),
-            ("BOOT_A_LEFT", "0"),
-            ("BOOT_B_LEFT", "0"),
-            ("board_note", "kept"),
-        ],
+        &[("BOOT_ORDER", "B A"), ("BOOT_A_LEFT", "0"), ("BOOT_B_LEFT", "0"), ("board_note", "kept")],
         UBOOT_ENV_SIZE,
         &rig.dir,
     )
     .expect("mkenvimage");
-    rig.disk
-        .write_boot_file("uboot.env", &bytes, &rig.dir)
-        .expect("write uboot.env");
+    rig.disk.write_boot_file("uboot.env", &bytes, &rig.dir).expect("write uboot.env");
 
     let console = rig.run_vm();
     assert!(
-        console.contains_in_order(&[
-            "has attempts left; resetting both to 3",
-            "resetting",
-            "OTTER-SLOT=B"
-        ]),
+        console.contains_in_order(&["has attempts left; resetting both to 3", "resetting", "OTTER-SLOT=B"]),
         "expected a counter reset, a U-Boot reset, then slot B; console:\n{}",
         console.text()
     );
-    assert_eq!(
-        console.booted_slots(),
-        ["B"],
-        "the kernel ran once, after the reset"
-    );
+    assert_eq!(console.booted_slots(), ["B"], "the kernel ran once, after the reset");
     let (env, _) = rig.env();
     // Only the contract variables survive the FAT store (documented in docs/bootloader.md).
-    assert_eq!(
-        env,
-        vars(&[
-            ("BOOT_ORDER", "B A"),
-            ("BOOT_A_LEFT", "3"),
-            ("BOOT_B_LEFT", "2")
-        ])
-    );
+    assert_eq!(env, vars(&[("BOOT_ORDER", "B A"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "2")]));
 }
 
 /// Without `uboot.env` the script starts from the defaults (A B, 3 attempts), boots A and
@@ -416,20 +265,10 @@ fn exhausted_slots_get_their_attempts_back() {
 #[ignore = "boots QEMU (about 10 s); run with qemu/run-tests"]
 fn missing_env_starts_from_the_defaults() {
     let mut rig = Rig::new("missing_env");
-    assert!(
-        !rig.disk.has_boot_file("uboot.env").unwrap(),
-        "the base image has no uboot.env"
-    );
+    assert!(!rig.disk.has_boot_file("uboot.env").unwrap(), "the base image has no uboot.env");
     assert_eq!(rig.boot(), Slot::A);
     let (env, backend) = rig.env();
-    assert_eq!(
-        env,
-        vars(&[
-            ("BOOT_ORDER", "A B"),
-            ("BOOT_A_LEFT", "2"),
-            ("BOOT_B_LEFT", "3")
-        ])
-    );
+    assert_eq!(env, vars(&[("BOOT_ORDER", "A B"), ("BOOT_A_LEFT", "2"), ("BOOT_B_LEFT", "3")]));
     assert_eq!(backend.primary(), Some(Slot::A));
     assert_eq!(backend.slot_state(Slot::B), SlotState::Good);
 }

@@ -19,12 +19,7 @@ use otter_qemu_tests::{BuiltImage, DiskImage, Firmware, ImageBuilder, Qemu, test
 /// The GRUB image, built (or found up to date) once per test process.
 fn grub_image() -> &'static BuiltImage {
     static IMAGE: OnceLock<Result<BuiltImage, String>> = OnceLock::new();
-    match IMAGE.get_or_init(|| {
-        ImageBuilder::new()
-            .with_grub()
-            .build()
-            .map_err(|e| e.to_string())
-    }) {
+    match IMAGE.get_or_init(|| ImageBuilder::new().with_grub().build().map_err(|e| e.to_string())) {
         Ok(b) => b,
         Err(e) => panic!("cannot build the QEMU image with GRUB: {e}"),
     }
@@ -44,16 +39,9 @@ impl Rig {
     fn new(name: &'static str) -> Rig {
         let image = grub_image();
         let dir = test_dir(name).expect("test directory");
-        let disk =
-            DiskImage::copy_from(&image.disk, dir.join("disk.img")).expect("copy the base image");
+        let disk = DiskImage::copy_from(&image.disk, dir.join("disk.img")).expect("copy the base image");
         let iso = image.grub_iso.clone().expect("GRUB loader CD");
-        Rig {
-            name,
-            dir,
-            disk,
-            qemu: Qemu::new().firmware(Firmware::GrubCdrom(iso)),
-            boots: 0,
-        }
+        Rig { name, dir, disk, qemu: Qemu::new().firmware(Firmware::GrubCdrom(iso)), boots: 0 }
     }
 
     /// Boots once and returns the slot that came up (see `Console::one_boot`).
@@ -76,12 +64,7 @@ impl Rig {
         );
         match console.one_boot() {
             Ok(slot) => slot.parse().expect("slot name"),
-            Err(e) => panic!(
-                "{}: boot {}: {e}; console:\n{}",
-                self.name,
-                self.boots,
-                console.text()
-            ),
+            Err(e) => panic!("{}: boot {}: {e}; console:\n{}", self.name, self.boots, console.text()),
         }
     }
 
@@ -92,22 +75,13 @@ impl Rig {
             env.set(k, v).expect("set variable");
         }
         let bytes = env.to_bytes().expect("otter encodes the grubenv");
-        self.disk
-            .write_boot_file(GRUBENV, &bytes, &self.dir)
-            .expect("write grubenv");
+        self.disk.write_boot_file(GRUBENV, &bytes, &self.dir).expect("write grubenv");
     }
 
     /// Lets `f` change the grubenv with otter's GRUB backend, stores it and puts it back.
     fn daemon<R>(&self, f: impl FnOnce(&mut GrubBackend) -> R) -> R {
-        let co = self
-            .disk
-            .checkout_boot_file(GRUBENV, &self.dir.join("env"))
-            .expect("checkout");
-        assert!(
-            co.exists(),
-            "{}: no grubenv on the boot partition",
-            self.name
-        );
+        let co = self.disk.checkout_boot_file(GRUBENV, &self.dir.join("env")).expect("checkout");
+        assert!(co.exists(), "{}: no grubenv on the boot partition", self.name);
         let mut backend = GrubBackend::open(co.path()).expect("otter opens the grubenv");
         let r = f(&mut backend);
         backend.store().expect("otter stores the grubenv");
@@ -118,42 +92,23 @@ impl Rig {
     /// The grubenv read with otter's codec and with `grub-editenv list` (which must agree), and
     /// otter's backend view of it.
     fn env(&self) -> (BTreeMap<String, String>, GrubBackend) {
-        let co = self
-            .disk
-            .checkout_boot_file(GRUBENV, &self.dir.join("env"))
-            .expect("checkout");
-        assert!(
-            co.exists(),
-            "{}: no grubenv on the boot partition",
-            self.name
-        );
+        let co = self.disk.checkout_boot_file(GRUBENV, &self.dir.join("env")).expect("checkout");
+        assert!(co.exists(), "{}: no grubenv on the boot partition", self.name);
         let bytes = std::fs::read(co.path()).expect("read grubenv");
         let decoded = GrubEnv::from_bytes(&bytes).expect("otter's codec decodes the grubenv");
         let otter: BTreeMap<String, String> = decoded
             .iter()
-            .map(|(k, v)| {
-                (
-                    String::from_utf8_lossy(k).into_owned(),
-                    String::from_utf8_lossy(v).into_owned(),
-                )
-            })
+            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()))
             .collect();
         let editenv = tools::grub_editenv_list(co.path()).expect("grub-editenv reads the grubenv");
-        assert_eq!(
-            otter, editenv,
-            "{}: otter's codec and grub-editenv disagree",
-            self.name
-        );
+        assert_eq!(otter, editenv, "{}: otter's codec and grub-editenv disagree", self.name);
         let backend = GrubBackend::open(co.path()).expect("otter opens the grubenv");
         (otter, backend)
     }
 }
 
 fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 /// A booted slot that is not confirmed is skipped at the next boot: a trial of B boots once and
@@ -162,13 +117,7 @@ fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 #[ignore = "boots QEMU five times (about 70 s); run with qemu/run-tests"]
 fn grub_trial_boots_once_and_a_confirmed_slot_stays() {
     let mut rig = Rig::new("grub_trial");
-    rig.provision(&[
-        ("ORDER", "A B"),
-        ("A_OK", "1"),
-        ("A_TRY", "0"),
-        ("B_OK", "0"),
-        ("B_TRY", "0"),
-    ]);
+    rig.provision(&[("ORDER", "A B"), ("A_OK", "1"), ("A_TRY", "0"), ("B_OK", "0"), ("B_TRY", "0")]);
 
     assert_eq!(rig.boot(), Slot::A, "the primary slot boots");
     let (env, backend) = rig.env();
@@ -184,24 +133,10 @@ fn grub_trial_boots_once_and_a_confirmed_slot_stays() {
     let (env, backend) = rig.env();
     assert_eq!(
         env,
-        vars(&[
-            ("ORDER", "B A"),
-            ("A_OK", "1"),
-            ("A_TRY", "0"),
-            ("B_OK", "1"),
-            ("B_TRY", "1"),
-            ("OTTER_TRIAL", "B")
-        ])
+        vars(&[("ORDER", "B A"), ("A_OK", "1"), ("A_TRY", "0"), ("B_OK", "1"), ("B_TRY", "1"), ("OTTER_TRIAL", "B")])
     );
-    assert_eq!(
-        backend.slot_state(Slot::B),
-        SlotState::Trying { attempts_left: 0 }
-    );
-    assert_eq!(
-        backend.primary(),
-        Some(Slot::A),
-        "otter predicts the fallback"
-    );
+    assert_eq!(backend.slot_state(Slot::B), SlotState::Trying { attempts_left: 0 });
+    assert_eq!(backend.primary(), Some(Slot::A), "otter predicts the fallback");
 
     // B is not confirmed: the next boot skips it.
     assert_eq!(rig.boot(), Slot::A, "an unconfirmed trial falls back");
@@ -238,22 +173,11 @@ fn grub_all_tried_starts_over() {
     create.arg(&path).arg("create");
     tools::run(&mut create).expect("grub-editenv create");
     let mut set = tools::command("grub-editenv", "grub-common").expect("grub-editenv");
-    set.arg(&path)
-        .arg("set")
-        .args(["ORDER=B A", "A_OK=1", "A_TRY=1", "B_OK=1", "B_TRY=1"]);
+    set.arg(&path).arg("set").args(["ORDER=B A", "A_OK=1", "A_TRY=1", "B_OK=1", "B_TRY=1"]);
     tools::run(&mut set).expect("grub-editenv set");
     rig.disk.put_boot_file(&path, GRUBENV).expect("put grubenv");
 
     assert_eq!(rig.boot(), Slot::B, "the first slot in ORDER boots again");
     let (env, _) = rig.env();
-    assert_eq!(
-        env,
-        vars(&[
-            ("ORDER", "B A"),
-            ("A_OK", "1"),
-            ("A_TRY", "0"),
-            ("B_OK", "1"),
-            ("B_TRY", "1")
-        ])
-    );
+    assert_eq!(env, vars(&[("ORDER", "B A"), ("A_OK", "1"), ("A_TRY", "0"), ("B_OK", "1"), ("B_TRY", "1")]));
 }

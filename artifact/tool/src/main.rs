@@ -15,11 +15,7 @@ use otter_artifact::{ArtifactReader, Keyring, Limits, Policy};
 use otter_installer::{CancelToken, HttpOptions, InstallRequest, Phase, Progress, Source, Target};
 
 #[derive(Parser)]
-#[command(
-    name = "otter-artifact",
-    version,
-    about = "Build, sign, verify, inspect and install otter artifacts"
-)]
+#[command(name = "otter-artifact", version, about = "Build, sign, verify, inspect and install otter artifacts")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -195,10 +191,7 @@ fn open_input(file: &str) -> Result<Box<dyn Read>> {
 }
 
 /// Writes `OUT` through `OUT.tmp` + fsync + rename, so a failure never leaves a half-written artifact.
-fn write_atomically<T>(
-    out: &Path,
-    f: impl FnOnce(&mut io::BufWriter<File>) -> Result<T>,
-) -> Result<T> {
+fn write_atomically<T>(out: &Path, f: impl FnOnce(&mut io::BufWriter<File>) -> Result<T>) -> Result<T> {
     let mut tmp = out.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -207,8 +200,7 @@ fn write_atomically<T>(
     let result = f(&mut w).and_then(|t| {
         let file = w.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        std::fs::rename(&tmp, out)
-            .with_context(|| format!("cannot rename to {}", out.display()))?;
+        std::fs::rename(&tmp, out).with_context(|| format!("cannot rename to {}", out.display()))?;
         Ok(t)
     });
     if result.is_err() {
@@ -222,32 +214,18 @@ fn run(cli: Cli) -> Result<()> {
         Command::Keygen { out } => {
             let key = keys::generate()?;
             keys::write_keypair(&key, &out)?;
-            println!(
-                "{}.key {}.pub key id {}",
-                out.display(),
-                out.display(),
-                KeyId::of(&key.verifying_key())
-            );
+            println!("{}.key {}.pub key id {}", out.display(), out.display(), KeyId::of(&key.verifying_key()));
         }
         Command::Create(a) => create(a)?,
         Command::Sign { key, input, output } => {
             let key = keys::read_signing_key(&key)?;
             let input = open_input(&input.to_string_lossy())?;
             let m = write_atomically(&output, |w| Ok(builder::add_signature(input, &key, w)?))?;
-            println!(
-                "signed {} {} with key {}",
-                output.display(),
-                m.version,
-                KeyId::of(&key.verifying_key())
-            );
+            println!("signed {} {} with key {}", output.display(), m.version, KeyId::of(&key.verifying_key()));
         }
         Command::Verify { trust, file } => {
             let keyring = trust.load()?;
-            let policy = Policy {
-                device_type: None,
-                min_security_version: 0,
-                limits: Limits::default(),
-            };
+            let policy = Policy { device_type: None, min_security_version: 0, limits: Limits::default() };
             let mut r = ArtifactReader::open(open_input(&file)?, &keyring, &policy)?;
             r.verify_all()?;
             let m = r.manifest();
@@ -267,11 +245,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn create(a: CreateArgs) -> Result<()> {
-    let keys = a
-        .key
-        .iter()
-        .map(|k| keys::read_signing_key(k))
-        .collect::<Result<Vec<_>, _>>()?;
+    let keys = a.key.iter().map(|k| keys::read_signing_key(k)).collect::<Result<Vec<_>, _>>()?;
     let mut opts = BuildOptions::new(a.compatible, a.version);
     opts.security_version = a.security_version;
     opts.level = a.level;
@@ -284,19 +258,10 @@ fn create(a: CreateArgs) -> Result<()> {
     if let Some(t) = a.created {
         opts.created = t;
     }
-    let images: Vec<ImageSource> = a
-        .image
-        .into_iter()
-        .map(|(name, path)| ImageSource {
-            slot_class: name.clone(),
-            name,
-            path,
-        })
-        .collect();
+    let images: Vec<ImageSource> =
+        a.image.into_iter().map(|(name, path)| ImageSource { slot_class: name.clone(), name, path }).collect();
     let start = Instant::now();
-    let m = write_atomically(&a.output, |w| {
-        Ok(builder::create(&opts, &images, &keys, w)?)
-    })?;
+    let m = write_atomically(&a.output, |w| Ok(builder::create(&opts, &images, &keys, w)?))?;
     let stored: u64 = m.payloads.iter().map(|p| p.stored_size).sum();
     let size: u64 = m.payloads.iter().map(|p| p.size).sum();
     println!(
@@ -312,11 +277,7 @@ fn create(a: CreateArgs) -> Result<()> {
 
 fn inspect(json: bool, file: &str) -> Result<()> {
     let (m, sigs) = builder::read_unverified(open_input(file)?)?;
-    let key_ids: Vec<String> = sigs
-        .signatures
-        .iter()
-        .map(|(id, _)| id.to_string())
-        .collect();
+    let key_ids: Vec<String> = sigs.signatures.iter().map(|(id, _)| id.to_string()).collect();
     if json {
         let v = serde_json::json!({ "manifest": m, "signatures": key_ids, "verified": false });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -330,10 +291,7 @@ fn inspect(json: bool, file: &str) -> Result<()> {
     if let Some(d) = &m.description {
         println!("description:      {d}");
     }
-    println!(
-        "signatures:       {} (not verified; use `verify`)",
-        key_ids.join(", ")
-    );
+    println!("signatures:       {} (not verified; use `verify`)", key_ids.join(", "));
     for p in &m.payloads {
         println!(
             "payload {}: {} -> slot class {}, {} bytes, {:?}, stored {} bytes, {} chunks of {} KiB, sha256 {}",
@@ -353,33 +311,19 @@ fn inspect(json: bool, file: &str) -> Result<()> {
 
 fn install(a: InstallArgs) -> Result<()> {
     let keyring = a.trust.load()?;
-    let mut http = HttpOptions {
-        ca_bundle: a.ca,
-        client_identity: a.cert,
-        ..HttpOptions::default()
-    };
+    let mut http = HttpOptions { ca_bundle: a.ca, client_identity: a.cert, ..HttpOptions::default() };
     for h in &a.header {
-        let (k, v) = h
-            .split_once(':')
-            .with_context(|| format!("header {h:?} is not \"Name: value\""))?;
-        http.headers
-            .push((k.trim().to_owned(), v.trim().to_owned()));
+        let (k, v) = h.split_once(':').with_context(|| format!("header {h:?} is not \"Name: value\""))?;
+        http.headers.push((k.trim().to_owned(), v.trim().to_owned()));
     }
     let policy = Policy {
         device_type: a.device_type,
         min_security_version: a.min_security_version,
-        limits: Limits {
-            max_window: a.max_window_mib << 20,
-            ..Limits::default()
-        },
+        limits: Limits { max_window: a.max_window_mib << 20, ..Limits::default() },
     };
     let mut req = InstallRequest::new(
         Source::parse(&a.source),
-        vec![Target {
-            slot_class: a.slot_class,
-            path: a.slot.clone(),
-            max_size: a.slot_size,
-        }],
+        vec![Target { slot_class: a.slot_class, path: a.slot.clone(), max_size: a.slot_size }],
         keyring,
         policy,
     );

@@ -52,19 +52,12 @@ impl FwEnvConfig {
     /// Reads and parses the `fw_env.config` at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, BootError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| BootError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| BootError::Io { path: path.to_owned(), source })?;
         Self::parse_named(&text, path)
     }
 
     fn parse_named(text: &str, path: &Path) -> Result<Self, BootError> {
-        let err = |line: usize, message: String| BootError::Config {
-            path: path.to_owned(),
-            line,
-            message,
-        };
+        let err = |line: usize, message: String| BootError::Config { path: path.to_owned(), line, message };
         let mut devices = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let line_no = i + 1;
@@ -74,10 +67,7 @@ impl FwEnvConfig {
                 if fields.is_empty() {
                     continue;
                 }
-                return Err(err(
-                    line_no,
-                    format!("expected `device offset envsize`, got {:?}", raw.trim()),
-                ));
+                return Err(err(line_no, format!("expected `device offset envsize`, got {:?}", raw.trim())));
             }
             if fields.len() > 6 {
                 return Err(err(line_no, format!("too many fields in {:?}", raw.trim())));
@@ -85,14 +75,12 @@ impl FwEnvConfig {
             if devices.len() == 2 {
                 return Err(err(line_no, "more than two environment devices".to_owned()));
             }
-            let offset = parse_c_int(fields[1])
-                .ok_or_else(|| err(line_no, format!("invalid offset {:?}", fields[1])))?;
+            let offset =
+                parse_c_int(fields[1]).ok_or_else(|| err(line_no, format!("invalid offset {:?}", fields[1])))?;
             let hex = |idx: usize, what: &str| -> Result<Option<u64>, BootError> {
                 fields
                     .get(idx)
-                    .map(|f| {
-                        parse_hex(f).ok_or_else(|| err(line_no, format!("invalid {what} {f:?}")))
-                    })
+                    .map(|f| parse_hex(f).ok_or_else(|| err(line_no, format!("invalid {what} {f:?}"))))
                     .transpose()
             };
             let env_size = hex(2, "environment size")?.unwrap_or(0);
@@ -105,10 +93,7 @@ impl FwEnvConfig {
             let sectors = hex(4, "sector count")?;
             let disable_lock = fields
                 .get(5)
-                .map(|f| {
-                    f.parse::<i64>()
-                        .map_err(|_| err(line_no, format!("invalid disablelock {f:?}")))
-                })
+                .map(|f| f.parse::<i64>().map_err(|_| err(line_no, format!("invalid disablelock {f:?}"))))
                 .transpose()?;
             devices.push(EnvDevice {
                 path: PathBuf::from(fields[0]),
@@ -121,17 +106,10 @@ impl FwEnvConfig {
         }
         match devices.as_slice() {
             [] => Err(err(0, "no environment device".to_owned())),
-            [a, b] if a.env_size != b.env_size => Err(err(
-                0,
-                format!(
-                    "redundant copies differ in size ({:#x} and {:#x})",
-                    a.env_size, b.env_size
-                ),
-            )),
-            _ => Ok(Self {
-                devices,
-                flag_scheme: FlagScheme::default(),
-            }),
+            [a, b] if a.env_size != b.env_size => {
+                Err(err(0, format!("redundant copies differ in size ({:#x} and {:#x})", a.env_size, b.env_size)))
+            }
+            _ => Ok(Self { devices, flag_scheme: FlagScheme::default() }),
         }
     }
 
@@ -153,10 +131,7 @@ fn parse_c_int(s: &str) -> Option<i64> {
         Some(rest) => (true, rest),
         None => (false, s.strip_prefix('+').unwrap_or(s)),
     };
-    let magnitude = if let Some(hex) = digits
-        .strip_prefix("0x")
-        .or_else(|| digits.strip_prefix("0X"))
-    {
+    let magnitude = if let Some(hex) = digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
         i64::from_str_radix(hex, 16).ok()?
     } else if digits.len() > 1 && digits.starts_with('0') {
         i64::from_str_radix(&digits[1..], 8).ok()?
@@ -171,10 +146,7 @@ fn parse_c_int(s: &str) -> Option<i64> {
 
 /// `%zx`: hex with or without `0x`.
 fn parse_hex(s: &str) -> Option<u64> {
-    let digits = s
-        .strip_prefix("0x")
-        .or_else(|| s.strip_prefix("0X"))
-        .unwrap_or(s);
+    let digits = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
     if digits.starts_with(['+', '-']) {
         return None;
     }
@@ -277,9 +249,6 @@ mod tests {
     #[test]
     fn load_reports_the_path() {
         let err = FwEnvConfig::load("/nonexistent/fw_env.config").unwrap_err();
-        assert!(
-            err.to_string().contains("/nonexistent/fw_env.config"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("/nonexistent/fw_env.config"), "{err}");
     }
 }

@@ -106,10 +106,7 @@ impl UBootEnv {
     pub fn decode(bytes: &[u8], redundant: bool) -> Result<DecodedCopy, EnvError> {
         let header = header_len(redundant);
         if bytes.len() <= header {
-            return Err(EnvError::TooSmall {
-                len: bytes.len(),
-                header,
-            });
+            return Err(EnvError::TooSmall { len: bytes.len(), header });
         }
         let stored = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         let data = &bytes[header..];
@@ -117,10 +114,7 @@ impl UBootEnv {
         if stored != computed {
             return Err(EnvError::Crc { stored, computed });
         }
-        Ok(DecodedCopy {
-            env: Self::parse_data(data)?,
-            flags: redundant.then(|| bytes[CRC_LEN]),
-        })
+        Ok(DecodedCopy { env: Self::parse_data(data)?, flags: redundant.then(|| bytes[CRC_LEN]) })
     }
 
     /// Parses a data area (no header, no CRC check): NUL-separated `name=value` entries up to
@@ -131,11 +125,7 @@ impl UBootEnv {
         let mut rest = data;
         loop {
             let Some(end) = rest.iter().position(|&b| b == 0) else {
-                return if rest.is_empty() {
-                    Ok(Self { vars })
-                } else {
-                    Err(EnvError::Unterminated)
-                };
+                return if rest.is_empty() { Ok(Self { vars }) } else { Err(EnvError::Unterminated) };
             };
             let entry = &rest[..end];
             if entry.is_empty() {
@@ -175,10 +165,7 @@ impl UBootEnv {
         let available = size.saturating_sub(header);
         let data = self.data_bytes();
         if data.len() > available {
-            return Err(EnvError::TooLarge {
-                needed: data.len(),
-                available,
-            });
+            return Err(EnvError::TooLarge { needed: data.len(), available });
         }
         let mut out = vec![pad; size];
         out[header..header + data.len()].copy_from_slice(&data);
@@ -192,8 +179,7 @@ impl UBootEnv {
 
     /// The value of `name` if it is set and valid UTF-8.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.get_bytes(name.as_bytes())
-            .and_then(|v| std::str::from_utf8(v).ok())
+        self.get_bytes(name.as_bytes()).and_then(|v| std::str::from_utf8(v).ok())
     }
 
     /// The raw value of `name`.
@@ -209,14 +195,10 @@ impl UBootEnv {
     /// Sets `name` to `value` as bytes (in memory).
     pub fn set_bytes(&mut self, name: &[u8], value: &[u8]) -> Result<(), EnvError> {
         if name.is_empty() || name.contains(&b'=') || name.contains(&0) {
-            return Err(EnvError::InvalidName(
-                String::from_utf8_lossy(name).into_owned(),
-            ));
+            return Err(EnvError::InvalidName(String::from_utf8_lossy(name).into_owned()));
         }
         if value.contains(&0) {
-            return Err(EnvError::InvalidValue(
-                String::from_utf8_lossy(name).into_owned(),
-            ));
+            return Err(EnvError::InvalidValue(String::from_utf8_lossy(name).into_owned()));
         }
         self.vars.set(name, value);
         Ok(())
@@ -243,9 +225,7 @@ impl UBootEnv {
     }
 
     /// An environment from `(name, value)` pairs, in order.
-    pub fn from_pairs<'a>(
-        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Result<Self, EnvError> {
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, EnvError> {
         let mut env = Self::new();
         for (n, v) in pairs {
             env.set(n, v)?;
@@ -260,14 +240,13 @@ impl EnvVars for UBootEnv {
     }
 
     fn set_var(&mut self, name: &str, value: &str) -> Result<(), BootError> {
-        self.set(name, value)
-            .map_err(|e| BootError::InvalidVariable {
-                variable: name.to_owned(),
-                reason: match e {
-                    EnvError::InvalidValue(_) => "value contains a nul byte",
-                    _ => "name is empty or contains '=' or a nul byte",
-                },
-            })
+        self.set(name, value).map_err(|e| BootError::InvalidVariable {
+            variable: name.to_owned(),
+            reason: match e {
+                EnvError::InvalidValue(_) => "value contains a nul byte",
+                _ => "name is empty or contains '=' or a nul byte",
+            },
+        })
     }
 
     fn remove_var(&mut self, name: &str) {
@@ -330,10 +309,7 @@ mod tests {
         let bytes = env.to_bytes(32, None, 0).unwrap();
         assert_eq!(&bytes[4..26], b"bootdelay=3\0BOOT_ORDER");
         assert_eq!(&bytes[26..32], b"=A B\0\0");
-        assert_eq!(
-            u32::from_le_bytes(bytes[..4].try_into().unwrap()),
-            crc32fast::hash(&bytes[4..])
-        );
+        assert_eq!(u32::from_le_bytes(bytes[..4].try_into().unwrap()), crc32fast::hash(&bytes[4..]));
         let red = env.to_bytes(40, Some(7), 0xFF).unwrap();
         assert_eq!(red[4], 7);
         assert_eq!(&red[5..27], b"bootdelay=3\0BOOT_ORDER");
@@ -355,27 +331,15 @@ mod tests {
         let env = UBootEnv::from_pairs([("a", "bc")]).unwrap();
         // "a=bc\0\0" = 6 bytes of data.
         assert!(env.to_bytes(4 + 6, None, 0).is_ok());
-        assert_eq!(
-            env.to_bytes(4 + 5, None, 0),
-            Err(EnvError::TooLarge {
-                needed: 6,
-                available: 5
-            })
-        );
+        assert_eq!(env.to_bytes(4 + 5, None, 0), Err(EnvError::TooLarge { needed: 6, available: 5 }));
         assert!(env.to_bytes(5 + 5, Some(0), 0).is_err());
     }
 
     #[test]
     fn crc_is_checked() {
-        let mut bytes = UBootEnv::from_pairs([("a", "b")])
-            .unwrap()
-            .to_bytes(64, None, 0)
-            .unwrap();
+        let mut bytes = UBootEnv::from_pairs([("a", "b")]).unwrap().to_bytes(64, None, 0).unwrap();
         bytes[40] ^= 1; // padding is covered by the CRC too
-        assert!(matches!(
-            UBootEnv::from_bytes(&bytes, false),
-            Err(EnvError::Crc { .. })
-        ));
+        assert!(matches!(UBootEnv::from_bytes(&bytes, false), Err(EnvError::Crc { .. })));
     }
 
     #[test]
@@ -429,11 +393,7 @@ mod tests {
             ([None, Some(0)], Boolean, Some(1)),
         ];
         for (copies, scheme, want) in cases {
-            assert_eq!(
-                pick_current(*copies, *scheme),
-                *want,
-                "{copies:?} {scheme:?}"
-            );
+            assert_eq!(pick_current(*copies, *scheme), *want, "{copies:?} {scheme:?}");
         }
         assert_eq!(next_flags(255, Incremental), 0);
         assert_eq!(next_flags(7, Incremental), 8);
@@ -441,8 +401,7 @@ mod tests {
     }
 
     fn arb_env() -> impl Strategy<Value = UBootEnv> {
-        let name = proptest::collection::vec(1u8..=255, 1..12)
-            .prop_filter("no '='", |n| !n.contains(&b'='));
+        let name = proptest::collection::vec(1u8..=255, 1..12).prop_filter("no '='", |n| !n.contains(&b'='));
         let value = proptest::collection::vec(1u8..=255, 0..40);
         proptest::collection::vec((name, value), 0..20).prop_map(|pairs| {
             let mut env = UBootEnv::new();

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 pub use config::{EnvDevice, FwEnvConfig};
 pub use env::{
-    CRC_LEN, DecodedCopy, EnvError, FLAG_ACTIVE, FLAG_OBSOLETE, FlagScheme, UBootEnv, header_len,
-    next_flags, pick_current,
+    CRC_LEN, DecodedCopy, EnvError, FLAG_ACTIVE, FLAG_OBSOLETE, FlagScheme, UBootEnv, header_len, next_flags,
+    pick_current,
 };
 pub use storage::{CopyLocation, EnvStorage, Interruption, Loaded, provision};
 
@@ -47,9 +47,7 @@ pub enum UBootScheme {
 
 impl Default for UBootScheme {
     fn default() -> Self {
-        UBootScheme::BootOrder {
-            attempts: DEFAULT_ATTEMPTS,
-        }
+        UBootScheme::BootOrder { attempts: DEFAULT_ATTEMPTS }
     }
 }
 
@@ -62,14 +60,10 @@ enum SchemeImpl {
 impl SchemeImpl {
     fn new(scheme: UBootScheme) -> Result<Self, BootError> {
         Ok(match scheme {
-            UBootScheme::BootOrder { attempts } => {
-                SchemeImpl::BootOrder(BootOrderScheme::new(attempts)?)
+            UBootScheme::BootOrder { attempts } => SchemeImpl::BootOrder(BootOrderScheme::new(attempts)?),
+            UBootScheme::Mender { part_a, part_b, attempts } => {
+                SchemeImpl::Mender(MenderScheme::new(part_a, part_b, attempts)?)
             }
-            UBootScheme::Mender {
-                part_a,
-                part_b,
-                attempts,
-            } => SchemeImpl::Mender(MenderScheme::new(part_a, part_b, attempts)?),
         })
     }
 
@@ -102,8 +96,7 @@ impl EnvVars for Recorder<'_> {
 
     fn set_var(&mut self, name: &str, value: &str) -> Result<(), BootError> {
         self.env.set_var(name, value)?;
-        self.changes
-            .push(Change::Set(name.to_owned(), value.to_owned()));
+        self.changes.push(Change::Set(name.to_owned(), value.to_owned()));
         Ok(())
     }
 
@@ -133,21 +126,11 @@ pub struct UBootBackend {
 impl UBootBackend {
     /// Opens the environment described by `config` and reads it, holding the flock on
     /// `lock_path` (`None`: [`DEFAULT_LOCK_PATH`]) while reading.
-    pub fn open(
-        config: &FwEnvConfig,
-        scheme: UBootScheme,
-        lock_path: Option<&Path>,
-    ) -> Result<Self, BootError> {
+    pub fn open(config: &FwEnvConfig, scheme: UBootScheme, lock_path: Option<&Path>) -> Result<Self, BootError> {
         let scheme = SchemeImpl::new(scheme)?;
         let storage = EnvStorage::open(config)?;
         let lock_path = lock_path.unwrap_or(Path::new(DEFAULT_LOCK_PATH)).to_owned();
-        let mut backend = Self {
-            storage,
-            lock_path,
-            scheme,
-            env: UBootEnv::new(),
-            changes: Vec::new(),
-        };
+        let mut backend = Self { storage, lock_path, scheme, env: UBootEnv::new(), changes: Vec::new() };
         backend.reload()?;
         Ok(backend)
     }
@@ -172,10 +155,7 @@ impl UBootBackend {
         f: impl FnOnce(&dyn VarScheme, &mut dyn EnvVars) -> Result<(), BootError>,
     ) -> Result<(), BootError> {
         let scheme = self.scheme;
-        let mut rec = Recorder {
-            env: &mut self.env,
-            changes: &mut self.changes,
-        };
+        let mut rec = Recorder { env: &mut self.env, changes: &mut self.changes };
         f(scheme.get(), &mut rec)
     }
 }

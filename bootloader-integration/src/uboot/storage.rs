@@ -81,15 +81,9 @@ impl EnvStorage {
             } else {
                 Some(dev.offset.unsigned_abs())
             };
-            let storage_err = |reason: String| BootError::Storage {
-                device: path.clone(),
-                reason,
-            };
+            let storage_err = |reason: String| BootError::Storage { device: path.clone(), reason };
             let offset = offset.ok_or_else(|| {
-                storage_err(format!(
-                    "offset {} lies before the start of the {len}-byte device",
-                    dev.offset
-                ))
+                storage_err(format!("offset {} lies before the start of the {len}-byte device", dev.offset))
             })?;
             if offset.saturating_add(size as u64) > len {
                 return Err(storage_err(format!(
@@ -102,12 +96,7 @@ impl EnvStorage {
                 whole_file: is_file && offset == 0 && len == size as u64,
             });
         }
-        Ok(Self {
-            copies,
-            size,
-            flag_scheme: config.flag_scheme,
-            pad: 0,
-        })
+        Ok(Self { copies, size, flag_scheme: config.flag_scheme, pad: 0 })
     }
 
     /// Pads stored copies with `pad` (default 0x00, as U-Boot's `saveenv`).
@@ -132,20 +121,15 @@ impl EnvStorage {
 
     /// The raw bytes of every copy.
     pub fn read_raw(&self) -> Result<Vec<Vec<u8>>, BootError> {
-        self.copies
-            .iter()
-            .map(|c| fsutil::read_at(&c.path, c.offset, self.size))
-            .collect()
+        self.copies.iter().map(|c| fsutil::read_at(&c.path, c.offset, self.size)).collect()
     }
 
     /// Reads the current copy. No valid copy → [`BootError::Corrupt`].
     pub fn read(&self) -> Result<Loaded, BootError> {
         let raw = self.read_raw()?;
         let redundant = self.redundant();
-        let decoded: Vec<Option<DecodedCopy>> = raw
-            .iter()
-            .map(|bytes| UBootEnv::decode(bytes, redundant).ok())
-            .collect();
+        let decoded: Vec<Option<DecodedCopy>> =
+            raw.iter().map(|bytes| UBootEnv::decode(bytes, redundant).ok()).collect();
         let valid: Vec<bool> = decoded.iter().map(Option::is_some).collect();
         let current = if redundant {
             let flags = [0, 1].map(|i| decoded[i].as_ref().and_then(|d| d.flags));
@@ -153,23 +137,10 @@ impl EnvStorage {
         } else {
             valid[0].then_some(0)
         };
-        let current = current.ok_or_else(|| BootError::Corrupt {
-            device: self.copies[0].path.clone(),
-        })?;
-        let corrupt = || BootError::Corrupt {
-            device: self.copies[0].path.clone(),
-        };
-        let DecodedCopy { env, flags } = decoded
-            .into_iter()
-            .nth(current)
-            .flatten()
-            .ok_or_else(corrupt)?;
-        Ok(Loaded {
-            env,
-            current,
-            flags,
-            valid,
-        })
+        let current = current.ok_or_else(|| BootError::Corrupt { device: self.copies[0].path.clone() })?;
+        let corrupt = || BootError::Corrupt { device: self.copies[0].path.clone() };
+        let DecodedCopy { env, flags } = decoded.into_iter().nth(current).flatten().ok_or_else(corrupt)?;
+        Ok(Loaded { env, current, flags, valid })
     }
 
     /// Stores `env` as the new current copy; `loaded` is what [`EnvStorage::read`] returned
@@ -188,12 +159,7 @@ impl EnvStorage {
 
     /// Test hook for power-cut tests: performs [`EnvStorage::store`] up to `at` and stops, as a
     /// power cut would.
-    pub fn store_interrupted(
-        &self,
-        env: &UBootEnv,
-        loaded: &Loaded,
-        at: Interruption,
-    ) -> Result<(), BootError> {
+    pub fn store_interrupted(&self, env: &UBootEnv, loaded: &Loaded, at: Interruption) -> Result<(), BootError> {
         self.store_inner(env, loaded, Some(at))
     }
 
@@ -209,31 +175,16 @@ impl EnvStorage {
                 valid,
             }
         } else {
-            Loaded {
-                env: env.clone(),
-                current: 0,
-                flags: None,
-                valid: vec![true],
-            }
+            Loaded { env: env.clone(), current: 0, flags: None, valid: vec![true] }
         }
     }
 
-    fn store_inner(
-        &self,
-        env: &UBootEnv,
-        loaded: &Loaded,
-        stop: Option<Interruption>,
-    ) -> Result<(), BootError> {
+    fn store_inner(&self, env: &UBootEnv, loaded: &Loaded, stop: Option<Interruption>) -> Result<(), BootError> {
         let too_large = |e| match e {
-            super::env::EnvError::TooLarge { needed, available } => BootError::TooLarge {
-                device: self.copies[0].path.clone(),
-                needed,
-                available,
-            },
-            other => BootError::Storage {
-                device: self.copies[0].path.clone(),
-                reason: other.to_string(),
-            },
+            super::env::EnvError::TooLarge { needed, available } => {
+                BootError::TooLarge { device: self.copies[0].path.clone(), needed, available }
+            }
+            other => BootError::Storage { device: self.copies[0].path.clone(), reason: other.to_string() },
         };
         if !self.redundant() {
             let bytes = env.to_bytes(self.size, None, self.pad).map_err(too_large)?;
@@ -252,9 +203,7 @@ impl EnvStorage {
             return fsutil::write_at_synced(&copy.path, copy.offset, bytes);
         }
         let flags = next_flags(loaded.flags.unwrap_or(0), self.flag_scheme);
-        let bytes = env
-            .to_bytes(self.size, Some(flags), self.pad)
-            .map_err(too_large)?;
+        let bytes = env.to_bytes(self.size, Some(flags), self.pad).map_err(too_large)?;
         let target = &self.copies[1 - loaded.current];
         // The non-current copy first, synced, so the current one stays intact until the new one
         // is complete: a power cut leaves at least one valid copy.
@@ -268,11 +217,7 @@ impl EnvStorage {
         }
         if self.flag_scheme == FlagScheme::Boolean {
             let old = &self.copies[loaded.current];
-            fsutil::write_at_synced(
-                &old.path,
-                old.offset + super::env::CRC_LEN as u64,
-                &[FLAG_OBSOLETE],
-            )?;
+            fsutil::write_at_synced(&old.path, old.offset + super::env::CRC_LEN as u64, &[FLAG_OBSOLETE])?;
         }
         Ok(())
     }
@@ -287,10 +232,7 @@ pub fn provision(config: &FwEnvConfig, env: &UBootEnv, pad: u8) -> Result<(), Bo
         let flags = storage.redundant().then(|| u8::from(i == 0));
         let bytes = env
             .to_bytes(storage.size, flags, pad)
-            .map_err(|e| BootError::Storage {
-                device: copy.path.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| BootError::Storage { device: copy.path.clone(), reason: e.to_string() })?;
         write_copy(copy, &bytes)?;
     }
     Ok(())

@@ -9,9 +9,7 @@ use std::process::{Command, Output};
 /// (`tests/install-deps` installs them; a missing tool is a failure, never a skip).
 pub fn tool(tool: &str, package: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in
-        std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-    {
+    for dir in std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]) {
         let candidate = dir.join(tool);
         if candidate.is_file() {
             return candidate;
@@ -22,9 +20,7 @@ pub fn tool(tool: &str, package: &str) -> PathBuf {
 
 /// Runs `cmd`, panicking with its output if it fails.
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("failed to run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("failed to run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
@@ -37,16 +33,12 @@ pub fn run(cmd: &mut Command) -> Output {
 
 /// `fw_printenv -c config`: the variables, as (name, value) lines sorted by name.
 pub fn fw_printenv(config: &Path) -> Vec<(String, String)> {
-    let out = run(Command::new(tool("fw_printenv", "libubootenv-tool"))
-        .arg("-c")
-        .arg(config));
+    let out = run(Command::new(tool("fw_printenv", "libubootenv-tool")).arg("-c").arg(config));
     let text = String::from_utf8(out.stdout).expect("fw_printenv output is utf-8");
     let mut vars: Vec<(String, String)> = text
         .lines()
         .map(|l| {
-            let (n, v) = l
-                .split_once('=')
-                .unwrap_or_else(|| panic!("odd fw_printenv line {l:?}"));
+            let (n, v) = l.split_once('=').unwrap_or_else(|| panic!("odd fw_printenv line {l:?}"));
             (n.to_owned(), v.to_owned())
         })
         .collect();
@@ -56,11 +48,7 @@ pub fn fw_printenv(config: &Path) -> Vec<(String, String)> {
 
 /// `fw_setenv -c config name value`.
 pub fn fw_setenv(config: &Path, name: &str, value: &str) {
-    run(Command::new(tool("fw_setenv", "libubootenv-tool"))
-        .arg("-c")
-        .arg(config)
-        .arg(name)
-        .arg(value));
+    run(Command::new(tool("fw_setenv", "libubootenv-tool")).arg("-c").arg(config).arg(name).arg(value));
 }
 
 /// `fw_setenv -c config -s script`: several variables in one store. libubootenv's script
@@ -69,19 +57,12 @@ pub fn fw_setenv_script(config: &Path, script: &str) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("script");
     std::fs::write(&file, script).unwrap();
-    run(Command::new(tool("fw_setenv", "libubootenv-tool"))
-        .arg("-c")
-        .arg(config)
-        .arg("-s")
-        .arg(&file));
+    run(Command::new(tool("fw_setenv", "libubootenv-tool")).arg("-c").arg(config).arg("-s").arg(&file));
 }
 
 /// Sorted owned pairs.
 pub fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = p
-        .iter()
-        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-        .collect();
+    let mut v: Vec<(String, String)> = p.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect();
     v.sort();
     v
 }
@@ -90,12 +71,7 @@ pub fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
 pub fn env_pairs(env: &otter_bootloader::uboot::UBootEnv) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = env
         .iter()
-        .map(|(n, v)| {
-            (
-                String::from_utf8(n.to_vec()).unwrap(),
-                String::from_utf8(v.to_vec()).unwrap(),
-            )
-        })
+        .map(|(n, v)| (String::from_utf8(n.to_vec()).unwrap(), String::from_utf8(v.to_vec()).unwrap()))
         .collect();
     v.sort();
     v
@@ -128,17 +104,11 @@ impl EnvFiles {
         let (copies, config) = match layout {
             Layout::SingleFile => {
                 std::fs::write(p("uboot.env"), vec![0u8; size]).unwrap();
-                (
-                    vec![p("uboot.env")],
-                    format!("{} 0x0 {size:#x}\n", p("uboot.env").display()),
-                )
+                (vec![p("uboot.env")], format!("{} 0x0 {size:#x}\n", p("uboot.env").display()))
             }
             Layout::SingleAtOffset(off) => {
                 std::fs::write(p("disk.img"), vec![0u8; off as usize + size + 4096]).unwrap();
-                (
-                    vec![p("disk.img")],
-                    format!("{} {off:#x} {size:x}\n", p("disk.img").display()),
-                )
+                (vec![p("disk.img")], format!("{} {off:#x} {size:x}\n", p("disk.img").display()))
             }
             Layout::RedundantFiles => {
                 std::fs::write(p("uboot.env"), vec![0u8; size]).unwrap();
@@ -155,11 +125,7 @@ impl EnvFiles {
             Layout::RedundantImage(o1, o2, len) => {
                 std::fs::write(p("disk.img"), vec![0x5Au8; len as usize]).unwrap();
                 let fmt = |o: i64| {
-                    if o < 0 {
-                        format!("-{:#x}", -o)
-                    } else {
-                        format!("{o:#x}")
-                    }
+                    if o < 0 { format!("-{:#x}", -o) } else { format!("{o:#x}") }
                 };
                 (
                     vec![p("disk.img")],
@@ -175,12 +141,7 @@ impl EnvFiles {
         let config_path = p("fw_env.config");
         std::fs::write(&config_path, config).unwrap();
         let lock = p("fw_printenv.lock");
-        Self {
-            dir,
-            config_path,
-            copies,
-            lock,
-        }
+        Self { dir, config_path, copies, lock }
     }
 
     pub fn config(&self) -> otter_bootloader::uboot::FwEnvConfig {
@@ -189,9 +150,6 @@ impl EnvFiles {
 
     /// All bytes of all backing files.
     pub fn snapshot(&self) -> Vec<Vec<u8>> {
-        self.copies
-            .iter()
-            .map(|p| std::fs::read(p).unwrap())
-            .collect()
+        self.copies.iter().map(|p| std::fs::read(p).unwrap()).collect()
     }
 }

@@ -73,14 +73,18 @@ pub enum InstallError {
         error: io::Error,
     },
     /// The artifact has a payload for a slot class no target was given for.
-    #[error(
-        "artifact has payload {payload:?} for slot class {slot_class:?}, but no target slot is configured for it"
-    )]
+    #[error("artifact has payload {payload:?} for slot class {slot_class:?}, but no target slot is configured for it")]
     NoTarget {
         /// The payload name.
         payload: String,
         /// Its slot class.
         slot_class: String,
+    },
+    /// The artifact failed on this device before and is not retried automatically.
+    #[error("artifact {digest} failed on this device before; not retrying it automatically")]
+    Refused {
+        /// Its manifest digest.
+        digest: String,
     },
     /// The install was cancelled.
     #[error("install cancelled")]
@@ -101,6 +105,7 @@ impl InstallError {
             Self::Slot { error, .. } if error.raw_os_error() == Some(libc::ENOSPC) => "no-space",
             Self::Slot { .. } => "slot-io",
             Self::NoTarget { .. } => "no-target",
+            Self::Refused { .. } => "previously-failed",
             Self::Cancelled => "cancelled",
         }
     }

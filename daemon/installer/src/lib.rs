@@ -21,9 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use otter_artifact::{
-    ArtifactError, ArtifactReader, ChunkDecoder, ChunkRef, Digest, KeyId, Keyring, Manifest, Policy,
-};
+use otter_artifact::{ArtifactError, ArtifactReader, ChunkDecoder, ChunkRef, Digest, KeyId, Keyring, Manifest, Policy};
 
 pub use error::InstallError;
 use slot::{AlignedBuf, HEAD, SlotWriter};
@@ -53,11 +51,7 @@ impl CancelToken {
     /// Sleeps for `d` unless cancelled first; returns whether it was cancelled.
     pub fn sleep(&self, d: Duration) -> bool {
         let guard = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
-        let (guard, _) = self
-            .0
-            .1
-            .wait_timeout_while(guard, d, |c| !*c)
-            .unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = self.0.1.wait_timeout_while(guard, d, |c| !*c).unwrap_or_else(|e| e.into_inner());
         *guard
     }
 }
@@ -91,6 +85,9 @@ pub struct InstallRequest {
     pub skip_identical: bool,
     /// Decoding threads (0: one per CPU, at most 4).
     pub decode_threads: usize,
+    /// Manifest digests to refuse after verification (artifacts that failed before and must not be retried
+    /// automatically).
+    pub refuse: Vec<Digest>,
 }
 
 impl InstallRequest {
@@ -104,6 +101,7 @@ impl InstallRequest {
             http: HttpOptions::default(),
             skip_identical: false,
             decode_threads: 0,
+            refuse: Vec::new(),
         }
     }
 }
@@ -136,6 +134,8 @@ pub struct Progress {
     pub total: u64,
     /// Length of the artifact, when the source tells.
     pub source_length: Option<u64>,
+    /// SHA-256 of the signed manifest, once it was verified.
+    pub manifest_digest: Option<Digest>,
 }
 
 impl Progress {
@@ -196,27 +196,15 @@ pub fn install(
 /// Turns an artifact error into an install error, unwrapping what the source smuggled through `io::Error`.
 fn from_artifact(e: ArtifactError, source: &Source, cancel: &CancelToken) -> InstallError {
     match e {
-        ArtifactError::Io {
-            source: io,
-            context,
-        } => {
+        ArtifactError::Io { source: io, context } => {
             if cancel.is_cancelled() {
                 return InstallError::Cancelled;
             }
-            if io
-                .get_ref()
-                .is_some_and(|i| i.is::<source::ResumeExhausted>())
-            {
+            if io.get_ref().is_some_and(|i| i.is::<source::ResumeExhausted>()) {
                 let inner = io.into_inner().expect("checked above");
-                return inner
-                    .downcast::<source::ResumeExhausted>()
-                    .map(|b| b.0)
-                    .unwrap_or(InstallError::Cancelled);
+                return inner.downcast::<source::ResumeExhausted>().map(|b| b.0).unwrap_or(InstallError::Cancelled);
             }
-            if io
-                .get_ref()
-                .is_some_and(|i| i.is::<source::SourceChangedMarker>())
-            {
+            if io.get_ref().is_some_and(|i| i.is::<source::SourceChangedMarker>()) {
                 return InstallError::SourceChanged { url: source.name() };
             }
             InstallError::Source {
@@ -256,11 +244,7 @@ struct Pool<T>(Mutex<Vec<T>>);
 
 impl<T> Pool<T> {
     fn get(&self, make: impl FnOnce() -> T) -> T {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .unwrap_or_else(make)
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_else(make)
     }
     fn put(&self, t: T) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).push(t);
@@ -277,12 +261,14 @@ fn install_once(
     cancel: &CancelToken,
     received: &source::ByteCounter,
 ) -> Result<InstallReport, InstallError> {
+    let digest = std::cell::Cell::new(None);
     let report = |phase, written, total, length| Progress {
         phase,
         bytes_read: received.get(),
         bytes_written: written,
         total,
         source_length: length,
+        manifest_digest: digest.get(),
     };
     progress(&report(Phase::Connecting, 0, 0, None));
     let opened = source::open(&req.source, &req.http, cancel, received.clone())?;
@@ -291,6 +277,10 @@ fn install_once(
     let mut reader = ArtifactReader::open(opened.reader, &req.keyring, &req.policy)
         .map_err(|e| from_artifact(e, &req.source, cancel))?;
     let manifest = reader.manifest().clone();
+    digest.set(Some(reader.manifest_digest()));
+    if req.refuse.contains(&reader.manifest_digest()) {
+        return Err(InstallError::Refused { digest: reader.manifest_digest().to_string() });
+    }
     let total: u64 = manifest.payloads.iter().map(|p| p.size).sum();
 
     // Every target must exist and be large enough before the first byte is written anywhere.
@@ -300,19 +290,12 @@ fn install_once(
             .targets
             .iter()
             .find(|t| t.slot_class == p.slot_class)
-            .ok_or_else(|| InstallError::NoTarget {
-                payload: p.name.clone(),
-                slot_class: p.slot_class.clone(),
-            })?;
+            .ok_or_else(|| InstallError::NoTarget { payload: p.name.clone(), slot_class: p.slot_class.clone() })?;
         let w = SlotWriter::open(&t.path, t.max_size)?;
         if let Some(capacity) = w.capacity()
             && capacity < p.size
         {
-            return Err(InstallError::SlotTooSmall {
-                slot: t.path.clone(),
-                capacity,
-                needed: p.size,
-            });
+            return Err(InstallError::SlotTooSmall { slot: t.path.clone(), capacity, needed: p.size });
         }
         slots.push(w);
     }
@@ -325,18 +308,10 @@ fn install_once(
     progress(&report(Phase::Writing, 0, total, length));
 
     let threads = match req.decode_threads {
-        0 => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(4),
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4),
         n => n,
     };
-    let max_chunk = manifest
-        .payloads
-        .iter()
-        .map(|p| p.chunk_size)
-        .max()
-        .unwrap_or(0) as usize;
+    let max_chunk = manifest.payloads.iter().map(|p| p.chunk_size).max().unwrap_or(0) as usize;
     let max_window = req.policy.limits.max_window;
     let first_error = FirstError::default();
     let written = AtomicU64::new(0);
@@ -386,8 +361,7 @@ fn install_once(
         drop(stored_rx);
 
         let writer = {
-            let (manifest, first_error, written, skipped) =
-                (&manifest, &first_error, &written, &skipped);
+            let (manifest, first_error, written, skipped) = (&manifest, &first_error, &written, &skipped);
             let (decoded_pool, slots, heads) = (&decoded_pool, &mut slots, &mut heads);
             let skip_identical = req.skip_identical;
             s.spawn(move || {
@@ -429,15 +403,8 @@ fn install_once(
                     decoded_pool.put(buf);
                     done[at.payload] += 1;
                 }
-                if !first_error.failed()
-                    && done
-                        .iter()
-                        .zip(&manifest.payloads)
-                        .any(|(d, p)| *d != p.chunks.len())
-                {
-                    first_error.set(InstallError::Artifact(ArtifactError::Truncated {
-                        at: "payload data".into(),
-                    }));
+                if !first_error.failed() && done.iter().zip(&manifest.payloads).any(|(d, p)| *d != p.chunks.len()) {
+                    first_error.set(InstallError::Artifact(ArtifactError::Truncated { at: "payload data".into() }));
                 }
             })
         };
@@ -467,12 +434,7 @@ fn install_once(
             }
             if last_report.elapsed() >= Duration::from_millis(100) {
                 last_report = Instant::now();
-                progress(&report(
-                    Phase::Writing,
-                    written.load(Ordering::Relaxed),
-                    total,
-                    length,
-                ));
+                progress(&report(Phase::Writing, written.load(Ordering::Relaxed), total, length));
             }
         }
         drop(stored_tx);
@@ -482,12 +444,7 @@ fn install_once(
         return Err(e);
     }
 
-    progress(&report(
-        Phase::Syncing,
-        written.load(Ordering::Relaxed),
-        total,
-        length,
-    ));
+    progress(&report(Phase::Syncing, written.load(Ordering::Relaxed), total, length));
     // Data first, then the head: a power cut in between leaves the slot invalid, never half valid.
     for (slot, head) in slots.iter_mut().zip(&heads) {
         slot.sync()?;

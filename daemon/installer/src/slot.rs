@@ -70,11 +70,7 @@ impl SlotWriter {
         let err = |context: &str| {
             let slot = path.to_owned();
             let context = context.to_owned();
-            move |error| InstallError::Slot {
-                slot,
-                context,
-                error,
-            }
+            move |error| InstallError::Slot { slot, context, error }
         };
         let block = is_block_device(path);
         let mut buffered = OpenOptions::new()
@@ -86,30 +82,15 @@ impl SlotWriter {
             .map_err(err("opening"))?;
         // lseek(SEEK_END) reports a block device's size without an ioctl; a regular file grows as needed.
         let capacity = match block {
-            true => Some(
-                buffered
-                    .seek(SeekFrom::End(0))
-                    .map_err(err("reading the device size"))?,
-            ),
+            true => Some(buffered.seek(SeekFrom::End(0)).map_err(err("reading the device size"))?),
             false => None,
         };
         let capacity = match (capacity, max_size) {
             (Some(c), Some(m)) => Some(c.min(m)),
             (c, m) => c.or(m),
         };
-        let direct = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .ok();
-        Ok(Self {
-            path: path.to_owned(),
-            buffered,
-            direct,
-            capacity,
-            scratch: None,
-        })
+        let direct = OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(path).ok();
+        Ok(Self { path: path.to_owned(), buffered, direct, capacity, scratch: None })
     }
 
     /// The slot's size limit, if it has one.
@@ -125,19 +106,13 @@ impl SlotWriter {
     fn err(&self, context: impl Into<String>) -> impl FnOnce(io::Error) -> InstallError {
         let slot = self.path.clone();
         let context = context.into();
-        move |error| InstallError::Slot {
-            slot,
-            context,
-            error,
-        }
+        move |error| InstallError::Slot { slot, context, error }
     }
 
     /// Zeroes the first block and makes that durable: from here until [`SlotWriter::write_head`] the slot is
     /// recognisably not a valid image, whatever happens.
     pub fn invalidate(&mut self) -> Result<(), InstallError> {
-        self.buffered
-            .write_all_at(&[0u8; HEAD], 0)
-            .map_err(self.err("zeroing the first block"))?;
+        self.buffered.write_all_at(&[0u8; HEAD], 0).map_err(self.err("zeroing the first block"))?;
         self.buffered.sync_all().map_err(self.err("syncing"))
     }
 
@@ -154,26 +129,18 @@ impl SlotWriter {
                 Err(e) => return Err(self.err(format!("writing at offset {offset}"))(e)),
             }
         }
-        self.buffered
-            .write_all_at(data, offset)
-            .map_err(self.err(format!("writing at offset {offset}")))
+        self.buffered.write_all_at(data, offset).map_err(self.err(format!("writing at offset {offset}")))
     }
 
     /// Whether the slot already holds exactly `data` at `offset` (used to skip rewriting identical chunks).
     pub fn holds(&mut self, data: &[u8], offset: u64) -> Result<bool, InstallError> {
         if self.capacity.is_none_or(|c| c < offset + data.len() as u64) {
-            let len = self
-                .buffered
-                .metadata()
-                .map_err(self.err("reading the file size"))?
-                .len();
+            let len = self.buffered.metadata().map_err(self.err("reading the file size"))?.len();
             if len < offset + data.len() as u64 {
                 return Ok(false);
             }
         }
-        let scratch = self
-            .scratch
-            .get_or_insert_with(|| AlignedBuf::new(data.len()));
+        let scratch = self.scratch.get_or_insert_with(|| AlignedBuf::new(data.len()));
         if scratch.capacity() < data.len() {
             *scratch = AlignedBuf::new(data.len());
         }
@@ -201,9 +168,7 @@ impl SlotWriter {
     /// Writes the first block of the image and syncs: the last write of an install, after everything else is
     /// durable, so the slot turns valid only when it is complete.
     pub fn write_head(&mut self, head: &[u8]) -> Result<(), InstallError> {
-        self.buffered
-            .write_all_at(head, 0)
-            .map_err(self.err("writing the first block"))?;
+        self.buffered.write_all_at(head, 0).map_err(self.err("writing the first block"))?;
         self.buffered.sync_all().map_err(self.err("syncing"))
     }
 }

@@ -8,9 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::blocking::{Client, Response};
-use reqwest::header::{
-    CONTENT_RANGE, ETAG, HeaderMap, HeaderName, HeaderValue, IF_RANGE, LAST_MODIFIED, RANGE,
-};
+use reqwest::header::{CONTENT_RANGE, ETAG, HeaderMap, HeaderName, HeaderValue, IF_RANGE, LAST_MODIFIED, RANGE};
 
 use crate::CancelToken;
 use crate::error::InstallError;
@@ -91,14 +89,11 @@ pub fn init_tls() {
 
 fn build_client(opts: &HttpOptions) -> Result<Client, InstallError> {
     init_tls();
-    let setup =
-        |what: &str, e: &dyn std::fmt::Display| InstallError::HttpSetup(format!("{what}: {e}"));
+    let setup = |what: &str, e: &dyn std::fmt::Display| InstallError::HttpSetup(format!("{what}: {e}"));
     let mut headers = HeaderMap::new();
     for (k, v) in &opts.headers {
-        let name = HeaderName::from_bytes(k.as_bytes())
-            .map_err(|e| setup(&format!("header name {k:?}"), &e))?;
-        let value =
-            HeaderValue::from_str(v).map_err(|e| setup(&format!("header {k:?} value"), &e))?;
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| setup(&format!("header name {k:?}"), &e))?;
+        let value = HeaderValue::from_str(v).map_err(|e| setup(&format!("header {k:?} value"), &e))?;
         headers.insert(name, value);
     }
     let mut b = Client::builder()
@@ -108,15 +103,13 @@ fn build_client(opts: &HttpOptions) -> Result<Client, InstallError> {
         .timeout(opts.read_timeout)
         .tls_backend_rustls();
     if let Some(path) = &opts.ca_bundle {
-        let pem = std::fs::read(path)
-            .map_err(|e| setup(&format!("reading CA bundle {}", path.display()), &e))?;
+        let pem = std::fs::read(path).map_err(|e| setup(&format!("reading CA bundle {}", path.display()), &e))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| setup(&format!("parsing CA bundle {}", path.display()), &e))?;
         b = b.tls_certs_only(certs);
     }
     if let Some(path) = &opts.client_identity {
-        let pem = std::fs::read(path)
-            .map_err(|e| setup(&format!("reading client identity {}", path.display()), &e))?;
+        let pem = std::fs::read(path).map_err(|e| setup(&format!("reading client identity {}", path.display()), &e))?;
         let id = reqwest::Identity::from_pem(&pem)
             .map_err(|e| setup(&format!("parsing client identity {}", path.display()), &e))?;
         b = b.identity(id);
@@ -155,34 +148,18 @@ pub fn open(
 ) -> Result<OpenedSource, InstallError> {
     match source {
         Source::File(path) => {
-            let f = File::open(path).map_err(|error| InstallError::Source {
-                source_name: source.name(),
-                error,
-            })?;
+            let f = File::open(path).map_err(|error| InstallError::Source { source_name: source.name(), error })?;
             let length = f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
-            let reader = Counted {
-                inner: io::BufReader::with_capacity(256 << 10, f),
-                counter: received,
-            };
-            Ok(OpenedSource {
-                reader: Box::new(reader),
-                length,
-            })
+            let reader = Counted { inner: io::BufReader::with_capacity(256 << 10, f), counter: received };
+            Ok(OpenedSource { reader: Box::new(reader), length })
         }
-        Source::Stdin => Ok(OpenedSource {
-            reader: Box::new(Counted {
-                inner: io::stdin(),
-                counter: received,
-            }),
-            length: None,
-        }),
+        Source::Stdin => {
+            Ok(OpenedSource { reader: Box::new(Counted { inner: io::stdin(), counter: received }), length: None })
+        }
         Source::Url(url) => {
             let r = HttpReader::open(url, http, cancel.clone(), received)?;
             let length = r.length;
-            Ok(OpenedSource {
-                reader: Box::new(r),
-                length,
-            })
+            Ok(OpenedSource { reader: Box::new(r), length })
         }
     }
 }
@@ -239,12 +216,7 @@ impl std::fmt::Display for ResumeExhausted {
 impl std::error::Error for ResumeExhausted {}
 
 impl HttpReader {
-    fn open(
-        url: &str,
-        opts: &HttpOptions,
-        cancel: CancelToken,
-        received: ByteCounter,
-    ) -> Result<Self, InstallError> {
+    fn open(url: &str, opts: &HttpOptions, cancel: CancelToken, received: ByteCounter) -> Result<Self, InstallError> {
         let client = build_client(opts)?;
         let mut r = Self {
             url: url.to_owned(),
@@ -264,10 +236,7 @@ impl HttpReader {
         })?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(InstallError::HttpStatus {
-                url: url.to_owned(),
-                status: status.as_u16(),
-            });
+            return Err(InstallError::HttpStatus { url: url.to_owned(), status: status.as_u16() });
         }
         r.length = resp.content_length();
         // Only a strong ETag or a Last-Modified date is a valid If-Range validator.
@@ -285,28 +254,20 @@ impl HttpReader {
     fn resume(&mut self, last_error: String) -> io::Result<()> {
         loop {
             if self.resumes >= self.opts.max_resumes {
-                return Err(io::Error::other(ResumeExhausted(
-                    InstallError::ConnectionLost {
-                        url: self.url.clone(),
-                        attempts: self.resumes,
-                        position: self.position,
-                        last_error,
-                    },
-                )));
+                return Err(io::Error::other(ResumeExhausted(InstallError::ConnectionLost {
+                    url: self.url.clone(),
+                    attempts: self.resumes,
+                    position: self.position,
+                    last_error,
+                })));
             }
-            let backoff = self
-                .opts
-                .initial_backoff
-                .saturating_mul(1 << self.resumes.min(16))
-                .min(self.opts.max_backoff);
+            let backoff =
+                self.opts.initial_backoff.saturating_mul(1 << self.resumes.min(16)).min(self.opts.max_backoff);
             self.resumes += 1;
             if self.cancel.sleep(backoff) {
                 return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
             }
-            let mut req = self
-                .client
-                .get(&self.url)
-                .header(RANGE, format!("bytes={}-", self.position));
+            let mut req = self.client.get(&self.url).header(RANGE, format!("bytes={}-", self.position));
             if let Some(v) = &self.validator {
                 req = req.header(IF_RANGE, v.clone());
             }
@@ -338,12 +299,10 @@ impl HttpReader {
                 200 => return Err(io::Error::other(SourceChangedMarker)),
                 s if (500..600).contains(&s) || s == 429 => continue,
                 s => {
-                    return Err(io::Error::other(ResumeExhausted(
-                        InstallError::HttpStatus {
-                            url: self.url.clone(),
-                            status: s,
-                        },
-                    )));
+                    return Err(io::Error::other(ResumeExhausted(InstallError::HttpStatus {
+                        url: self.url.clone(),
+                        status: s,
+                    })));
                 }
             }
         }
@@ -399,7 +358,5 @@ impl Read for HttpReader {
 /// Whether `path` is a block device.
 pub fn is_block_device(path: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
-    std::fs::metadata(path)
-        .map(|m| m.file_type().is_block_device())
-        .unwrap_or(false)
+    std::fs::metadata(path).map(|m| m.file_type().is_block_device()).unwrap_or(false)
 }

@@ -90,10 +90,7 @@ fn bad_signature() {
     let text = format!("{}{}{}", &text[..pos], flipped, &text[pos + 1..]);
     e[1].1 = text.into_bytes();
     let (res, slot, old) = f.install_bytes(&assemble(&e));
-    assert!(matches!(
-        artifact_error(res),
-        ArtifactError::BadSignature { .. }
-    ));
+    assert!(matches!(artifact_error(res), ArtifactError::BadSignature { .. }));
     assert_slot(&slot, &old, &f.image, SlotAfter::Untouched);
 }
 
@@ -102,10 +99,7 @@ fn unknown_key() {
     let f = Fixture::new(IMAGE_LEN);
     let other = Fixture::new(IMAGE_LEN);
     let (res, slot, old) = f.install_bytes(&other.artifact());
-    assert!(matches!(
-        artifact_error(res),
-        ArtifactError::UnknownKey { .. }
-    ));
+    assert!(matches!(artifact_error(res), ArtifactError::UnknownKey { .. }));
     assert_slot(&slot, &old, &f.image, SlotAfter::Untouched);
 }
 
@@ -114,15 +108,10 @@ fn manifest_edited_after_signing() {
     let f = Fixture::new(IMAGE_LEN);
     let mut e = entries(&f.artifact());
     let m = String::from_utf8(e[0].1.clone()).unwrap();
-    e[0].1 = m
-        .replace("\"security_version\": 5", "\"security_version\": 9")
-        .into_bytes();
+    e[0].1 = m.replace("\"security_version\": 5", "\"security_version\": 9").into_bytes();
     assert_ne!(e[0].1, m.as_bytes());
     let (res, slot, old) = f.install_bytes(&assemble(&e));
-    assert!(matches!(
-        artifact_error(res),
-        ArtifactError::BadSignature { .. }
-    ));
+    assert!(matches!(artifact_error(res), ArtifactError::BadSignature { .. }));
     assert_slot(&slot, &old, &f.image, SlotAfter::Untouched);
 }
 
@@ -132,13 +121,11 @@ fn payload_byte_flipped() {
     let mut e = entries(&f.artifact());
     // A byte in the third chunk's frame: the first two chunks are written, then the third fails its hash.
     let m = parse_manifest(&e[0].1);
-    let at =
-        (m.payloads[0].chunks[0].stored_size + m.payloads[0].chunks[1].stored_size + 40) as usize;
+    let at = (m.payloads[0].chunks[0].stored_size + m.payloads[0].chunks[1].stored_size + 40) as usize;
     e[2].1[at] ^= 0x01;
     let (res, slot, old) = f.install_bytes(&assemble(&e));
     match artifact_error(res) {
-        ArtifactError::ChunkHashMismatch { chunk, .. }
-        | ArtifactError::Decompress { chunk, .. } => {
+        ArtifactError::ChunkHashMismatch { chunk, .. } | ArtifactError::Decompress { chunk, .. } => {
             assert_eq!(chunk, 2)
         }
         other => panic!("{other:?}"),
@@ -154,18 +141,15 @@ fn truncated_at_manifest_signature_and_payload() {
     let manifest_len = e[0].1.len();
     let sig_start = 512 + manifest_len.div_ceil(512) * 512;
     let cases = [
-        (300, SlotAfter::Untouched), // inside the manifest's header
-        (512 + manifest_len / 2, SlotAfter::Untouched), // inside the manifest
-        (sig_start + 512 + 20, SlotAfter::Untouched), // inside the signature block
-        (artifact.len() / 2, SlotAfter::Invalidated), // mid-payload
+        (300, SlotAfter::Untouched),                     // inside the manifest's header
+        (512 + manifest_len / 2, SlotAfter::Untouched),  // inside the manifest
+        (sig_start + 512 + 20, SlotAfter::Untouched),    // inside the signature block
+        (artifact.len() / 2, SlotAfter::Invalidated),    // mid-payload
         (artifact.len() - 1024, SlotAfter::Invalidated), // end-of-archive marker missing
     ];
     for (cut, expect) in cases {
         let (res, slot, old) = f.install_bytes(&artifact[..cut]);
-        assert!(
-            matches!(artifact_error(res), ArtifactError::Truncated { .. }),
-            "cut at {cut}"
-        );
+        assert!(matches!(artifact_error(res), ArtifactError::Truncated { .. }), "cut at {cut}");
         assert_slot(&slot, &old, &f.image, expect);
     }
 }
@@ -203,10 +187,7 @@ fn extra_entry_between_signature_and_payload() {
     let mut e = entries(&f.artifact());
     e.insert(2, ("evil.sh".into(), b"x".to_vec()));
     let (res, slot, old) = f.install_bytes(&assemble(&e));
-    assert!(matches!(
-        artifact_error(res),
-        ArtifactError::UnexpectedEntry { .. }
-    ));
+    assert!(matches!(artifact_error(res), ArtifactError::UnexpectedEntry { .. }));
     assert_slot(&slot, &old, &f.image, SlotAfter::Invalidated);
 }
 
@@ -224,10 +205,7 @@ fn missing_entry() {
     let mut e = entries(&f.artifact());
     e.remove(1);
     let (res, slot, old) = f.install_bytes(&assemble(&e));
-    assert!(matches!(
-        artifact_error(res),
-        ArtifactError::UnexpectedEntry { .. }
-    ));
+    assert!(matches!(artifact_error(res), ArtifactError::UnexpectedEntry { .. }));
     assert_slot(&slot, &old, &f.image, SlotAfter::Untouched);
 }
 
@@ -282,10 +260,7 @@ fn symlink_in_place_of_the_manifest() {
     let mut raw = raw_header(MANIFEST_ENTRY, 0, b'2', "/etc/shadow").to_vec();
     raw.extend_from_slice(&[0u8; 1024]);
     let (res, slot, old) = f.install_bytes(&raw);
-    assert!(matches!(
-        artifact_error(res),
-        ArtifactError::NotARegularFile { .. }
-    ));
+    assert!(matches!(artifact_error(res), ArtifactError::NotARegularFile { .. }));
     assert_slot(&slot, &old, &f.image, SlotAfter::Untouched);
 }
 
@@ -297,9 +272,7 @@ fn payload_larger_than_declared() {
     e[2].1.extend_from_slice(&[0u8; 4096]);
     let (res, slot, old) = f.install_bytes(&assemble(&e));
     match artifact_error(res) {
-        ArtifactError::StoredSizeMismatch {
-            declared, actual, ..
-        } => assert_eq!(actual, declared + 4096),
+        ArtifactError::StoredSizeMismatch { declared, actual, .. } => assert_eq!(actual, declared + 4096),
         other => panic!("{other:?}"),
     }
     assert_slot(&slot, &old, &f.image, SlotAfter::Invalidated);
@@ -322,10 +295,7 @@ fn chunk_decoding_to_more_than_declared() {
     e[0].1 = m.to_bytes();
     e[1].1 = f.sign(&e[0].1);
     let (res, slot, old) = f.install_bytes(&assemble(&e));
-    assert!(matches!(
-        artifact_error(res),
-        ArtifactError::ChunkSizeMismatch { chunk: 0, .. }
-    ));
+    assert!(matches!(artifact_error(res), ArtifactError::ChunkSizeMismatch { chunk: 0, .. }));
     assert_slot(&slot, &old, &f.image, SlotAfter::Invalidated);
 }
 
@@ -417,9 +387,7 @@ fn slot_smaller_than_the_image() {
     let mut req = f.request(Source::File(a), &slot);
     req.targets[0].max_size = Some(old.len() as u64);
     match otter_installer::install(&req, &|_: &Progress| {}, &CancelToken::new()) {
-        Err(InstallError::SlotTooSmall {
-            capacity, needed, ..
-        }) => {
+        Err(InstallError::SlotTooSmall { capacity, needed, .. }) => {
             assert_eq!((capacity, needed), (old.len() as u64, IMAGE_LEN as u64))
         }
         other => panic!("{other:?}"),
@@ -458,10 +426,7 @@ fn missing_source_file() {
 fn http_resumes_after_the_connection_is_cut() {
     let f = Fixture::new(IMAGE_LEN);
     let artifact = f.artifact();
-    let faults = Faults {
-        cut_after: Some(artifact.len() as u64 / 3),
-        ..Faults::default()
-    };
+    let faults = Faults { cut_after: Some(artifact.len() as u64 / 3), ..Faults::default() };
     faults.cuts.store(2, Ordering::SeqCst);
     let server = HttpServer::start(artifact.clone(), faults);
     let slot = f.path("slot.img");
@@ -470,24 +435,12 @@ fn http_resumes_after_the_connection_is_cut() {
     let report = otter_installer::install(&req, &|_: &Progress| {}, &CancelToken::new()).unwrap();
     assert_eq!(std::fs::read(&slot).unwrap(), f.image);
     let requests = server.requests.lock().unwrap().clone();
-    assert_eq!(
-        requests.len(),
-        3,
-        "one request and two resumes: {requests:?}"
-    );
+    assert_eq!(requests.len(), 3, "one request and two resumes: {requests:?}");
     assert!(requests[1].contains("Range: bytes=") || requests[1].contains("range: bytes="));
-    assert!(
-        requests[1]
-            .to_ascii_lowercase()
-            .contains("if-range: \"otter-test-1\"")
-    );
+    assert!(requests[1].to_ascii_lowercase().contains("if-range: \"otter-test-1\""));
     // Resuming re-sends nothing: what crossed the wire stays within 5% of the artifact.
     let sent = server.body_bytes_sent.load(Ordering::SeqCst);
-    assert!(
-        sent <= artifact.len() as u64 * 105 / 100,
-        "{sent} bytes sent for {}",
-        artifact.len()
-    );
+    assert!(sent <= artifact.len() as u64 * 105 / 100, "{sent} bytes sent for {}", artifact.len());
     assert_eq!(report.bytes_received, artifact.len() as u64);
 }
 
@@ -495,10 +448,7 @@ fn http_resumes_after_the_connection_is_cut() {
 fn http_gives_up_after_bounded_resumes() {
     let f = Fixture::new(IMAGE_LEN);
     let artifact = f.artifact();
-    let faults = Faults {
-        cut_after: Some(20_000),
-        ..Faults::default()
-    };
+    let faults = Faults { cut_after: Some(20_000), ..Faults::default() };
     faults.cuts.store(usize::MAX, Ordering::SeqCst);
     let server = HttpServer::start(artifact, faults);
     let (slot, old) = f.old_slot("slot.img");
@@ -516,11 +466,7 @@ fn http_gives_up_after_bounded_resumes() {
 fn http_without_range_support_starts_over() {
     let f = Fixture::new(IMAGE_LEN);
     let artifact = f.artifact();
-    let faults = Faults {
-        cut_after: Some(artifact.len() as u64 / 2),
-        no_ranges: true,
-        ..Faults::default()
-    };
+    let faults = Faults { cut_after: Some(artifact.len() as u64 / 2), no_ranges: true, ..Faults::default() };
     faults.cuts.store(1, Ordering::SeqCst);
     let server = HttpServer::start(artifact.clone(), faults);
     let slot = f.path("slot.img");
@@ -536,13 +482,7 @@ fn http_without_range_support_starts_over() {
 fn http_error_statuses() {
     let f = Fixture::new(IMAGE_LEN);
     for status in [404u16, 500] {
-        let server = HttpServer::start(
-            f.artifact(),
-            Faults {
-                status: Some(status),
-                ..Faults::default()
-            },
-        );
+        let server = HttpServer::start(f.artifact(), Faults { status: Some(status), ..Faults::default() });
         let (slot, old) = f.old_slot("slot.img");
         let req = f.request(Source::Url(server.url.clone()), &slot);
         match otter_installer::install(&req, &|_: &Progress| {}, &CancelToken::new()) {
@@ -560,10 +500,7 @@ fn http_error_statuses() {
 fn cancel_mid_install() {
     let f = Fixture::new(4 << 20);
     let artifact = f.artifact();
-    let faults = Faults {
-        throttle: Some(Duration::from_millis(20)),
-        ..Faults::default()
-    };
+    let faults = Faults { throttle: Some(Duration::from_millis(20)), ..Faults::default() };
     let server = HttpServer::start(artifact.clone(), faults);
     let (slot, old) = f.old_slot("slot.img");
     let req = f.request(Source::Url(server.url.clone()), &slot);
@@ -579,11 +516,7 @@ fn cancel_mid_install() {
     assert_slot(&slot, &old, &f.image, SlotAfter::Invalidated);
     // It stopped well before the whole (throttled) artifact was sent.
     let sent = server.body_bytes_sent.load(Ordering::SeqCst);
-    assert!(
-        sent < artifact.len() as u64 / 2,
-        "{sent} of {} sent",
-        artifact.len()
-    );
+    assert!(sent < artifact.len() as u64 / 2, "{sent} of {} sent", artifact.len());
     assert!(started.elapsed() < Duration::from_secs(30));
 }
 
@@ -594,13 +527,7 @@ fn stdin_like_stream_without_length() {
     let a = f.path("a.otter");
     std::fs::write(&a, f.artifact()).unwrap();
     let fifo = f.path("pipe");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let writer = {
         let (a, fifo) = (a.clone(), fifo.clone());
         std::thread::spawn(move || std::fs::write(&fifo, std::fs::read(a).unwrap()).unwrap())
@@ -619,15 +546,7 @@ fn stored_payload_is_one_valid_zstd_stream() {
     let e = entries(&f.artifact());
     let z = f.path("rootfs.img.zst");
     std::fs::write(&z, &e[2].1).unwrap();
-    let out = std::process::Command::new("zstd")
-        .args(["-d", "-c", "-q"])
-        .arg(&z)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = std::process::Command::new("zstd").args(["-d", "-c", "-q"]).arg(&z).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.stdout, f.image);
 }

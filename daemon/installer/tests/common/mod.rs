@@ -15,9 +15,7 @@ use otter_artifact::keys::{self, SignatureBlock};
 use otter_artifact::manifest::Manifest;
 use otter_artifact::tar::{BLOCK, TarReader, TarWriter, build_header};
 use otter_artifact::{Keyring, Limits, Policy};
-use otter_installer::{
-    CancelToken, InstallError, InstallReport, InstallRequest, Progress, Source, Target,
-};
+use otter_installer::{CancelToken, InstallError, InstallReport, InstallRequest, Progress, Source, Target};
 
 pub const DEVICE: &str = "gw-test";
 pub const CHUNK: u64 = 64 << 10;
@@ -38,11 +36,7 @@ pub fn image_bytes(len: usize, seed: u64) -> Vec<u8> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if i % 3 == 0 {
-                (x & 0xff) as u8
-            } else {
-                (i / 97) as u8
-            }
+            if i % 3 == 0 { (x & 0xff) as u8 } else { (i / 97) as u8 }
         })
         .collect()
 }
@@ -52,12 +46,7 @@ impl Fixture {
         let key = keys::generate().unwrap();
         let mut keyring = Keyring::new();
         keyring.add(key.verifying_key());
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-            key,
-            keyring,
-            image: image_bytes(image_len, 7),
-        }
+        Self { dir: tempfile::tempdir().unwrap(), key, keyring, image: image_bytes(image_len, 7) }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -77,11 +66,7 @@ impl Fixture {
     pub fn artifact_with(&self, opts: &BuildOptions) -> Vec<u8> {
         let img = self.path("image.bin");
         std::fs::write(&img, &self.image).unwrap();
-        let src = ImageSource {
-            name: "rootfs".into(),
-            slot_class: "rootfs".into(),
-            path: img,
-        };
+        let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: img };
         let mut out = Vec::new();
         builder::create(opts, &[src], std::slice::from_ref(&self.key), &mut out).unwrap();
         out
@@ -92,21 +77,13 @@ impl Fixture {
     }
 
     pub fn policy(&self) -> Policy {
-        Policy {
-            device_type: Some(DEVICE.into()),
-            min_security_version: 0,
-            limits: Limits::default(),
-        }
+        Policy { device_type: Some(DEVICE.into()), min_security_version: 0, limits: Limits::default() }
     }
 
     pub fn request(&self, source: Source, slot: &Path) -> InstallRequest {
         InstallRequest::new(
             source,
-            vec![Target {
-                slot_class: "rootfs".into(),
-                path: slot.to_owned(),
-                max_size: None,
-            }],
+            vec![Target { slot_class: "rootfs".into(), path: slot.to_owned(), max_size: None }],
             self.keyring.clone(),
             self.policy(),
         )
@@ -121,19 +98,12 @@ impl Fixture {
     }
 
     /// Installs `artifact` (written to a file) into a fresh old-image slot.
-    pub fn install_bytes(
-        &self,
-        artifact: &[u8],
-    ) -> (Result<InstallReport, InstallError>, PathBuf, Vec<u8>) {
+    pub fn install_bytes(&self, artifact: &[u8]) -> (Result<InstallReport, InstallError>, PathBuf, Vec<u8>) {
         let a = self.path("a.otter");
         std::fs::write(&a, artifact).unwrap();
         let (slot, old) = self.old_slot("slot.img");
         let req = self.request(Source::File(a), &slot);
-        (
-            otter_installer::install(&req, &|_: &Progress| {}, &CancelToken::new()),
-            slot,
-            old,
-        )
+        (otter_installer::install(&req, &|_: &Progress| {}, &CancelToken::new()), slot, old)
     }
 
     /// Re-signs a manifest with the fixture key.
@@ -155,18 +125,11 @@ pub enum SlotAfter {
 
 pub fn assert_slot(slot: &Path, old: &[u8], new_image: &[u8], expect: SlotAfter) {
     let bytes = std::fs::read(slot).unwrap();
-    assert_ne!(
-        &bytes[..new_image.len().min(bytes.len())],
-        new_image,
-        "slot must not hold the new image"
-    );
+    assert_ne!(&bytes[..new_image.len().min(bytes.len())], new_image, "slot must not hold the new image");
     match expect {
         SlotAfter::Untouched => assert!(bytes == old, "slot must be untouched"),
         SlotAfter::Invalidated => {
-            assert!(
-                otter_installer::slot::is_invalidated(slot).unwrap(),
-                "slot's first block must be zeroed"
-            )
+            assert!(otter_installer::slot::is_invalidated(slot).unwrap(), "slot's first block must be zeroed")
         }
     }
 }
@@ -251,28 +214,16 @@ impl HttpServer {
                         return;
                     }
                     let Ok(conn) = conn else { continue };
-                    let (body, faults, sent, requests) =
-                        (body.clone(), faults.clone(), sent.clone(), requests.clone());
+                    let (body, faults, sent, requests) = (body.clone(), faults.clone(), sent.clone(), requests.clone());
                     std::thread::spawn(move || serve(conn, &body, &faults, &sent, &requests));
                 }
             });
         }
-        Self {
-            url,
-            body_bytes_sent: sent,
-            requests,
-            stop,
-        }
+        Self { url, body_bytes_sent: sent, requests, stop }
     }
 }
 
-fn serve(
-    mut conn: TcpStream,
-    body: &[u8],
-    faults: &Faults,
-    sent: &AtomicU64,
-    requests: &Mutex<Vec<String>>,
-) {
+fn serve(mut conn: TcpStream, body: &[u8], faults: &Faults, sent: &AtomicU64, requests: &Mutex<Vec<String>>) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut head = String::new();
     loop {
@@ -287,19 +238,13 @@ fn serve(
     }
     requests.lock().unwrap().push(head.clone());
     if let Some(status) = faults.status {
-        let _ = write!(
-            conn,
-            "HTTP/1.1 {status} Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
+        let _ = write!(conn, "HTTP/1.1 {status} Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         return;
     }
     let etag = "\"otter-test-1\"";
     let range_start = head
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("Range: bytes=")
-                .or_else(|| l.strip_prefix("range: bytes="))
-        })
+        .find_map(|l| l.strip_prefix("Range: bytes=").or_else(|| l.strip_prefix("range: bytes=")))
         .and_then(|r| r.trim().trim_end_matches('-').parse::<u64>().ok());
     let if_range_ok = head.lines().all(|l| {
         let l = l.to_ascii_lowercase();
@@ -311,11 +256,7 @@ fn serve(
     };
     let part = &body[start.min(body.len())..];
     let status = if start > 0 {
-        format!(
-            "206 Partial Content\r\nContent-Range: bytes {start}-{}/{}",
-            body.len() - 1,
-            body.len()
-        )
+        format!("206 Partial Content\r\nContent-Range: bytes {start}-{}/{}", body.len() - 1, body.len())
     } else {
         "200 OK".into()
     };
@@ -325,12 +266,7 @@ fn serve(
         part.len()
     );
     let cut = match faults.cut_after {
-        Some(n)
-            if faults
-                .cuts
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
-                .is_ok() =>
-        {
+        Some(n) if faults.cuts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1)).is_ok() => {
             Some(n as usize)
         }
         _ => None,
