@@ -1,0 +1,549 @@
+//! Layered configuration.
+//!
+//! Files, later ones overriding earlier ones key by key:
+//! `ROOT/usr/lib/otter/otter.toml` (vendor defaults), `ROOT/etc/otter/otter.toml`, then
+//! `ROOT/etc/otter/conf.d/*.toml` in name order. Each file is checked on its own first (unknown keys and wrong
+//! types are reported with the file and the key), then the merged result is validated. Every path in the
+//! configuration is absolute on the device and resolved under `ROOT`, so tests and the simulator run in a
+//! temporary directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use otter_bootloader::Slot;
+use serde::Deserialize;
+
+use crate::engine::RebootPolicy;
+use crate::health::{CommandCheck, HealthSettings};
+
+/// A configuration problem: which file, which key, what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A file is not valid TOML or has an unknown key or a wrong type.
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (names the key and line).
+        message: String,
+    },
+    /// A value is missing or invalid after merging.
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        /// The file that set the key last (or "(no file)" for a missing key).
+        file: String,
+        /// Dotted key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No configuration file exists at all.
+    #[error("no configuration found (looked for {0})")]
+    Missing(String),
+}
+
+// ----- the file format: every field optional, unknown keys rejected -----
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    device: Option<DeviceFile>,
+    slots: Option<SlotsFile>,
+    bootloader: Option<BootloaderFile>,
+    health: Option<HealthFile>,
+    reboot: Option<RebootFile>,
+    install: Option<InstallFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceFile {
+    compatible: Option<String>,
+    keyring_dir: Option<String>,
+    state_dir: Option<String>,
+    cmdline: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlotsFile {
+    a: Option<String>,
+    b: Option<String>,
+    root_a: Option<String>,
+    root_b: Option<String>,
+    size: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BootloaderFile {
+    backend: Option<String>,
+    scheme: Option<String>,
+    attempts: Option<u32>,
+    fw_env_config: Option<String>,
+    lock_file: Option<String>,
+    grubenv: Option<String>,
+    mender_part_a: Option<u32>,
+    mender_part_b: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthFile {
+    commit_deadline: Option<String>,
+    units: Option<Vec<String>>,
+    check_dir: Option<String>,
+    script_timeout: Option<String>,
+    systemctl: Option<String>,
+    command: Option<Vec<CommandFile>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandFile {
+    name: Option<String>,
+    run: Vec<String>,
+    timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RebootFile {
+    policy: Option<String>,
+    window: Option<String>,
+    command: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstallFile {
+    max_window_mib: Option<u64>,
+    skip_identical: Option<bool>,
+}
+
+// ----- validated settings -----
+
+/// Which bootloader and how its environment is laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootloaderSettings {
+    /// U-Boot environment.
+    UBoot {
+        /// `fw_env.config`, resolved under the root.
+        fw_env_config: PathBuf,
+        /// libubootenv's lock file, resolved under the root.
+        lock_file: PathBuf,
+        /// Variable scheme.
+        scheme: otter_bootloader::uboot::UBootScheme,
+    },
+    /// GRUB environment block.
+    Grub {
+        /// The grubenv file, resolved under the root.
+        grubenv: PathBuf,
+    },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Root all paths are resolved under (`/` on a device).
+    pub root: PathBuf,
+    /// Device type, matched against artifacts' `compatible`.
+    pub compatible: String,
+    /// Directory of trusted `*.pub` keys.
+    pub keyring_dir: PathBuf,
+    /// Persistent state directory (on the data partition, shared by both slots).
+    pub state_dir: PathBuf,
+    /// The kernel command line file (`/proc/cmdline`).
+    pub cmdline: PathBuf,
+    /// Slot A device or file.
+    pub slot_a: PathBuf,
+    /// Slot B device or file.
+    pub slot_b: PathBuf,
+    /// `root=` values identifying each slot, for command lines without `otter.slot=`.
+    pub root_map: Vec<(String, Slot)>,
+    /// Size limit for file-backed slots.
+    pub slot_size: Option<u64>,
+    /// Bootloader.
+    pub bootloader: BootloaderSettings,
+    /// Health checks.
+    pub health: HealthSettings,
+    /// Seconds a trial boot has to pass its checks.
+    pub commit_deadline: Duration,
+    /// Reboot policy.
+    pub reboot_policy: RebootPolicy,
+    /// Reboot command.
+    pub reboot_command: Vec<String>,
+    /// Largest zstd window accepted, bytes.
+    pub max_window: u64,
+    /// Skip rewriting identical chunks.
+    pub skip_identical: bool,
+    /// The files read, in order.
+    pub files: Vec<PathBuf>,
+}
+
+impl Settings {
+    /// The device or file of `slot`.
+    pub fn slot_path(&self, slot: Slot) -> &Path {
+        match slot {
+            Slot::A => &self.slot_a,
+            Slot::B => &self.slot_b,
+        }
+    }
+}
+
+/// The configuration files under `root`, in the order they apply.
+pub fn config_files(root: &Path) -> Vec<PathBuf> {
+    let mut files = vec![root.join("usr/lib/otter/otter.toml"), root.join("etc/otter/otter.toml")];
+    if let Ok(rd) = std::fs::read_dir(root.join("etc/otter/conf.d")) {
+        let mut dropins: Vec<PathBuf> = rd
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        dropins.sort();
+        files.extend(dropins);
+    }
+    files
+}
+
+/// Parses a duration: `90s`, `10m`, `1h`, `500ms`, or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like \"90s\", \"10m\" or \"1h\""))?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" | "min" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        u => return Err(format!("unknown unit {u:?} in {s:?} (use ms, s, m or h)")),
+    };
+    Ok(d)
+}
+
+fn parse_hhmm(s: &str) -> Option<u32> {
+    let (h, m) = s.trim().split_once(':')?;
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some(h * 60 + m)
+}
+
+/// Merges `over` into `base`, tables recursively, everything else replaced; records which file set each key.
+fn merge(base: &mut toml::Table, over: toml::Table, file: &str, prefix: &str, origin: &mut BTreeMap<String, String>) {
+    for (k, v) in over {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::Table(o) => {
+                let entry = base.entry(k).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if !entry.is_table() {
+                    *entry = toml::Value::Table(toml::Table::new());
+                }
+                if let toml::Value::Table(b) = entry {
+                    merge(b, o, file, &key, origin);
+                }
+            }
+            v => {
+                origin.insert(key, file.to_owned());
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Loads and validates the configuration under `root`.
+pub fn load(root: &Path) -> Result<Settings, ConfigError> {
+    let candidates = config_files(root);
+    let mut merged = toml::Table::new();
+    let mut origin = BTreeMap::new();
+    let mut files = Vec::new();
+    for path in &candidates {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(ConfigError::Read { path: path.clone(), source }),
+        };
+        let syntax = |message: String| ConfigError::Syntax { path: path.clone(), message };
+        // Each file on its own: unknown keys and wrong types are reported against the file that has them.
+        let table: toml::Table = toml::from_str(&text).map_err(|e| syntax(e.to_string().trim().to_owned()))?;
+        toml::from_str::<File>(&text).map_err(|e| syntax(e.to_string().trim().to_owned()))?;
+        merge(&mut merged, table, &path.display().to_string(), "", &mut origin);
+        files.push(path.clone());
+    }
+    if files.is_empty() {
+        let list: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+        return Err(ConfigError::Missing(list.join(", ")));
+    }
+    let file: File = toml::Value::Table(merged)
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Syntax { path: "(merged)".into(), message: e.to_string() })?;
+    validate(root, file, &origin, files)
+}
+
+fn validate(
+    root: &Path,
+    f: File,
+    origin: &BTreeMap<String, String>,
+    files: Vec<PathBuf>,
+) -> Result<Settings, ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        file: origin.get(key).cloned().unwrap_or_else(|| "(no file)".into()),
+        key: key.to_owned(),
+        message,
+    };
+    let required = |key: &str, v: Option<String>| v.ok_or_else(|| invalid(key, "is required".into()));
+    let path = |key: &str, v: String| -> Result<PathBuf, ConfigError> {
+        let rel = v.strip_prefix('/').ok_or_else(|| invalid(key, format!("{v:?} must be an absolute path")))?;
+        Ok(root.join(rel))
+    };
+    let duration = |key: &str, v: Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+        v.map_or(Ok(default), |s| parse_duration(&s).map_err(|m| invalid(key, m)))
+    };
+
+    let device = f.device.unwrap_or_default();
+    let compatible = required("device.compatible", device.compatible)?;
+    if compatible.is_empty() {
+        return Err(invalid("device.compatible", "must not be empty".into()));
+    }
+    let keyring_dir = path("device.keyring_dir", device.keyring_dir.unwrap_or_else(|| "/etc/otter/keys".into()))?;
+    let state_dir = path("device.state_dir", device.state_dir.unwrap_or_else(|| "/var/lib/otter".into()))?;
+    let cmdline = path("device.cmdline", device.cmdline.unwrap_or_else(|| "/proc/cmdline".into()))?;
+
+    let slots = f.slots.unwrap_or_default();
+    let slot_a = path("slots.a", required("slots.a", slots.a)?)?;
+    let slot_b = path("slots.b", required("slots.b", slots.b)?)?;
+    if slot_a == slot_b {
+        return Err(invalid("slots.b", "slot A and slot B are the same device".into()));
+    }
+    let mut root_map = Vec::new();
+    if let Some(r) = slots.root_a {
+        root_map.push((r, Slot::A));
+    }
+    if let Some(r) = slots.root_b {
+        root_map.push((r, Slot::B));
+    }
+
+    let bl = f.bootloader.unwrap_or_default();
+    let attempts = bl.attempts.unwrap_or(otter_bootloader::uboot::DEFAULT_ATTEMPTS);
+    if !(1..=otter_bootloader::scheme::MAX_ATTEMPTS).contains(&attempts) {
+        return Err(invalid("bootloader.attempts", format!("{attempts} is not between 1 and 9")));
+    }
+    let bootloader = match bl.backend.as_deref().unwrap_or("uboot") {
+        "uboot" => {
+            use otter_bootloader::uboot::UBootScheme;
+            let scheme = match bl.scheme.as_deref().unwrap_or("boot-order") {
+                "boot-order" => UBootScheme::BootOrder { attempts },
+                "mender" => UBootScheme::Mender {
+                    part_a: bl.mender_part_a.unwrap_or(2),
+                    part_b: bl.mender_part_b.unwrap_or(3),
+                    attempts,
+                },
+                other => {
+                    return Err(invalid(
+                        "bootloader.scheme",
+                        format!("unknown scheme {other:?} (use \"boot-order\" or \"mender\")"),
+                    ));
+                }
+            };
+            BootloaderSettings::UBoot {
+                fw_env_config: path(
+                    "bootloader.fw_env_config",
+                    bl.fw_env_config.unwrap_or_else(|| "/etc/fw_env.config".into()),
+                )?,
+                lock_file: path(
+                    "bootloader.lock_file",
+                    bl.lock_file.unwrap_or_else(|| otter_bootloader::uboot::DEFAULT_LOCK_PATH.into()),
+                )?,
+                scheme,
+            }
+        }
+        "grub" => BootloaderSettings::Grub {
+            grubenv: path("bootloader.grubenv", bl.grubenv.unwrap_or_else(|| "/boot/grub/grubenv".into()))?,
+        },
+        other => {
+            return Err(invalid(
+                "bootloader.backend",
+                format!("unknown backend {other:?} (use \"uboot\" or \"grub\")"),
+            ));
+        }
+    };
+
+    let h = f.health.unwrap_or_default();
+    let commit_deadline = duration("health.commit_deadline", h.commit_deadline, Duration::from_secs(600))?;
+    if commit_deadline.is_zero() {
+        return Err(invalid("health.commit_deadline", "must be longer than zero".into()));
+    }
+    let script_timeout = duration("health.script_timeout", h.script_timeout, Duration::from_secs(60))?;
+    let mut commands = Vec::new();
+    for (i, c) in h.command.unwrap_or_default().into_iter().enumerate() {
+        let key = format!("health.command[{i}]");
+        if c.run.is_empty() {
+            return Err(invalid("health.command", format!("{key}.run must name a program")));
+        }
+        let timeout = match c.timeout {
+            Some(t) => parse_duration(&t).map_err(|m| invalid("health.command", format!("{key}.timeout: {m}")))?,
+            None => Duration::from_secs(60),
+        };
+        commands.push(CommandCheck { name: c.name.unwrap_or_else(|| c.run[0].clone()), argv: c.run, timeout });
+    }
+    let health = HealthSettings {
+        commands,
+        units: h.units.unwrap_or_default(),
+        check_dir: Some(path("health.check_dir", h.check_dir.unwrap_or_else(|| "/etc/otter/health.d".into()))?),
+        script_timeout,
+        systemctl: PathBuf::from(h.systemctl.unwrap_or_else(|| "systemctl".into())),
+    };
+
+    let r = f.reboot.unwrap_or_default();
+    let reboot_policy = match r.policy.as_deref().unwrap_or("immediate") {
+        "immediate" => RebootPolicy::Immediate,
+        "manual" => RebootPolicy::Manual,
+        "window" => {
+            let w = r.window.ok_or_else(|| invalid("reboot.policy", "policy \"window\" needs reboot.window".into()))?;
+            let (s, e) = w
+                .split_once('-')
+                .and_then(|(s, e)| Some((parse_hhmm(s)?, parse_hhmm(e)?)))
+                .ok_or_else(|| invalid("reboot.window", format!("{w:?} is not like \"02:00-04:00\"")))?;
+            if s == e {
+                return Err(invalid("reboot.window", "start and end are equal".into()));
+            }
+            RebootPolicy::Window { start: s, end: e }
+        }
+        other => {
+            return Err(invalid(
+                "reboot.policy",
+                format!("unknown policy {other:?} (use \"immediate\", \"manual\" or \"window\")"),
+            ));
+        }
+    };
+    let reboot_command = r.command.unwrap_or_else(|| vec!["systemctl".into(), "reboot".into()]);
+    if reboot_command.is_empty() {
+        return Err(invalid("reboot.command", "must name a program".into()));
+    }
+
+    let i = f.install.unwrap_or_default();
+    Ok(Settings {
+        root: root.to_owned(),
+        compatible,
+        keyring_dir,
+        state_dir,
+        cmdline,
+        slot_a,
+        slot_b,
+        root_map,
+        slot_size: slots.size,
+        bootloader,
+        health,
+        commit_deadline,
+        reboot_policy,
+        reboot_command,
+        max_window: i.max_window_mib.unwrap_or(8) << 20,
+        skip_identical: i.skip_identical.unwrap_or(false),
+        files,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    const MINIMAL: &str = "[device]\ncompatible = \"gw\"\n[slots]\na = \"/dev/a\"\nb = \"/dev/b\"\n";
+
+    #[test]
+    fn layers_override_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "usr/lib/otter/otter.toml", &format!("{MINIMAL}[reboot]\npolicy = \"manual\"\n"));
+        write(d.path(), "etc/otter/otter.toml", "[health]\ncommit_deadline = \"2m\"\n");
+        write(d.path(), "etc/otter/conf.d/20-window.toml", "[reboot]\npolicy = \"window\"\nwindow = \"23:30-01:00\"\n");
+        write(d.path(), "etc/otter/conf.d/10-first.toml", "[reboot]\npolicy = \"immediate\"\n");
+        let s = load(d.path()).unwrap();
+        assert_eq!(s.compatible, "gw");
+        assert_eq!(s.slot_a, d.path().join("dev/a"));
+        assert_eq!(s.commit_deadline, Duration::from_secs(120));
+        assert_eq!(s.reboot_policy, RebootPolicy::Window { start: 23 * 60 + 30, end: 60 });
+        assert_eq!(s.files.len(), 4);
+        assert_eq!(s.files[2].file_name().unwrap(), "10-first.toml");
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "etc/otter/otter.toml", MINIMAL);
+        write(d.path(), "etc/otter/conf.d/50-typo.toml", "[health]\ncommit_dedline = \"5m\"\n");
+        let e = load(d.path()).unwrap_err().to_string();
+        assert!(e.contains("50-typo.toml"), "{e}");
+        assert!(e.contains("commit_dedline"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_file_and_key() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "etc/otter/otter.toml", &format!("{MINIMAL}[bootloader]\nattempts = \"three\"\n"));
+        let e = load(d.path()).unwrap_err().to_string();
+        assert!(e.contains("otter.toml") && e.contains("attempts"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_file_that_set_them() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "usr/lib/otter/otter.toml", MINIMAL);
+        write(d.path(), "etc/otter/conf.d/90-bad.toml", "[bootloader]\nattempts = 12\n");
+        match load(d.path()).unwrap_err() {
+            ConfigError::Invalid { file, key, message } => {
+                assert!(file.ends_with("90-bad.toml"), "{file}");
+                assert_eq!(key, "bootloader.attempts");
+                assert!(message.contains("between 1 and 9"));
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn missing_required_and_bad_values() {
+        let cases = [
+            ("[slots]\na = \"/dev/a\"\nb = \"/dev/b\"\n", "device.compatible"),
+            ("[device]\ncompatible = \"gw\"\n[slots]\na = \"/dev/a\"\n", "slots.b"),
+            (&format!("{MINIMAL}[reboot]\npolicy = \"sometimes\"\n"), "reboot.policy"),
+            (&format!("{MINIMAL}[reboot]\npolicy = \"window\"\nwindow = \"25:00-01:00\"\n"), "reboot.window"),
+            (&format!("{MINIMAL}[health]\ncommit_deadline = \"ten minutes\"\n"), "health.commit_deadline"),
+            ("[device]\ncompatible = \"gw\"\n[slots]\na = \"dev/a\"\nb = \"/dev/b\"\n", "slots.a"),
+            (&format!("{MINIMAL}[bootloader]\nbackend = \"lilo\"\n"), "bootloader.backend"),
+        ];
+        for (text, key) in cases {
+            let d = tempfile::tempdir().unwrap();
+            write(d.path(), "etc/otter/otter.toml", text);
+            let e = load(d.path()).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn no_files_at_all() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(matches!(load(d.path()), Err(ConfigError::Missing(_))));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+}

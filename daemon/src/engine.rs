@@ -1,0 +1,766 @@
+//! The update engine: every decision otterd makes, as a pure function of (state, event).
+//!
+//! [`Engine::handle`] takes an [`Event`] (something that happened: a request, an install finishing, a health
+//! verdict, a clock tick, the daemon starting in some slot) and returns the [`Action`]s to carry out. It does no
+//! I/O: the runtime persists [`Engine::persisted`] whenever it changed *before* it executes the actions, so after
+//! a power cut the engine restarts from a state that never claims more than what had happened.
+//!
+//! Job phases, in order:
+//!
+//! ```text
+//! Installing ─► Installed ─► AwaitingReboot ─► Rebooting ─► Assessing ─► (committed)
+//!     │             │              │                │            │
+//!     ▼             ▼              ▼                ▼            ▼
+//!  (failed)   (cancelled)    (cancelled)     (rolled back)  RollingBack ─► (rolled back)
+//! ```
+
+use std::collections::VecDeque;
+
+use otter_bootloader::{Slot, SlotState};
+use serde::{Deserialize, Serialize};
+
+fn minute_of_day_of(now: u64) -> u32 {
+    ((now % 86_400) / 60) as u32
+}
+
+/// Finished jobs kept in the history.
+pub const HISTORY_LEN: usize = 20;
+/// Digests of failed artifacts remembered (oldest dropped first).
+pub const FAILED_DIGESTS_LEN: usize = 32;
+
+/// Where a job's phase is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobPhase {
+    /// Downloading and writing the inactive slot.
+    Installing,
+    /// The slot holds the verified image; the bootloader is being told to try it.
+    Installed,
+    /// The bootloader will try the new slot at the next boot; waiting for the reboot policy.
+    AwaitingReboot,
+    /// A reboot into the new slot was requested.
+    Rebooting,
+    /// Booted into the new slot on trial; health checks are running.
+    Assessing,
+    /// The trial failed; the new slot is marked bad and the device reboots into the old one.
+    RollingBack,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The new slot passed its health checks and was committed.
+    Committed,
+    /// The device is back on the old slot.
+    RolledBack {
+        /// Why.
+        reason: String,
+    },
+    /// The job failed before any reboot; the device never left the old slot.
+    Failed {
+        /// Stable error code.
+        code: String,
+        /// Human-readable message.
+        message: String,
+    },
+    /// Cancelled on request; the device never left the old slot.
+    Cancelled,
+}
+
+impl Outcome {
+    /// A short word for the outcome (`committed`, `rolled-back`, `failed`, `cancelled`).
+    pub fn word(&self) -> &'static str {
+        match self {
+            Self::Committed => "committed",
+            Self::RolledBack { .. } => "rolled-back",
+            Self::Failed { .. } => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The artifact a job installs, once its manifest was verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactInfo {
+    /// SHA-256 of the signed manifest.
+    pub digest: String,
+    /// Display version.
+    pub version: String,
+    /// Anti-rollback counter.
+    pub security_version: u64,
+}
+
+/// The one job in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// Sequential id.
+    pub id: u64,
+    /// File path or URL.
+    pub source: String,
+    /// Whether a server (not a local user) asked for it; automatic jobs never retry a failed artifact.
+    pub automatic: bool,
+    /// Server-side identity of the job (e.g. a hawkBit action id), if any.
+    #[serde(default)]
+    pub remote_id: Option<String>,
+    /// The slot the job was started from.
+    pub from: Slot,
+    /// The slot being installed (always `!from`).
+    pub target: Slot,
+    /// Current phase.
+    pub phase: JobPhase,
+    /// The verified artifact, once known.
+    pub artifact: Option<ArtifactInfo>,
+    /// When the job started (seconds since the epoch).
+    pub started_at: u64,
+    /// When the phase last changed.
+    pub updated_at: u64,
+    /// When the current health assessment started.
+    pub assess_started_at: Option<u64>,
+    /// How many times the new slot started an assessment (more than one: the trial boot was restarted).
+    pub trial_boots: u32,
+    /// Why a rollback was started, while rolling back.
+    pub rollback_reason: Option<String>,
+}
+
+/// A finished job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// The job as it was when it ended.
+    pub job: Job,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// When it ended.
+    pub finished_at: u64,
+}
+
+/// Everything that must survive a reboot or a power cut.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Persisted {
+    /// The job in progress.
+    pub job: Option<Job>,
+    /// Finished jobs, newest last, at most [`HISTORY_LEN`].
+    pub history: VecDeque<JobRecord>,
+    /// Highest `security_version` ever committed: artifacts below it are refused.
+    pub security_version: u64,
+    /// Manifest digests of artifacts that failed (install error from the artifact, or rolled back).
+    pub failed_digests: VecDeque<String>,
+    /// Id of the most recent job (ids start at 1).
+    pub next_job_id: u64,
+}
+
+/// What the bootloader says, as read at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootView {
+    /// The slot the bootloader will boot next.
+    pub primary: Option<Slot>,
+    /// State of slot A.
+    pub a: SlotState,
+    /// State of slot B.
+    pub b: SlotState,
+}
+
+impl BootView {
+    /// State of `slot`.
+    pub fn state(&self, slot: Slot) -> SlotState {
+        match slot {
+            Slot::A => self.a,
+            Slot::B => self.b,
+        }
+    }
+}
+
+/// When reboots into a new slot may happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebootPolicy {
+    /// As soon as the new slot is ready (and nothing inhibits).
+    Immediate,
+    /// Only when asked (`Reboot()` on D-Bus).
+    Manual,
+    /// Daily, between two times of day (minutes after midnight, UTC plus a configured offset); the window may
+    /// wrap past midnight.
+    Window {
+        /// Start, minutes after midnight.
+        start: u32,
+        /// End (exclusive), minutes after midnight.
+        end: u32,
+    },
+}
+
+impl RebootPolicy {
+    /// Whether `minute` (after midnight) is inside the policy's window.
+    pub fn allows(&self, minute: u32) -> bool {
+        match *self {
+            Self::Immediate => true,
+            Self::Manual => false,
+            Self::Window { start, end } if start <= end => (start..end).contains(&minute),
+            Self::Window { start, end } => minute >= start || minute < end,
+        }
+    }
+}
+
+/// Configuration the engine's decisions depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Reboot policy.
+    pub reboot: RebootPolicy,
+    /// Seconds the new slot has to pass its health checks.
+    pub commit_deadline: u64,
+}
+
+/// Something that happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The daemon started; `booted` is the slot it runs from (the truth), `boot` what the bootloader says.
+    Started {
+        /// The booted slot.
+        booted: Slot,
+        /// The bootloader's view.
+        boot: BootView,
+        /// Now (seconds since the epoch).
+        now: u64,
+    },
+    /// Install an artifact.
+    InstallRequested {
+        /// File path or URL.
+        source: String,
+        /// Requested by a server rather than a local user.
+        automatic: bool,
+        /// Server-side id, if any.
+        remote_id: Option<String>,
+        /// Now.
+        now: u64,
+    },
+    /// The installer finished writing and verifying the slot.
+    InstallSucceeded {
+        /// The artifact installed.
+        artifact: ArtifactInfo,
+        /// Now.
+        now: u64,
+    },
+    /// The installer failed (or was cancelled: `code == "cancelled"`).
+    InstallFailed {
+        /// Stable error code.
+        code: String,
+        /// Message.
+        message: String,
+        /// The artifact's digest, if its manifest was read.
+        digest: Option<String>,
+        /// Whether the artifact itself is at fault (never retry it automatically).
+        artifact_fault: bool,
+        /// Now.
+        now: u64,
+    },
+    /// The bootloader changes of the last decision were stored.
+    BootStored {
+        /// Now.
+        now: u64,
+    },
+    /// Storing bootloader changes failed.
+    BootFailed {
+        /// Message.
+        message: String,
+        /// Now.
+        now: u64,
+    },
+    /// Cancel the job.
+    CancelRequested {
+        /// Now.
+        now: u64,
+    },
+    /// Reboot now (manual policy).
+    RebootRequested {
+        /// Now.
+        now: u64,
+    },
+    /// Local inhibitors changed.
+    InhibitedChanged {
+        /// Whether any inhibitor is held.
+        inhibited: bool,
+        /// Now.
+        now: u64,
+        /// Minutes after midnight in the policy's time zone.
+        minute_of_day: u32,
+    },
+    /// Periodic clock tick.
+    Tick {
+        /// Now.
+        now: u64,
+        /// Minutes after midnight in the policy's time zone.
+        minute_of_day: u32,
+    },
+    /// All health checks passed.
+    HealthPassed {
+        /// Now.
+        now: u64,
+    },
+    /// A health check failed.
+    HealthFailed {
+        /// What failed.
+        reason: String,
+        /// Now.
+        now: u64,
+    },
+}
+
+/// A bootloader change; all changes of one decision are stored together, in one atomic store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootChange {
+    /// Mark a slot bad.
+    MarkBad(Slot),
+    /// Put a slot on trial for the next boot.
+    TryNext(Slot),
+    /// Commit a slot.
+    MarkGood(Slot),
+}
+
+/// Something the runtime must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Apply these bootloader changes and store them once; then feed back `BootStored` or `BootFailed`.
+    Boot(Vec<BootChange>),
+    /// Start installing into `target`; feed back `InstallSucceeded` / `InstallFailed`.
+    Install {
+        /// Source.
+        source: String,
+        /// Slot to write.
+        target: Slot,
+        /// Lowest acceptable security version.
+        min_security_version: u64,
+        /// Manifest digests to refuse (automatic jobs only).
+        refuse: Vec<String>,
+    },
+    /// Cancel the running install.
+    CancelInstall,
+    /// Reboot the device.
+    Reboot,
+    /// Run the health checks; feed back `HealthPassed` / `HealthFailed`.
+    StartHealthChecks,
+    /// A job ended (report it: D-Bus signal, server feedback).
+    Finished(Box<JobRecord>),
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// Another job is in progress.
+    #[error("busy: job {id} is {phase:?}")]
+    Busy {
+        /// The running job.
+        id: u64,
+        /// Its phase.
+        phase: JobPhase,
+    },
+    /// The request does not apply in the current state.
+    #[error("{0}")]
+    NotNow(String),
+}
+
+/// The engine: persisted state plus what is known only while running.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    /// State that survives restarts; persist it whenever it changes, before executing actions.
+    pub persisted: Persisted,
+    config: EngineConfig,
+    /// The slot the system runs from (known after `Started`).
+    booted: Option<Slot>,
+    inhibited: bool,
+    /// A bootloader store is in flight for this phase transition.
+    boot_pending: bool,
+}
+
+impl Engine {
+    /// An engine over previously persisted state.
+    pub fn new(persisted: Persisted, config: EngineConfig) -> Self {
+        Self { persisted, config, booted: None, inhibited: false, boot_pending: false }
+    }
+
+    /// The slot the system runs from, once started.
+    pub fn booted(&self) -> Option<Slot> {
+        self.booted
+    }
+
+    /// The job in progress.
+    pub fn job(&self) -> Option<&Job> {
+        self.persisted.job.as_ref()
+    }
+
+    /// Whether local inhibitors are held.
+    pub fn inhibited(&self) -> bool {
+        self.inhibited
+    }
+
+    /// Handles an event. `Err` means the request was refused and nothing changed.
+    pub fn handle(&mut self, event: Event) -> Result<Vec<Action>, Rejection> {
+        match event {
+            Event::Started { booted, boot, now } => Ok(self.started(booted, boot, now)),
+            Event::InstallRequested { source, automatic, remote_id, now } => {
+                self.install_requested(source, automatic, remote_id, now)
+            }
+            Event::InstallSucceeded { artifact, now } => Ok(self.install_succeeded(artifact, now)),
+            Event::InstallFailed { code, message, digest, artifact_fault, now } => {
+                Ok(self.install_failed(code, message, digest, artifact_fault, now))
+            }
+            Event::BootStored { now } => Ok(self.boot_stored(now)),
+            Event::BootFailed { message, now } => Ok(self.boot_failed(message, now)),
+            Event::CancelRequested { now } => self.cancel(now),
+            Event::RebootRequested { now } => self.reboot_requested(now),
+            Event::InhibitedChanged { inhibited, now, minute_of_day } => {
+                self.inhibited = inhibited;
+                Ok(self.maybe_reboot(now, minute_of_day, false))
+            }
+            Event::Tick { now, minute_of_day } => Ok(self.tick(now, minute_of_day)),
+            Event::HealthPassed { now } => Ok(self.health_passed(now)),
+            Event::HealthFailed { reason, now } => Ok(self.health_failed(reason, now)),
+        }
+    }
+
+    fn set_phase(&mut self, phase: JobPhase, now: u64) {
+        if let Some(job) = &mut self.persisted.job {
+            job.phase = phase;
+            job.updated_at = now;
+        }
+    }
+
+    fn phase(&self) -> Option<JobPhase> {
+        self.persisted.job.as_ref().map(|j| j.phase)
+    }
+
+    /// Ends the job with `outcome`, moving it into the history.
+    fn finish(&mut self, outcome: Outcome, now: u64) -> Vec<Action> {
+        let Some(job) = self.persisted.job.take() else { return Vec::new() };
+        self.boot_pending = false;
+        let remember_failure = matches!(outcome, Outcome::RolledBack { .. });
+        if let (true, Some(a)) = (remember_failure, &job.artifact) {
+            self.remember_failed(a.digest.clone());
+        }
+        if outcome == Outcome::Committed
+            && let Some(a) = &job.artifact
+        {
+            self.persisted.security_version = self.persisted.security_version.max(a.security_version);
+        }
+        let record = JobRecord { job, outcome, finished_at: now };
+        self.persisted.history.push_back(record.clone());
+        while self.persisted.history.len() > HISTORY_LEN {
+            self.persisted.history.pop_front();
+        }
+        vec![Action::Finished(Box::new(record))]
+    }
+
+    fn remember_failed(&mut self, digest: String) {
+        if !self.persisted.failed_digests.contains(&digest) {
+            self.persisted.failed_digests.push_back(digest);
+        }
+        while self.persisted.failed_digests.len() > FAILED_DIGESTS_LEN {
+            self.persisted.failed_digests.pop_front();
+        }
+    }
+
+    fn started(&mut self, booted: Slot, boot: BootView, now: u64) -> Vec<Action> {
+        self.booted = Some(booted);
+        self.boot_pending = false;
+        let Some(job) = self.persisted.job.clone() else {
+            return self.started_idle(booted, boot, now);
+        };
+        let on_target = booted == job.target;
+        let target_pending = boot.primary == Some(job.target)
+            && matches!(boot.state(job.target), SlotState::Trying { attempts_left } if attempts_left > 0);
+        match (job.phase, on_target) {
+            // Cut off while writing: the slot is invalid (marked bad before the install started).
+            (JobPhase::Installing, false) => {
+                let mut a = vec![Action::Boot(vec![BootChange::MarkBad(job.target)])];
+                a.extend(self.finish(
+                    Outcome::Failed {
+                        code: "interrupted".into(),
+                        message: "the install was interrupted by a restart".into(),
+                    },
+                    now,
+                ));
+                self.boot_pending = true;
+                a
+            }
+            // The image is complete and verified; the bootloader may or may not have been told. Tell it (again).
+            (JobPhase::Installed, false) => {
+                self.boot_pending = true;
+                vec![Action::Boot(vec![BootChange::TryNext(job.target)])]
+            }
+            // The daemon restarted without a reboot: the new slot is still waiting for its boot.
+            (JobPhase::AwaitingReboot | JobPhase::Rebooting, false) if target_pending => {
+                self.set_phase(JobPhase::AwaitingReboot, now);
+                Vec::new()
+            }
+            // Expected the new slot, came up in the old one: the bootloader fell back.
+            (JobPhase::AwaitingReboot | JobPhase::Rebooting, false) => {
+                self.rolled_back(job.target, "the new slot did not boot; the bootloader fell back", now)
+            }
+            (JobPhase::Assessing, false) => self.rolled_back(
+                job.target,
+                "the trial boot ended before it was confirmed (reset, hang or crash); the bootloader fell back",
+                now,
+            ),
+            (JobPhase::RollingBack, false) => {
+                let reason = job.rollback_reason.unwrap_or_else(|| "the new slot failed".into());
+                self.rolled_back(job.target, &reason, now)
+            }
+            // Booted into the new slot: assess it. `Installed` counts too: the power failed after the bootloader
+            // was told to try the (complete, verified) slot but before that was persisted.
+            (JobPhase::Installed | JobPhase::AwaitingReboot | JobPhase::Rebooting | JobPhase::Assessing, true) => {
+                if let Some(j) = &mut self.persisted.job {
+                    j.phase = JobPhase::Assessing;
+                    j.updated_at = now;
+                    j.assess_started_at = Some(now);
+                    j.trial_boots += 1;
+                }
+                vec![Action::StartHealthChecks]
+            }
+            // We never switched to the target, yet run from it: someone else switched slots. Do not touch the
+            // bootloader (never mark the running slot bad); just end the job honestly.
+            (JobPhase::Installing, true) => self.finish(
+                Outcome::Failed {
+                    code: "slot-switched".into(),
+                    message: format!("the device booted slot {booted} while the job was still {:?}", job.phase),
+                },
+                now,
+            ),
+            // Rolling back, yet on the new slot again: if marking it bad never reached storage (power cut), do it
+            // now and reboot; if it was marked bad and still booted, the bootloader does not honour the rollback:
+            // record that and stay up rather than reboot in a loop.
+            (JobPhase::RollingBack, true) if boot.state(job.target) != SlotState::Bad => {
+                if self.inhibited {
+                    vec![Action::Boot(vec![BootChange::MarkBad(job.target)])]
+                } else {
+                    vec![Action::Boot(vec![BootChange::MarkBad(job.target)]), Action::Reboot]
+                }
+            }
+            (JobPhase::RollingBack, true) => self.finish(
+                Outcome::Failed {
+                    code: "rollback-failed".into(),
+                    message: format!("rolled back, but the bootloader booted slot {booted} again"),
+                },
+                now,
+            ),
+        }
+    }
+
+    fn started_idle(&mut self, booted: Slot, boot: BootView, now: u64) -> Vec<Action> {
+        match boot.state(booted) {
+            // A trial nobody knows about (state lost): assess it like ours rather than leave it half-committed.
+            SlotState::Trying { .. } => {
+                self.persisted.next_job_id += 1;
+                let id = self.persisted.next_job_id;
+                self.persisted.job = Some(Job {
+                    id,
+                    source: "(adopted trial boot)".into(),
+                    automatic: false,
+                    remote_id: None,
+                    from: !booted,
+                    target: booted,
+                    phase: JobPhase::Assessing,
+                    artifact: None,
+                    started_at: now,
+                    updated_at: now,
+                    assess_started_at: Some(now),
+                    trial_boots: 1,
+                    rollback_reason: None,
+                });
+                vec![Action::StartHealthChecks]
+            }
+            // Re-confirm the running, committed slot so its boot counter never runs down. A running slot that reads
+            // bad had its counter spent by boots the daemon did not confirm (power cuts): it is still the slot the
+            // bootloader chose and that runs, so it is confirmed too.
+            SlotState::Good | SlotState::Bad => vec![Action::Boot(vec![BootChange::MarkGood(booted)])],
+        }
+    }
+
+    /// The device is back on the old slot (`!target`): mark the new slot bad and re-confirm the running one, whose
+    /// counter the boot just spent.
+    fn rolled_back(&mut self, target: Slot, reason: &str, now: u64) -> Vec<Action> {
+        let mut a = vec![Action::Boot(vec![BootChange::MarkBad(target), BootChange::MarkGood(!target)])];
+        a.extend(self.finish(Outcome::RolledBack { reason: reason.into() }, now));
+        a
+    }
+
+    fn install_requested(
+        &mut self,
+        source: String,
+        automatic: bool,
+        remote_id: Option<String>,
+        now: u64,
+    ) -> Result<Vec<Action>, Rejection> {
+        if let Some(job) = &self.persisted.job {
+            return Err(Rejection::Busy { id: job.id, phase: job.phase });
+        }
+        let booted = self.booted.ok_or_else(|| Rejection::NotNow("the daemon is still starting".into()))?;
+        self.persisted.next_job_id += 1;
+        let id = self.persisted.next_job_id;
+        let target = !booted;
+        self.persisted.job = Some(Job {
+            id,
+            source,
+            automatic,
+            remote_id,
+            from: booted,
+            target,
+            phase: JobPhase::Installing,
+            artifact: None,
+            started_at: now,
+            updated_at: now,
+            assess_started_at: None,
+            trial_boots: 0,
+            rollback_reason: None,
+        });
+        // The target is about to be overwritten: it is durably marked bad first, so that no bootloader fallback
+        // can pick a half-written slot. The install starts when that store succeeded (`BootStored`).
+        self.boot_pending = true;
+        Ok(vec![Action::Boot(vec![BootChange::MarkBad(target)])])
+    }
+
+    fn install_succeeded(&mut self, artifact: ArtifactInfo, now: u64) -> Vec<Action> {
+        let Some(job) = &mut self.persisted.job else { return Vec::new() };
+        if job.phase != JobPhase::Installing {
+            return Vec::new();
+        }
+        job.artifact = Some(artifact);
+        job.phase = JobPhase::Installed;
+        job.updated_at = now;
+        self.boot_pending = true;
+        vec![Action::Boot(vec![BootChange::TryNext(job.target)])]
+    }
+
+    fn install_failed(
+        &mut self,
+        code: String,
+        message: String,
+        digest: Option<String>,
+        artifact_fault: bool,
+        now: u64,
+    ) -> Vec<Action> {
+        if self.phase() != Some(JobPhase::Installing) {
+            return Vec::new();
+        }
+        if let (true, Some(d)) = (artifact_fault, digest) {
+            self.remember_failed(d);
+        }
+        let outcome = if code == "cancelled" { Outcome::Cancelled } else { Outcome::Failed { code, message } };
+        self.finish(outcome, now)
+    }
+
+    fn boot_stored(&mut self, now: u64) -> Vec<Action> {
+        if !std::mem::take(&mut self.boot_pending) {
+            return Vec::new();
+        }
+        let Some(job) = &self.persisted.job else { return Vec::new() };
+        match job.phase {
+            JobPhase::Installing => {
+                let refuse =
+                    if job.automatic { self.persisted.failed_digests.iter().cloned().collect() } else { Vec::new() };
+                vec![Action::Install {
+                    source: job.source.clone(),
+                    target: job.target,
+                    min_security_version: self.persisted.security_version,
+                    refuse,
+                }]
+            }
+            JobPhase::Installed => {
+                self.set_phase(JobPhase::AwaitingReboot, now);
+                // Immediate policy: reboot right away unless inhibited; otherwise wait for a tick or a request.
+                self.maybe_reboot(now, minute_of_day_of(now), false)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn boot_failed(&mut self, message: String, now: u64) -> Vec<Action> {
+        self.boot_pending = false;
+        match self.phase() {
+            Some(JobPhase::Installing | JobPhase::Installed) => {
+                self.finish(Outcome::Failed { code: "bootloader".into(), message }, now)
+            }
+            // Committing or rolling back failed: stay in the phase; the tick retries the rollback reboot, and a
+            // trial that never commits ends with the bootloader's fallback.
+            _ => Vec::new(),
+        }
+    }
+
+    fn cancel(&mut self, now: u64) -> Result<Vec<Action>, Rejection> {
+        match self.phase() {
+            None => Err(Rejection::NotNow("no update in progress".into())),
+            Some(JobPhase::Installing) => Ok(vec![Action::CancelInstall]),
+            Some(JobPhase::Installed | JobPhase::AwaitingReboot) => {
+                let target = self.persisted.job.as_ref().map(|j| j.target).expect("job exists");
+                let mut a = vec![Action::Boot(vec![BootChange::MarkBad(target)])];
+                a.extend(self.finish(Outcome::Cancelled, now));
+                Ok(a)
+            }
+            Some(p) => Err(Rejection::NotNow(format!("cannot cancel: the update is {p:?}"))),
+        }
+    }
+
+    fn reboot_requested(&mut self, now: u64) -> Result<Vec<Action>, Rejection> {
+        match self.phase() {
+            Some(JobPhase::AwaitingReboot) => {
+                if self.inhibited {
+                    return Err(Rejection::NotNow("a local application inhibits reboots".into()));
+                }
+                Ok(self.maybe_reboot(now, 0, true))
+            }
+            _ => Err(Rejection::NotNow("no update is waiting for a reboot".into())),
+        }
+    }
+
+    fn tick(&mut self, now: u64, minute_of_day: u32) -> Vec<Action> {
+        match self.persisted.job.clone() {
+            Some(job) if job.phase == JobPhase::Assessing => {
+                let started = job.assess_started_at.unwrap_or(job.updated_at);
+                if now >= started.saturating_add(self.config.commit_deadline) {
+                    let reason = format!("health checks did not pass within {} s", self.config.commit_deadline);
+                    return self.health_failed(reason, now);
+                }
+                Vec::new()
+            }
+            Some(job) if job.phase == JobPhase::RollingBack && !self.inhibited => vec![Action::Reboot],
+            _ => self.maybe_reboot(now, minute_of_day, false),
+        }
+    }
+
+    /// Reboots into the new slot if the job waits for it, the policy allows it now (or it was requested) and no
+    /// inhibitor is held.
+    fn maybe_reboot(&mut self, now: u64, minute_of_day: u32, requested: bool) -> Vec<Action> {
+        if self.phase() != Some(JobPhase::AwaitingReboot) || self.inhibited {
+            return Vec::new();
+        }
+        if !requested && !self.config.reboot.allows(minute_of_day) {
+            return Vec::new();
+        }
+        self.set_phase(JobPhase::Rebooting, now);
+        vec![Action::Reboot]
+    }
+
+    fn health_passed(&mut self, now: u64) -> Vec<Action> {
+        let Some(job) = &self.persisted.job else { return Vec::new() };
+        if job.phase != JobPhase::Assessing || Some(job.target) != self.booted {
+            return Vec::new();
+        }
+        let target = job.target;
+        let mut a = vec![Action::Boot(vec![BootChange::MarkGood(target)])];
+        a.extend(self.finish(Outcome::Committed, now));
+        a
+    }
+
+    fn health_failed(&mut self, reason: String, now: u64) -> Vec<Action> {
+        let Some(job) = &mut self.persisted.job else { return Vec::new() };
+        if job.phase != JobPhase::Assessing {
+            return Vec::new();
+        }
+        let target = job.target;
+        job.phase = JobPhase::RollingBack;
+        job.updated_at = now;
+        job.rollback_reason = Some(format!("health check failed: {reason}"));
+        // Marking the trial slot bad makes the old slot primary again; the reboot takes the device back to it.
+        let mut a = vec![Action::Boot(vec![BootChange::MarkBad(target)])];
+        if !self.inhibited {
+            a.push(Action::Reboot);
+        }
+        a
+    }
+}

@@ -1,0 +1,14 @@
+//! otterd: the otter update daemon.
+//!
+//! - [`engine`]: every decision, as a pure function of persisted state and events.
+//! - [`runtime`]: the loop that carries out the engine's actions (installer, bootloader, reboot, health checks)
+//!   and keeps the systemd watchdog fed.
+//! - [`config`], [`state`], [`health`], [`notify`]: layered configuration, the atomically persisted state, health
+//!   assessment of trial boots, and systemd notifications.
+
+pub mod config;
+pub mod engine;
+pub mod health;
+pub mod notify;
+pub mod runtime;
+pub mod state;

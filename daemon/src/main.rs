@@ -1,0 +1,90 @@
+//! `otterd`: the update daemon's entry point. Parses arguments, sets up logging, and hands over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use otterd::runtime::{Runtime, SystemPlatform};
+
+const USAGE: &str = "usage: otterd [--root DIR] [run | --check-config | health-check]";
+
+fn init_logging() {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OTTER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Under systemd stderr is connected to the journal (JOURNAL_STREAM); log natively there, with levels.
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        tracing_subscriber::registry().with(filter).with(journald).init();
+        return;
+    }
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .init();
+}
+
+fn main() -> ExitCode {
+    let mut root = PathBuf::from("/");
+    let mut command = "run".to_owned();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--root" => match args.next() {
+                Some(r) => root = PathBuf::from(r),
+                None => {
+                    eprintln!("{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
+            "run" | "--check-config" | "health-check" => command = a,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            _ => {
+                eprintln!("otterd: unknown argument {a:?}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    init_logging();
+    match run(&root, &command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("otterd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(root: &std::path::Path, command: &str) -> Result<ExitCode> {
+    let settings = otterd::config::load(root).context("invalid configuration")?;
+    match command {
+        "--check-config" => {
+            let files: Vec<String> = settings.files.iter().map(|p| p.display().to_string()).collect();
+            println!("configuration ok ({})", files.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        "health-check" => {
+            let deadline = std::time::Instant::now() + settings.commit_deadline;
+            let cancel = std::sync::atomic::AtomicBool::new(false);
+            match otterd::health::run_all(&settings.health.boot_checks(), deadline, &cancel) {
+                Ok(()) => {
+                    println!("healthy");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(f) => {
+                    eprintln!("otterd: unhealthy: {f}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        _ => {
+            let (runtime, _handle) = Runtime::start(settings, Box::new(SystemPlatform)).map_err(anyhow::Error::msg)?;
+            runtime.run();
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Persisted engine state: one JSON file in the state directory, replaced atomically.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::engine::Persisted;
+
+/// File name of the state in the state directory.
+pub const STATE_FILE: &str = "state.json";
+
+/// Errors reading or writing the state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// I/O on the state file or directory.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The state file does not parse; it was moved aside to `moved_to`.
+    #[error("state file {path} is corrupt ({reason}); moved it to {moved_to} and started from an idle state")]
+    Corrupt {
+        /// The state file.
+        path: PathBuf,
+        /// Parser message.
+        reason: String,
+        /// Where the corrupt file now is.
+        moved_to: PathBuf,
+    },
+}
+
+/// Reads and writes [`Persisted`] in a state directory.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+impl StateStore {
+    /// A store in `dir` (created if missing).
+    pub fn new(dir: &Path) -> Result<Self, StateError> {
+        fs::create_dir_all(dir).map_err(|source| StateError::Io { path: dir.to_owned(), source })?;
+        Ok(Self { dir: dir.to_owned() })
+    }
+
+    /// The state file's path.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    /// Loads the state. A missing file is a fresh device (default state). A corrupt file is moved aside and the
+    /// default state returned together with the error to report: the daemon must keep running and must not act
+    /// on a job it cannot read (a half-understood job could trigger reboots in a loop).
+    pub fn load(&self) -> (Persisted, Option<StateError>) {
+        let path = self.path();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Persisted::default(), None),
+            Err(source) => return (Persisted::default(), Some(StateError::Io { path, source })),
+        };
+        match serde_json::from_slice::<Persisted>(&bytes) {
+            Ok(p) => (p, None),
+            Err(e) => {
+                let moved_to = self.dir.join(format!("{STATE_FILE}.corrupt"));
+                let moved = fs::rename(&path, &moved_to);
+                let err = match moved {
+                    Ok(()) => StateError::Corrupt { path, reason: e.to_string(), moved_to },
+                    Err(source) => StateError::Io { path, source },
+                };
+                (Persisted::default(), Some(err))
+            }
+        }
+    }
+
+    /// Writes the state atomically: temp file, fsync, rename over the old file, fsync the directory. A power cut
+    /// at any point leaves either the old or the new state, complete.
+    pub fn save(&self, state: &Persisted) -> Result<(), StateError> {
+        let path = self.path();
+        let tmp = self.dir.join(format!("{STATE_FILE}.new"));
+        let io = |p: &Path| {
+            let p = p.to_owned();
+            move |source| StateError::Io { path: p, source }
+        };
+        let mut bytes = serde_json::to_vec_pretty(state).expect("state serialises");
+        bytes.push(b'\n');
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&bytes).map_err(io(&tmp))?;
+        // Without this fsync the rename could reach the disk before the data, leaving an empty state file.
+        f.sync_all().map_err(io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        // Makes the rename itself durable.
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Job, JobPhase};
+    use otter_bootloader::Slot;
+
+    #[test]
+    fn round_trip_and_missing_file() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateStore::new(&d.path().join("state")).unwrap();
+        let (p, err) = s.load();
+        assert!(err.is_none());
+        assert_eq!(p, Persisted::default());
+        let mut p = Persisted { security_version: 7, next_job_id: 3, ..Persisted::default() };
+        p.job = Some(Job {
+            id: 2,
+            source: "/tmp/x.otter".into(),
+            automatic: false,
+            remote_id: None,
+            from: Slot::A,
+            target: Slot::B,
+            phase: JobPhase::AwaitingReboot,
+            artifact: None,
+            started_at: 1,
+            updated_at: 2,
+            assess_started_at: None,
+            trial_boots: 0,
+            rollback_reason: None,
+        });
+        s.save(&p).unwrap();
+        let (loaded, err) = s.load();
+        assert!(err.is_none());
+        assert_eq!(loaded, p);
+        assert!(!d.path().join("state/state.json.new").exists());
+    }
+
+    #[test]
+    fn corrupt_file_is_moved_aside() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateStore::new(d.path()).unwrap();
+        fs::write(s.path(), b"{\"job\": {\"id\": tru").unwrap();
+        let (p, err) = s.load();
+        assert_eq!(p, Persisted::default());
+        assert!(matches!(err, Some(StateError::Corrupt { .. })), "{err:?}");
+        assert!(d.path().join("state.json.corrupt").exists());
+        assert!(!s.path().exists());
+        // The next start is clean.
+        assert!(s.load().1.is_none());
+    }
+}

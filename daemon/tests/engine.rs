@@ -1,0 +1,595 @@
+//! The engine's transitions as table tests, and power loss at every persisted step across simulated reboots.
+
+use otter_bootloader::fake::FakeBootloader;
+use otter_bootloader::{BootBackend, Slot, SlotState};
+use otterd::engine::{
+    Action, ArtifactInfo, BootChange, BootView, Engine, EngineConfig, Event, JobPhase, Outcome, Persisted,
+    RebootPolicy, Rejection,
+};
+use proptest::prelude::*;
+
+const DEADLINE: u64 = 600;
+
+fn config(reboot: RebootPolicy) -> EngineConfig {
+    EngineConfig { reboot, commit_deadline: DEADLINE }
+}
+
+fn settled(primary: Slot) -> BootView {
+    BootView { primary: Some(primary), a: SlotState::Good, b: SlotState::Good }
+}
+
+fn trying(target: Slot, left: u32) -> BootView {
+    let mut v = BootView { primary: Some(target), a: SlotState::Good, b: SlotState::Good };
+    match target {
+        Slot::A => v.a = SlotState::Trying { attempts_left: left },
+        Slot::B => v.b = SlotState::Trying { attempts_left: left },
+    }
+    v
+}
+
+fn artifact(v: &str, sv: u64) -> ArtifactInfo {
+    ArtifactInfo { digest: format!("digest-{v}"), version: v.into(), security_version: sv }
+}
+
+fn started(policy: RebootPolicy) -> Engine {
+    let mut e = Engine::new(Persisted::default(), config(policy));
+    e.handle(Event::Started { booted: Slot::A, boot: settled(Slot::A), now: 0 }).unwrap();
+    e
+}
+
+/// Requests an install and confirms the "mark target bad" store; returns the actions that follow it.
+fn install(e: &mut Engine) -> Vec<Action> {
+    request(e, false)
+}
+
+fn request(e: &mut Engine, automatic: bool) -> Vec<Action> {
+    let remote_id = automatic.then(|| "7".to_string());
+    let a = e.handle(Event::InstallRequested { source: "/x.otter".into(), automatic, remote_id, now: 1 }).unwrap();
+    let target = e.job().unwrap().target;
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkBad(target)])]);
+    e.handle(Event::BootStored { now: 1 }).unwrap()
+}
+
+/// An engine whose job waits for the reboot (bootloader already flipped to B).
+fn awaiting(policy: RebootPolicy) -> Engine {
+    let mut e = started(policy);
+    install(&mut e);
+    e.handle(Event::InstallSucceeded { artifact: artifact("2.0", 3), now: 2 }).unwrap();
+    // 10:00 UTC: outside the maintenance windows the tests use.
+    e.handle(Event::BootStored { now: 600 * 60 }).unwrap();
+    e
+}
+
+/// The engine after the reboot into B: a fresh engine over the persisted state, started on B.
+fn assessing() -> Engine {
+    let e = awaiting(RebootPolicy::Immediate);
+    assert_eq!(e.job().unwrap().phase, JobPhase::Rebooting);
+    let mut e = Engine::new(e.persisted.clone(), config(RebootPolicy::Immediate));
+    let a = e.handle(Event::Started { booted: Slot::B, boot: trying(Slot::B, 2), now: 10 }).unwrap();
+    assert_eq!(a, vec![Action::StartHealthChecks]);
+    e
+}
+
+fn outcome(actions: &[Action]) -> Option<Outcome> {
+    actions.iter().find_map(|a| match a {
+        Action::Finished(r) => Some(r.outcome.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn idle_start_reconfirms_the_running_slot() {
+    let mut e = Engine::new(Persisted::default(), config(RebootPolicy::Immediate));
+    let a = e.handle(Event::Started { booted: Slot::A, boot: settled(Slot::A), now: 0 }).unwrap();
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkGood(Slot::A)])]);
+    assert!(e.job().is_none());
+}
+
+#[test]
+fn install_marks_the_target_bad_first_and_installs_into_the_other_slot() {
+    let mut e = started(RebootPolicy::Immediate);
+    let a = install(&mut e);
+    assert!(matches!(&a[..], [Action::Install { target: Slot::B, min_security_version: 0, .. }]));
+    let job = e.job().unwrap();
+    assert_eq!((job.id, job.phase, job.from, job.target), (1, JobPhase::Installing, Slot::A, Slot::B));
+}
+
+#[test]
+fn second_request_while_busy_is_refused() {
+    let mut e = started(RebootPolicy::Immediate);
+    install(&mut e);
+    let before = e.persisted.clone();
+    let r = e.handle(Event::InstallRequested { source: "/y".into(), automatic: false, remote_id: None, now: 2 });
+    assert_eq!(r, Err(Rejection::Busy { id: 1, phase: JobPhase::Installing }));
+    assert_eq!(e.persisted, before);
+}
+
+#[test]
+fn request_before_start_is_refused() {
+    let mut e = Engine::new(Persisted::default(), config(RebootPolicy::Immediate));
+    assert!(matches!(
+        e.handle(Event::InstallRequested { source: "/y".into(), automatic: false, remote_id: None, now: 0 }),
+        Err(Rejection::NotNow(_))
+    ));
+}
+
+#[test]
+fn success_flips_the_bootloader_then_reboots_immediately() {
+    let mut e = started(RebootPolicy::Immediate);
+    install(&mut e);
+    let a = e.handle(Event::InstallSucceeded { artifact: artifact("2.0", 3), now: 2 }).unwrap();
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::TryNext(Slot::B)])]);
+    assert_eq!(e.job().unwrap().phase, JobPhase::Installed);
+    let a = e.handle(Event::BootStored { now: 3 }).unwrap();
+    assert_eq!(a, vec![Action::Reboot]);
+    assert_eq!(e.job().unwrap().phase, JobPhase::Rebooting);
+}
+
+#[test]
+fn manual_policy_waits_for_the_request() {
+    let mut e = awaiting(RebootPolicy::Manual);
+    assert_eq!(e.job().unwrap().phase, JobPhase::AwaitingReboot);
+    assert_eq!(e.handle(Event::Tick { now: 100, minute_of_day: 0 }).unwrap(), vec![]);
+    assert_eq!(e.handle(Event::RebootRequested { now: 101 }).unwrap(), vec![Action::Reboot]);
+    assert_eq!(e.job().unwrap().phase, JobPhase::Rebooting);
+}
+
+#[test]
+fn reboot_request_without_a_pending_update_is_refused() {
+    let mut e = started(RebootPolicy::Manual);
+    assert!(matches!(e.handle(Event::RebootRequested { now: 1 }), Err(Rejection::NotNow(_))));
+}
+
+#[test]
+fn maintenance_window() {
+    for (start, end, minute, reboots) in [
+        (120, 240, 119, false),
+        (120, 240, 120, true),
+        (120, 240, 239, true),
+        (120, 240, 240, false),
+        // Wrapping past midnight: 23:00-01:00.
+        (1380, 60, 1379, false),
+        (1380, 60, 1439, true),
+        (1380, 60, 0, true),
+        (1380, 60, 60, false),
+    ] {
+        let mut e = awaiting(RebootPolicy::Window { start, end });
+        let a = e.handle(Event::Tick { now: 100, minute_of_day: minute }).unwrap();
+        assert_eq!(a == vec![Action::Reboot], reboots, "{start}-{end} at {minute}");
+    }
+}
+
+#[test]
+fn inhibitor_blocks_reboots_until_released() {
+    let mut e = started(RebootPolicy::Immediate);
+    e.handle(Event::InhibitedChanged { inhibited: true, now: 1, minute_of_day: 0 }).unwrap();
+    install(&mut e);
+    e.handle(Event::InstallSucceeded { artifact: artifact("2.0", 3), now: 2 }).unwrap();
+    assert_eq!(e.handle(Event::BootStored { now: 3 }).unwrap(), vec![]);
+    assert_eq!(e.handle(Event::Tick { now: 4, minute_of_day: 0 }).unwrap(), vec![]);
+    assert!(matches!(e.handle(Event::RebootRequested { now: 5 }), Err(Rejection::NotNow(_))));
+    let a = e.handle(Event::InhibitedChanged { inhibited: false, now: 6, minute_of_day: 0 }).unwrap();
+    assert_eq!(a, vec![Action::Reboot]);
+}
+
+#[test]
+fn failed_artifact_is_not_retried_automatically() {
+    let mut e = started(RebootPolicy::Immediate);
+    install(&mut e);
+    let a = e
+        .handle(Event::InstallFailed {
+            code: "corrupt-payload".into(),
+            message: "chunk 3: sha256 mismatch".into(),
+            digest: Some("bad-digest".into()),
+            artifact_fault: true,
+            now: 2,
+        })
+        .unwrap();
+    assert!(matches!(outcome(&a), Some(Outcome::Failed { code, .. }) if code == "corrupt-payload"));
+    assert!(e.job().is_none());
+    // A server-triggered retry carries the digest to refuse; a local, explicit install does not.
+    let a = request(&mut e, true);
+    assert!(matches!(&a[0], Action::Install { refuse, .. } if refuse == &vec!["bad-digest".to_string()]));
+    e.handle(Event::InstallFailed {
+        code: "previously-failed".into(),
+        message: String::new(),
+        digest: Some("bad-digest".into()),
+        artifact_fault: true,
+        now: 4,
+    })
+    .unwrap();
+    let a = install(&mut e);
+    assert!(matches!(&a[0], Action::Install { refuse, .. } if refuse.is_empty()));
+}
+
+#[test]
+fn network_failures_do_not_blacklist() {
+    let mut e = started(RebootPolicy::Immediate);
+    install(&mut e);
+    e.handle(Event::InstallFailed {
+        code: "connection-lost".into(),
+        message: String::new(),
+        digest: Some("d".into()),
+        artifact_fault: false,
+        now: 2,
+    })
+    .unwrap();
+    assert!(e.persisted.failed_digests.is_empty());
+}
+
+#[test]
+fn cancel_in_each_phase() {
+    let mut e = started(RebootPolicy::Immediate);
+    install(&mut e);
+    assert_eq!(e.handle(Event::CancelRequested { now: 2 }).unwrap(), vec![Action::CancelInstall]);
+    let a = e
+        .handle(Event::InstallFailed {
+            code: "cancelled".into(),
+            message: "install cancelled".into(),
+            digest: None,
+            artifact_fault: false,
+            now: 3,
+        })
+        .unwrap();
+    assert_eq!(outcome(&a), Some(Outcome::Cancelled));
+
+    let mut e = awaiting(RebootPolicy::Manual);
+    let a = e.handle(Event::CancelRequested { now: 4 }).unwrap();
+    assert_eq!(a[0], Action::Boot(vec![BootChange::MarkBad(Slot::B)]));
+    assert_eq!(outcome(&a), Some(Outcome::Cancelled));
+
+    let mut e = assessing();
+    assert!(matches!(e.handle(Event::CancelRequested { now: 11 }), Err(Rejection::NotNow(_))));
+    let mut e = started(RebootPolicy::Immediate);
+    assert!(matches!(e.handle(Event::CancelRequested { now: 1 }), Err(Rejection::NotNow(_))));
+}
+
+#[test]
+fn healthy_trial_commits_and_raises_the_security_version() {
+    let mut e = assessing();
+    let a = e.handle(Event::HealthPassed { now: 20 }).unwrap();
+    assert_eq!(a[0], Action::Boot(vec![BootChange::MarkGood(Slot::B)]));
+    assert_eq!(outcome(&a), Some(Outcome::Committed));
+    assert_eq!(e.persisted.security_version, 3);
+    assert!(e.job().is_none());
+    // The next install refuses anything older.
+    let a = install(&mut e);
+    assert!(matches!(&a[0], Action::Install { target: Slot::A, min_security_version: 3, .. }));
+}
+
+#[test]
+fn health_failure_rolls_back() {
+    let mut e = assessing();
+    let a = e.handle(Event::HealthFailed { reason: "app: exit 1".into(), now: 20 }).unwrap();
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkBad(Slot::B)]), Action::Reboot]);
+    assert_eq!(e.job().unwrap().phase, JobPhase::RollingBack);
+    // The reboot brings the device back to A.
+    let mut e = Engine::new(e.persisted.clone(), config(RebootPolicy::Immediate));
+    let boot = BootView { primary: Some(Slot::A), a: SlotState::Good, b: SlotState::Bad };
+    let a = e.handle(Event::Started { booted: Slot::A, boot, now: 30 }).unwrap();
+    assert_eq!(a[0], Action::Boot(vec![BootChange::MarkBad(Slot::B), BootChange::MarkGood(Slot::A)]));
+    match outcome(&a) {
+        Some(Outcome::RolledBack { reason }) => assert!(reason.contains("app: exit 1"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e.persisted.failed_digests, vec!["digest-2.0".to_string()]);
+    assert_eq!(e.persisted.security_version, 0);
+}
+
+#[test]
+fn commit_deadline_rolls_back() {
+    let mut e = assessing();
+    assert_eq!(e.handle(Event::Tick { now: 10 + DEADLINE - 1, minute_of_day: 0 }).unwrap(), vec![]);
+    let a = e.handle(Event::Tick { now: 10 + DEADLINE, minute_of_day: 0 }).unwrap();
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkBad(Slot::B)]), Action::Reboot]);
+    assert!(e.job().unwrap().rollback_reason.as_ref().unwrap().contains("did not pass within"));
+    // A late "passed" cannot commit any more.
+    assert_eq!(e.handle(Event::HealthPassed { now: 10 + DEADLINE + 1 }).unwrap(), vec![]);
+}
+
+#[test]
+fn bootloader_fallback_is_detected_after_reboot() {
+    for phase_engine in [awaiting(RebootPolicy::Immediate), assessing()] {
+        let mut e = Engine::new(phase_engine.persisted.clone(), config(RebootPolicy::Immediate));
+        // B never came up (or hung in its trial): its attempts ran out and the bootloader booted A.
+        let boot = BootView { primary: Some(Slot::A), a: SlotState::Good, b: SlotState::Trying { attempts_left: 0 } };
+        let a = e.handle(Event::Started { booted: Slot::A, boot, now: 50 }).unwrap();
+        assert_eq!(a[0], Action::Boot(vec![BootChange::MarkBad(Slot::B), BootChange::MarkGood(Slot::A)]));
+        assert!(matches!(outcome(&a), Some(Outcome::RolledBack { .. })));
+    }
+}
+
+#[test]
+fn daemon_restart_before_the_reboot_keeps_waiting() {
+    let e = awaiting(RebootPolicy::Manual);
+    let mut e = Engine::new(e.persisted.clone(), config(RebootPolicy::Manual));
+    let a = e.handle(Event::Started { booted: Slot::A, boot: trying(Slot::B, 3), now: 5 }).unwrap();
+    assert_eq!(a, vec![]);
+    assert_eq!(e.job().unwrap().phase, JobPhase::AwaitingReboot);
+}
+
+#[test]
+fn restart_in_the_middle_of_an_install_fails_it_honestly() {
+    let mut e = started(RebootPolicy::Immediate);
+    install(&mut e);
+    let mut e = Engine::new(e.persisted.clone(), config(RebootPolicy::Immediate));
+    let boot = BootView { primary: Some(Slot::A), a: SlotState::Good, b: SlotState::Bad };
+    let a = e.handle(Event::Started { booted: Slot::A, boot, now: 5 }).unwrap();
+    assert_eq!(a[0], Action::Boot(vec![BootChange::MarkBad(Slot::B)]));
+    assert!(matches!(outcome(&a), Some(Outcome::Failed { code, .. }) if code == "interrupted"));
+}
+
+#[test]
+fn restart_after_install_before_the_flip_flips_again() {
+    let mut e = started(RebootPolicy::Immediate);
+    install(&mut e);
+    e.handle(Event::InstallSucceeded { artifact: artifact("2.0", 3), now: 2 }).unwrap();
+    let mut e = Engine::new(e.persisted.clone(), config(RebootPolicy::Immediate));
+    let boot = BootView { primary: Some(Slot::A), a: SlotState::Good, b: SlotState::Bad };
+    let a = e.handle(Event::Started { booted: Slot::A, boot, now: 5 }).unwrap();
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::TryNext(Slot::B)])]);
+    assert_eq!(e.handle(Event::BootStored { now: 6 }).unwrap(), vec![Action::Reboot]);
+}
+
+#[test]
+fn rollback_cut_before_its_store_is_redone() {
+    let mut e = assessing();
+    e.handle(Event::HealthFailed { reason: "x".into(), now: 20 }).unwrap();
+    // Power lost before "B bad" was stored: the bootloader tries B once more.
+    let mut e = Engine::new(e.persisted.clone(), config(RebootPolicy::Immediate));
+    let a = e.handle(Event::Started { booted: Slot::B, boot: trying(Slot::B, 1), now: 30 }).unwrap();
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkBad(Slot::B)]), Action::Reboot]);
+    assert_eq!(e.job().unwrap().phase, JobPhase::RollingBack);
+}
+
+#[test]
+fn rollback_that_did_not_take_does_not_loop() {
+    let mut e = assessing();
+    e.handle(Event::HealthFailed { reason: "x".into(), now: 20 }).unwrap();
+    let mut e = Engine::new(e.persisted.clone(), config(RebootPolicy::Immediate));
+    let boot = BootView { primary: Some(Slot::B), a: SlotState::Good, b: SlotState::Bad };
+    let a = e.handle(Event::Started { booted: Slot::B, boot, now: 30 }).unwrap();
+    assert!(!a.contains(&Action::Reboot));
+    assert!(matches!(outcome(&a), Some(Outcome::Failed { code, .. }) if code == "rollback-failed"));
+}
+
+#[test]
+fn unknown_trial_is_adopted_and_assessed() {
+    let mut e = Engine::new(Persisted::default(), config(RebootPolicy::Immediate));
+    let a = e.handle(Event::Started { booted: Slot::B, boot: trying(Slot::B, 2), now: 0 }).unwrap();
+    assert_eq!(a, vec![Action::StartHealthChecks]);
+    assert_eq!(e.job().unwrap().phase, JobPhase::Assessing);
+    let a = e.handle(Event::HealthPassed { now: 1 }).unwrap();
+    assert_eq!(outcome(&a), Some(Outcome::Committed));
+}
+
+#[test]
+fn bootloader_failure_during_the_flip_fails_the_job() {
+    let mut e = started(RebootPolicy::Immediate);
+    install(&mut e);
+    e.handle(Event::InstallSucceeded { artifact: artifact("2.0", 3), now: 2 }).unwrap();
+    let a = e.handle(Event::BootFailed { message: "env corrupt".into(), now: 3 }).unwrap();
+    assert!(matches!(outcome(&a), Some(Outcome::Failed { code, .. }) if code == "bootloader"));
+}
+
+#[test]
+fn history_is_bounded() {
+    let mut e = started(RebootPolicy::Immediate);
+    for i in 0..30 {
+        install(&mut e);
+        e.handle(Event::CancelRequested { now: i }).unwrap();
+        e.handle(Event::InstallFailed {
+            code: "cancelled".into(),
+            message: String::new(),
+            digest: None,
+            artifact_fault: false,
+            now: i,
+        })
+        .unwrap();
+    }
+    assert_eq!(e.persisted.history.len(), otterd::engine::HISTORY_LEN);
+    assert_eq!(e.persisted.history.back().unwrap().job.id, 30);
+}
+
+// ----- power loss at every persisted step -----
+
+/// A simulated device: the fake bootloader decides every boot; the "disk" holds the last persisted state; a
+/// power cut can strike at any numbered step (each persist, each bootloader store, each effect).
+struct Device {
+    boot: FakeBootloader,
+    disk: Persisted,
+    step: u32,
+    cuts: Vec<u32>,
+    health_ok: bool,
+    install_ok: bool,
+    requested: bool,
+    /// The installer started writing the target at some point.
+    wrote_target: bool,
+    log: Vec<String>,
+}
+
+enum BootEnd {
+    PowerCut,
+    Rebooted,
+    Settled,
+}
+
+impl Device {
+    fn tick(&mut self, what: &str) -> bool {
+        self.step += 1;
+        self.log.push(format!("{}: {what}", self.step));
+        self.cuts.contains(&self.step)
+    }
+
+    fn view(&self) -> BootView {
+        BootView { primary: self.boot.primary(), a: self.boot.slot_state(Slot::A), b: self.boot.slot_state(Slot::B) }
+    }
+
+    /// One boot: what the runtime does, with a power cut possible at every step.
+    fn run_boot(&mut self, now: &mut u64) -> BootEnd {
+        let Some(booted) = self.boot.simulate_boot() else { panic!("no bootable slot: {:?}", self.log) };
+        self.log.push(format!("boot {booted}"));
+        let mut engine = Engine::new(self.disk.clone(), config(RebootPolicy::Immediate));
+        let mut events = vec![Event::Started { booted, boot: self.view(), now: *now }];
+        if !self.requested {
+            self.requested = true;
+            events.push(Event::InstallRequested {
+                source: "/u.otter".into(),
+                automatic: false,
+                remote_id: None,
+                now: *now,
+            });
+        }
+        let mut queue: std::collections::VecDeque<Event> = events.into();
+        while let Some(event) = queue.pop_front() {
+            *now += 1;
+            let Ok(actions) = engine.handle(event) else { continue };
+            for action in actions {
+                // Persist before each effect, exactly like the runtime.
+                if engine.persisted != self.disk {
+                    if self.tick("before persist") {
+                        return BootEnd::PowerCut;
+                    }
+                    self.disk = engine.persisted.clone();
+                }
+                if self.tick(&format!("{action:?}")) {
+                    return BootEnd::PowerCut;
+                }
+                match action {
+                    Action::Boot(changes) => {
+                        for c in &changes {
+                            match *c {
+                                BootChange::MarkBad(s) => self.boot.mark_bad(s).unwrap(),
+                                BootChange::TryNext(s) => self.boot.set_try_next(s).unwrap(),
+                                BootChange::MarkGood(s) => self.boot.mark_good(s).unwrap(),
+                            }
+                        }
+                        if self.tick("before store") {
+                            return BootEnd::PowerCut;
+                        }
+                        self.boot.store().unwrap();
+                        queue.push_back(Event::BootStored { now: *now });
+                    }
+                    Action::Install { target, .. } => queue.push_back(if self.install_ok {
+                        // The target must already be durably marked bad when writing starts.
+                        assert_eq!(self.boot.stored_state(target), SlotState::Bad, "{:?}", self.log);
+                        self.wrote_target = true;
+                        Event::InstallSucceeded { artifact: artifact("2.0", 1), now: *now }
+                    } else {
+                        self.wrote_target = true;
+                        Event::InstallFailed {
+                            code: "corrupt-payload".into(),
+                            message: "x".into(),
+                            digest: Some("d".into()),
+                            artifact_fault: true,
+                            now: *now,
+                        }
+                    }),
+                    Action::StartHealthChecks => queue.push_back(if self.health_ok {
+                        Event::HealthPassed { now: *now }
+                    } else {
+                        Event::HealthFailed { reason: "unhealthy".into(), now: *now }
+                    }),
+                    Action::Reboot => {
+                        if engine.persisted != self.disk {
+                            self.disk = engine.persisted.clone();
+                        }
+                        return BootEnd::Rebooted;
+                    }
+                    Action::CancelInstall | Action::Finished(_) => {}
+                }
+            }
+            if engine.persisted != self.disk {
+                if self.tick("final persist") {
+                    return BootEnd::PowerCut;
+                }
+                self.disk = engine.persisted.clone();
+            }
+        }
+        BootEnd::Settled
+    }
+}
+
+fn run_device(cuts: Vec<u32>, health_ok: bool, install_ok: bool) -> Device {
+    let mut d = Device {
+        boot: FakeBootloader::new(Slot::A),
+        disk: Persisted::default(),
+        step: 0,
+        cuts,
+        health_ok,
+        install_ok,
+        requested: false,
+        wrote_target: false,
+        log: Vec::new(),
+    };
+    let mut now = 1000;
+    for _ in 0..20 {
+        match d.run_boot(&mut now) {
+            BootEnd::Settled => return d,
+            BootEnd::PowerCut => d.log.push("power cut".into()),
+            BootEnd::Rebooted => d.log.push("reboot".into()),
+        }
+    }
+    panic!("device never settled: {:?}", d.log);
+}
+
+fn check_settled(d: &Device) {
+    let booted = d.boot.boots().last().copied().flatten().expect("booted");
+    let ctx = format!("{:?}", d.log);
+    // The device runs a good slot that the bootloader will boot again, and no job is left hanging.
+    assert_eq!(d.boot.stored_state(booted), SlotState::Good, "{ctx}");
+    assert_eq!(d.boot.stored_primary(), Some(booted), "{ctx}");
+    assert!(d.disk.job.is_none(), "{ctx}");
+    // The outcome is honest: committed only if the device runs the new slot, else it runs the old one.
+    if let Some(last) = d.disk.history.back() {
+        match &last.outcome {
+            Outcome::Committed => {
+                assert_eq!(booted, last.job.target, "{ctx}");
+                assert!(d.health_ok && d.install_ok, "{ctx}");
+            }
+            _ => {
+                assert_eq!(booted, last.job.from, "{ctx}");
+                // A slot the installer touched is never left looking good (untouched, it keeps its old image).
+                if d.wrote_target {
+                    assert_ne!(d.boot.stored_state(last.job.target), SlotState::Good, "{ctx}");
+                }
+            }
+        }
+    }
+    // A healthy update with no interruption of the install commits; an unhealthy one never does.
+    if !d.health_ok {
+        assert!(d.disk.history.iter().all(|r| r.outcome != Outcome::Committed), "{ctx}");
+    }
+}
+
+#[test]
+fn every_single_cut_point_ends_in_a_good_slot_with_an_honest_outcome() {
+    for health_ok in [true, false] {
+        for install_ok in [true, false] {
+            let total = run_device(Vec::new(), health_ok, install_ok).step;
+            for cut in 1..=total {
+                check_settled(&run_device(vec![cut], health_ok, install_ok));
+            }
+        }
+    }
+}
+
+#[test]
+fn uninterrupted_updates() {
+    let d = run_device(Vec::new(), true, true);
+    check_settled(&d);
+    assert_eq!(d.disk.history.back().unwrap().outcome, Outcome::Committed);
+    assert_eq!(d.boot.boots().last().copied().flatten(), Some(Slot::B));
+    let d = run_device(Vec::new(), false, true);
+    check_settled(&d);
+    assert!(matches!(d.disk.history.back().unwrap().outcome, Outcome::RolledBack { .. }));
+    assert_eq!(d.boot.boots().last().copied().flatten(), Some(Slot::A));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+    #[test]
+    fn random_cut_points(cuts in proptest::collection::vec(1u32..40, 0..4), health_ok: bool, install_ok: bool) {
+        check_settled(&run_device(cuts, health_ok, install_ok));
+    }
+}
