@@ -82,9 +82,32 @@ fn run(root: &std::path::Path, command: &str) -> Result<ExitCode> {
             }
         }
         _ => {
-            let (runtime, _handle) = Runtime::start(settings, Box::new(SystemPlatform)).map_err(anyhow::Error::msg)?;
+            let signals = block_termination_signals()?;
+            let (runtime, handle) = Runtime::start(settings, Box::new(SystemPlatform)).map_err(anyhow::Error::msg)?;
+            stop_on_signal(signals, handle.clone());
             runtime.run();
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Blocks SIGTERM and SIGINT in this thread (and so in every thread started after it); they are taken with
+/// `sigwait` by [`stop_on_signal`] instead, so a stop request becomes an orderly `Stop` of the loop (with
+/// `STOPPING=1`) rather than an abrupt exit. Child processes get a clean signal mask from `std::process`.
+fn block_termination_signals() -> Result<nix::sys::signal::SigSet> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).context("blocking SIGTERM/SIGINT")?;
+    Ok(set)
+}
+
+fn stop_on_signal(signals: nix::sys::signal::SigSet, handle: otterd::runtime::Handle) {
+    std::thread::spawn(move || {
+        if let Ok(sig) = signals.wait() {
+            tracing::info!("{sig}: stopping");
+            handle.send(otterd::runtime::Command::Stop);
+        }
+    });
 }
