@@ -345,6 +345,10 @@ fn install(a: InstallArgs) -> Result<()> {
             p.total >> 20,
             p.bytes_read >> 20
         );
+        // Without a terminal (logs, CI), only the writing progress is worth a line.
+        if !tty && !matches!(p.phase, Phase::Writing | Phase::Done) {
+            return;
+        }
         if tty {
             eprint!("\r\x1b[K{line}");
             if p.phase == Phase::Done {

@@ -1,0 +1,175 @@
+//! `otter-artifact` end to end: every subcommand through the real binary, including errors as one line on stderr.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_otter-artifact");
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN).current_dir(dir).args(args).output().unwrap()
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Fails with exactly one line on stderr, starting with the tool's name.
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.starts_with("otter-artifact: error: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    err
+}
+
+fn setup() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let image: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8 ^ (i / 4096) as u8).collect();
+    std::fs::write(d.path().join("rootfs.img"), image).unwrap();
+    ok(d.path(), &["keygen", "--out", "old"]);
+    ok(d.path(), &["keygen", "--out", "new"]);
+    d
+}
+
+fn create(dir: &Path, key: &str, out: &str) {
+    ok(
+        dir,
+        &[
+            "create",
+            "--key",
+            key,
+            "--compatible",
+            "gw-a",
+            "--compatible",
+            "gw-b",
+            "--version",
+            "3.1",
+            "--security-version",
+            "4",
+            "--image",
+            "rootfs=rootfs.img",
+            "--level",
+            "3",
+            "--chunk-size-kib",
+            "64",
+            "-o",
+            out,
+        ],
+    );
+}
+
+#[test]
+fn keygen_writes_a_private_key_only_the_owner_can_read() {
+    let d = setup();
+    let mode = std::fs::metadata(d.path().join("old.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(std::fs::read_to_string(d.path().join("old.pub")).unwrap().starts_with("otter-ed25519-public "));
+    // Never overwrites a key.
+    fails(d.path(), &["keygen", "--out", "old"]);
+}
+
+#[test]
+fn create_verify_inspect() {
+    let d = setup();
+    create(d.path(), "old.key", "a.otter");
+    let v = ok(d.path(), &["verify", "--key", "old.pub", "a.otter"]);
+    assert!(v.contains("valid, version 3.1"), "{v}");
+    let j: serde_json::Value = serde_json::from_str(&ok(d.path(), &["inspect", "--json", "a.otter"])).unwrap();
+    assert_eq!(j["manifest"]["compatible"], serde_json::json!(["gw-a", "gw-b"]));
+    assert_eq!(j["manifest"]["security_version"], 4);
+    assert_eq!(j["manifest"]["payloads"][0]["chunk_size"], 65536);
+    assert_eq!(j["manifest"]["payloads"][0]["chunks"].as_array().unwrap().len(), 5);
+    assert_eq!(j["verified"], false);
+    let text = ok(d.path(), &["inspect", "a.otter"]);
+    assert!(text.contains("security_version: 4") && text.contains("slot class rootfs"), "{text}");
+}
+
+#[test]
+fn verify_refuses_a_wrong_key_and_a_damaged_payload() {
+    let d = setup();
+    create(d.path(), "old.key", "a.otter");
+    let e = fails(d.path(), &["verify", "--key", "new.pub", "a.otter"]);
+    assert!(e.contains("unknown keys"), "{e}");
+    let mut bytes = std::fs::read(d.path().join("a.otter")).unwrap();
+    let at = bytes.len() - 3000;
+    bytes[at] ^= 0x40;
+    std::fs::write(d.path().join("bad.otter"), bytes).unwrap();
+    let e = fails(d.path(), &["verify", "--key", "old.pub", "bad.otter"]);
+    assert!(e.contains("payload \"rootfs\""), "{e}");
+}
+
+#[test]
+fn sign_adds_a_signature_for_key_rotation() {
+    let d = setup();
+    create(d.path(), "old.key", "a.otter");
+    ok(d.path(), &["sign", "--key", "new.key", "a.otter", "-o", "both.otter"]);
+    // A device that only trusts the new key accepts it; one that trusts both (a keyring dir) too.
+    ok(d.path(), &["verify", "--key", "new.pub", "both.otter"]);
+    std::fs::create_dir(d.path().join("ring")).unwrap();
+    std::fs::copy(d.path().join("old.pub"), d.path().join("ring/old.pub")).unwrap();
+    std::fs::copy(d.path().join("new.pub"), d.path().join("ring/new.pub")).unwrap();
+    ok(d.path(), &["verify", "--keyring", "ring", "both.otter"]);
+    let j: serde_json::Value = serde_json::from_str(&ok(d.path(), &["inspect", "--json", "both.otter"])).unwrap();
+    assert_eq!(j["signatures"].as_array().unwrap().len(), 2);
+    // Payload entries are copied byte for byte: the artifacts differ only in the signature block.
+    let a = std::fs::read(d.path().join("a.otter")).unwrap();
+    let b = std::fs::read(d.path().join("both.otter")).unwrap();
+    let n = a.len().min(b.len()) / 2;
+    assert_eq!(a[a.len() - n..], b[b.len() - n..]);
+}
+
+#[test]
+fn install_from_stdin_into_a_file_slot() {
+    let d = setup();
+    create(d.path(), "old.key", "a.otter");
+    let out = Command::new(BIN)
+        .current_dir(d.path())
+        .args(["install", "--key", "old.pub", "--device-type", "gw-b", "--slot", "slot.img", "-"])
+        .stdin(Stdio::from(std::fs::File::open(d.path().join("a.otter")).unwrap()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(d.path().join("slot.img")).unwrap(), std::fs::read(d.path().join("rootfs.img")).unwrap());
+}
+
+#[test]
+fn install_refuses_incompatible_and_rolled_back_artifacts() {
+    let d = setup();
+    create(d.path(), "old.key", "a.otter");
+    let e = fails(d.path(), &["install", "--key", "old.pub", "--device-type", "gw-c", "--slot", "s.img", "a.otter"]);
+    assert!(e.contains("not for device type \"gw-c\""), "{e}");
+    let e =
+        fails(d.path(), &["install", "--key", "old.pub", "--min-security-version", "5", "--slot", "s.img", "a.otter"]);
+    assert!(e.contains("below the minimum 5"), "{e}");
+    let e = fails(d.path(), &["install", "--key", "old.pub", "--slot", "s.img", "--slot-size", "1000", "a.otter"]);
+    assert!(e.contains("the image needs 300000"), "{e}");
+}
+
+#[test]
+fn missing_input_is_one_clear_line() {
+    let d = setup();
+    let e = fails(d.path(), &["verify", "--key", "old.pub", "nope.otter"]);
+    assert!(e.contains("nope.otter"), "{e}");
+    let e = fails(
+        d.path(),
+        &[
+            "create",
+            "--key",
+            "missing.key",
+            "--compatible",
+            "x",
+            "--version",
+            "1",
+            "--image",
+            "rootfs=rootfs.img",
+            "-o",
+            "x.otter",
+        ],
+    );
+    assert!(e.contains("missing.key"), "{e}");
+    assert!(!d.path().join("x.otter").exists() && !d.path().join("x.otter.tmp").exists());
+}
