@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::*;
 use otter_artifact::ArtifactError;
 use otter_artifact::manifest::{MANIFEST_ENTRY, SIGNATURE_ENTRY};
-use otter_artifact::tar::TarWriter;
 use otter_installer::{CancelToken, InstallError, Phase, Progress, Source};
 
 const IMAGE_LEN: usize = 600_000;
@@ -212,22 +211,10 @@ fn missing_entry() {
 #[test]
 fn dotdot_name() {
     let f = Fixture::new(IMAGE_LEN);
-    let e = entries(&f.artifact());
-    // Write a header with a traversal name by hand (the writer refuses to).
-    let mut raw = Vec::new();
-    let mut w = TarWriter::new(&mut raw, 0);
-    w.append(MANIFEST_ENTRY, &e[0].1).unwrap();
-    w.append(SIGNATURE_ENTRY, &e[1].1).unwrap();
-    let _ = w.into_inner();
-    let mut h = raw_header("x", e[2].1.len() as u64, b'0', "");
-    h[..16].copy_from_slice(b"../../etc/passwd");
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u64 = h.iter().map(|&b| u64::from(b)).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    raw.extend_from_slice(&h);
-    raw.extend_from_slice(&e[2].1);
-    raw.resize(raw.len().div_ceil(512) * 512 + 1024, 0);
-    let (res, slot, old) = f.install_bytes(&raw);
+    let artifact = f.artifact();
+    let payload = entries(&artifact).remove(2).1;
+    let header = raw_header("../../etc/passwd", payload.len() as u64, b'0', "");
+    let (res, slot, old) = f.install_bytes(&signed_head_then(&artifact, &header, &payload));
     match artifact_error(res) {
         ArtifactError::BadEntryName { name, .. } => assert_eq!(name, "../../etc/passwd"),
         other => panic!("{other:?}"),
@@ -238,15 +225,8 @@ fn dotdot_name() {
 #[test]
 fn symlink_entry() {
     let f = Fixture::new(IMAGE_LEN);
-    let e = entries(&f.artifact());
-    let mut raw = Vec::new();
-    let mut w = TarWriter::new(&mut raw, 0);
-    w.append(MANIFEST_ENTRY, &e[0].1).unwrap();
-    w.append(SIGNATURE_ENTRY, &e[1].1).unwrap();
-    let _ = w.into_inner();
-    raw.extend_from_slice(&raw_header("rootfs.img.zst", 0, b'2', "/dev/mmcblk0"));
-    raw.extend_from_slice(&[0u8; 1024]);
-    let (res, slot, old) = f.install_bytes(&raw);
+    let header = raw_header("rootfs.img.zst", 0, b'2', "/dev/mmcblk0");
+    let (res, slot, old) = f.install_bytes(&signed_head_then(&f.artifact(), &header, &[]));
     match artifact_error(res) {
         ArtifactError::NotARegularFile { kind, .. } => assert_eq!(kind, "symbolic link"),
         other => panic!("{other:?}"),

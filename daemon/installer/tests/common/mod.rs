@@ -155,15 +155,31 @@ pub fn assemble(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
     w.finish().unwrap()
 }
 
-/// A raw tar header of any type flag (for links and devices), with a valid checksum.
+/// A raw tar header of any type flag (links, devices) and any name (traversal), with a valid checksum: what the
+/// writer refuses to produce.
 pub fn raw_header(name: &str, size: u64, typeflag: u8, linkname: &str) -> [u8; BLOCK] {
-    let mut h = build_header(name, size, 0).unwrap();
+    let mut h = build_header("x", size, 0).unwrap();
+    h[..100].fill(0);
+    h[..name.len()].copy_from_slice(name.as_bytes());
     h[156] = typeflag;
     h[157..157 + linkname.len()].copy_from_slice(linkname.as_bytes());
     h[148..156].copy_from_slice(b"        ");
     let sum: u64 = h.iter().map(|&b| u64::from(b)).sum();
     h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
     h
+}
+
+/// The artifact's genuine manifest and signature entries, then `header` with `data`, then the end marker.
+pub fn signed_head_then(artifact: &[u8], header: &[u8; BLOCK], data: &[u8]) -> Vec<u8> {
+    let e = entries(artifact);
+    let mut w = TarWriter::new(Vec::new(), 0);
+    w.append(&e[0].0, &e[0].1).unwrap();
+    w.append(&e[1].0, &e[1].1).unwrap();
+    let mut raw = w.into_inner();
+    raw.extend_from_slice(header);
+    raw.extend_from_slice(data);
+    raw.resize(raw.len().div_ceil(BLOCK) * BLOCK + 2 * BLOCK, 0);
+    raw
 }
 
 pub fn parse_manifest(bytes: &[u8]) -> Manifest {
