@@ -62,6 +62,7 @@ struct File {
     health: Option<HealthFile>,
     reboot: Option<RebootFile>,
     install: Option<InstallFile>,
+    server: Option<ServerFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,7 +131,84 @@ struct InstallFile {
     skip_identical: Option<bool>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerFile {
+    enabled: Option<bool>,
+    url: Option<String>,
+    tenant: Option<String>,
+    controller_id: Option<String>,
+    auth: Option<String>,
+    token: Option<String>,
+    token_file: Option<String>,
+    ca_bundle: Option<String>,
+    client_identity: Option<String>,
+    poll_min: Option<String>,
+    poll_max: Option<String>,
+    backoff_initial: Option<String>,
+    backoff_max: Option<String>,
+    jitter_percent: Option<u32>,
+    auto_confirm: Option<bool>,
+    progress_interval: Option<String>,
+    inventory_dir: Option<String>,
+    timeout: Option<String>,
+    max_resumes: Option<u32>,
+    resume_backoff: Option<String>,
+}
+
 // ----- validated settings -----
+
+/// How the device proves its identity to the update server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAuth {
+    /// No credentials (a test server, or a proxy that authenticates otherwise).
+    None,
+    /// `Authorization: TargetToken <token>` (per device).
+    TargetToken(String),
+    /// `Authorization: GatewayToken <token>` (per tenant).
+    GatewayToken(String),
+    /// A client certificate (mutual TLS, terminated by a proxy in front of hawkBit); no Authorization header.
+    Certificate,
+}
+
+/// The `[server]` section: the hawkBit DDI client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    /// Server base URL, without a trailing slash (`https://hawkbit.example.com`).
+    pub url: String,
+    /// Tenant (`DEFAULT`).
+    pub tenant: String,
+    /// This device's controller id.
+    pub controller_id: String,
+    /// Credentials.
+    pub auth: ServerAuth,
+    /// PEM CA bundle trusted instead of the system roots, resolved under the root.
+    pub ca_bundle: Option<PathBuf>,
+    /// PEM client certificate + key for mutual TLS, resolved under the root.
+    pub client_identity: Option<PathBuf>,
+    /// Shortest poll interval, whatever the server's `sleep` says.
+    pub poll_min: Duration,
+    /// Longest poll interval (also used when the server sends no `sleep`).
+    pub poll_max: Duration,
+    /// First retry delay after a failed poll; doubles per failure.
+    pub backoff_initial: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Random spread of each interval, percent (0-50).
+    pub jitter_percent: u32,
+    /// Confirm `confirmationBase` requests automatically; otherwise ask local applications.
+    pub auto_confirm: bool,
+    /// Shortest time between two progress feedbacks for one action.
+    pub progress_interval: Duration,
+    /// Directory of inventory executables (`key=value` lines), resolved under the root.
+    pub inventory_dir: PathBuf,
+    /// Timeout of each DDI request (connect, and each wait for data).
+    pub timeout: Duration,
+    /// Resumes of a dropped artifact download before giving up.
+    pub max_resumes: u32,
+    /// First wait before resuming a download; doubles per attempt.
+    pub resume_backoff: Duration,
+}
 
 /// Which bootloader and how its environment is laid out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +264,8 @@ pub struct Settings {
     pub max_window: u64,
     /// Skip rewriting identical chunks.
     pub skip_identical: bool,
+    /// The update server (hawkBit DDI), when configured and enabled.
+    pub server: Option<ServerSettings>,
     /// The files read, in order.
     pub files: Vec<PathBuf>,
 }
@@ -429,6 +509,11 @@ fn validate(
         return Err(invalid("reboot.command", "must name a program".into()));
     }
 
+    let server = match f.server {
+        Some(sf) if sf.enabled.unwrap_or(true) => Some(server_settings(sf, &invalid, &path)?),
+        _ => None,
+    };
+
     let i = f.install.unwrap_or_default();
     Ok(Settings {
         root: root.to_owned(),
@@ -447,7 +532,109 @@ fn validate(
         reboot_command,
         max_window: i.max_window_mib.unwrap_or(8) << 20,
         skip_identical: i.skip_identical.unwrap_or(false),
+        server,
         files,
+    })
+}
+
+fn server_settings(
+    sf: ServerFile,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    path: &dyn Fn(&str, String) -> Result<PathBuf, ConfigError>,
+) -> Result<ServerSettings, ConfigError> {
+    let duration = |key: &str, v: Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+        let d = v.map_or(Ok(default), |s| parse_duration(&s).map_err(|m| invalid(key, m)))?;
+        if d.is_zero() {
+            return Err(invalid(key, "must be longer than zero".into()));
+        }
+        Ok(d)
+    };
+    let url = sf.url.ok_or_else(|| invalid("server.url", "is required".into()))?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(invalid("server.url", format!("{url:?} must start with http:// or https://")));
+    }
+    let url = url.trim_end_matches('/').to_owned();
+    let tenant = sf.tenant.unwrap_or_else(|| "DEFAULT".into());
+    let controller_id = sf.controller_id.ok_or_else(|| invalid("server.controller_id", "is required".into()))?;
+    let id_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    if !id_ok(&controller_id) {
+        return Err(invalid("server.controller_id", format!("{controller_id:?} must be non-empty [A-Za-z0-9-_.:]")));
+    }
+    if !id_ok(&tenant) {
+        return Err(invalid("server.tenant", format!("{tenant:?} must be non-empty [A-Za-z0-9-_.:]")));
+    }
+    let token = match (sf.token, sf.token_file) {
+        (Some(_), Some(_)) => return Err(invalid("server.token_file", "set server.token or server.token_file".into())),
+        (Some(t), None) => Some(t),
+        (None, Some(f)) => {
+            let p = path("server.token_file", f)?;
+            let t = std::fs::read_to_string(&p)
+                .map_err(|e| invalid("server.token_file", format!("{}: {e}", p.display())))?;
+            Some(t.trim().to_owned())
+        }
+        (None, None) => None,
+    };
+    let need_token = |kind: &str| {
+        token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| invalid("server.auth", format!("auth {kind:?} needs server.token or server.token_file")))
+    };
+    let client_identity = sf.client_identity.map(|p| path("server.client_identity", p)).transpose()?;
+    let auth = match sf.auth.as_deref().unwrap_or("target-token") {
+        "none" => ServerAuth::None,
+        "target-token" => ServerAuth::TargetToken(need_token("target-token")?),
+        "gateway-token" => ServerAuth::GatewayToken(need_token("gateway-token")?),
+        "certificate" => {
+            if client_identity.is_none() {
+                return Err(invalid("server.auth", "auth \"certificate\" needs server.client_identity".into()));
+            }
+            ServerAuth::Certificate
+        }
+        other => {
+            return Err(invalid(
+                "server.auth",
+                format!(
+                    "unknown auth {other:?} (use \"target-token\", \"gateway-token\", \"certificate\" or \"none\")"
+                ),
+            ));
+        }
+    };
+    let poll_min = duration("server.poll_min", sf.poll_min, Duration::from_secs(10))?;
+    let poll_max = duration("server.poll_max", sf.poll_max, Duration::from_secs(24 * 3600))?;
+    if poll_max < poll_min {
+        return Err(invalid("server.poll_max", "is shorter than server.poll_min".into()));
+    }
+    let backoff_initial = duration("server.backoff_initial", sf.backoff_initial, Duration::from_secs(30))?;
+    let backoff_max = duration("server.backoff_max", sf.backoff_max, Duration::from_secs(3600))?;
+    if backoff_max < backoff_initial {
+        return Err(invalid("server.backoff_max", "is shorter than server.backoff_initial".into()));
+    }
+    let jitter_percent = sf.jitter_percent.unwrap_or(10);
+    if jitter_percent > 50 {
+        return Err(invalid("server.jitter_percent", format!("{jitter_percent} is not between 0 and 50")));
+    }
+    Ok(ServerSettings {
+        url,
+        tenant,
+        controller_id,
+        auth,
+        ca_bundle: sf.ca_bundle.map(|p| path("server.ca_bundle", p)).transpose()?,
+        client_identity,
+        poll_min,
+        poll_max,
+        backoff_initial,
+        backoff_max,
+        jitter_percent,
+        auto_confirm: sf.auto_confirm.unwrap_or(true),
+        progress_interval: duration("server.progress_interval", sf.progress_interval, Duration::from_secs(10))?,
+        inventory_dir: path(
+            "server.inventory_dir",
+            sf.inventory_dir.unwrap_or_else(|| "/etc/otter/inventory.d".into()),
+        )?,
+        timeout: duration("server.timeout", sf.timeout, Duration::from_secs(30))?,
+        max_resumes: sf.max_resumes.unwrap_or(8),
+        resume_backoff: duration("server.resume_backoff", sf.resume_backoff, Duration::from_secs(1))?,
     })
 }
 
@@ -462,6 +649,40 @@ mod tests {
     }
 
     const MINIMAL: &str = "[device]\ncompatible = \"gw\"\n[slots]\na = \"/dev/a\"\nb = \"/dev/b\"\n";
+
+    #[test]
+    fn server_section() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "etc/otter/otter.toml", MINIMAL);
+        assert!(load(d.path()).unwrap().server.is_none());
+        write(
+            d.path(),
+            "etc/otter/conf.d/10-server.toml",
+            "[server]\nurl = \"https://hb.example/\"\ncontroller_id = \"gw-1\"\ntoken_file = \"/etc/otter/token\"\n",
+        );
+        write(d.path(), "etc/otter/token", "s3cret\n");
+        let s = load(d.path()).unwrap().server.unwrap();
+        assert_eq!(s.url, "https://hb.example");
+        assert_eq!(s.tenant, "DEFAULT");
+        assert_eq!(s.auth, ServerAuth::TargetToken("s3cret".into()));
+        assert_eq!(s.inventory_dir, d.path().join("etc/otter/inventory.d"));
+        assert_eq!(s.poll_min, Duration::from_secs(10));
+        let bad = [
+            ("poll_min = \"0s\"", "server.poll_min"),
+            ("poll_min = \"2h\"\npoll_max = \"1h\"", "server.poll_max"),
+            ("auth = \"certificate\"", "server.auth"),
+            ("auth = \"kerberos\"", "server.auth"),
+            ("jitter_percent = 90", "server.jitter_percent"),
+            ("enabled = true\nurl = \"ftp://x\"", "server.url"),
+        ];
+        for (extra, key) in bad {
+            write(d.path(), "etc/otter/conf.d/20-bad.toml", &format!("[server]\n{extra}\n"));
+            let e = load(d.path()).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        write(d.path(), "etc/otter/conf.d/20-bad.toml", "[server]\nenabled = false\n");
+        assert!(load(d.path()).unwrap().server.is_none());
+    }
 
     #[test]
     fn layers_override_in_order() {

@@ -5,9 +5,11 @@
 //!   and keeps the systemd watchdog fed.
 //! - [`config`], [`state`], [`health`], [`notify`]: layered configuration, the atomically persisted state, health
 //!   assessment of trial boots, and systemd notifications.
+//! - [`hawkbit`]: the Eclipse hawkBit DDI client (polling, deployments, feedback, inventory).
 
 pub mod config;
 pub mod engine;
+pub mod hawkbit;
 pub mod health;
 pub mod notify;
 pub mod runtime;

@@ -63,6 +63,18 @@ pub enum Command {
         /// Reply.
         reply: Sender<Result<u64, Rejection>>,
     },
+    /// Install an artifact for a server (automatic), with per-download HTTP settings (auth headers, TLS, a fresh
+    /// link hook) and the server's hash of the file; replies with the job id.
+    InstallRemote {
+        /// URL.
+        source: String,
+        /// Server-side id (e.g. the hawkBit action id).
+        remote_id: String,
+        /// Download settings.
+        options: Box<RemoteInstall>,
+        /// Reply.
+        reply: Sender<Result<u64, Rejection>>,
+    },
     /// Cancel the job.
     Cancel {
         /// Reply.
@@ -77,6 +89,15 @@ pub enum Command {
     SetInhibited(bool),
     /// Stop the loop.
     Stop,
+}
+
+/// Download settings of a server-requested install (see [`Command::InstallRemote`]).
+#[derive(Debug, Clone, Default)]
+pub struct RemoteInstall {
+    /// HTTP settings: CA, client certificate, headers, URL refresh hook.
+    pub http: otter_installer::HttpOptions,
+    /// SHA-256 of the whole artifact file, as the server announced it.
+    pub expected_sha256: Option<[u8; 32]>,
 }
 
 enum Msg {
@@ -204,6 +225,8 @@ pub struct Runtime {
     install: Option<(JoinHandle<()>, CancelToken)>,
     health_cancel: Option<Arc<AtomicBool>>,
     last_digest: Option<String>,
+    /// Download settings for the job with this remote id.
+    remote: Option<(String, RemoteInstall)>,
     halted: bool,
     tick: Duration,
 }
@@ -306,6 +329,7 @@ impl Runtime {
             install: None,
             health_cancel: None,
             last_digest: None,
+            remote: None,
             halted: false,
             tick,
         };
@@ -376,6 +400,12 @@ impl Runtime {
         match msg {
             Msg::Command(Command::Install { source, automatic, remote_id, reply }) => {
                 let result = self.request(Event::InstallRequested { source, automatic, remote_id, now });
+                let _ = reply.send(result.map(|()| self.engine.job().map_or(0, |j| j.id)));
+            }
+            Msg::Command(Command::InstallRemote { source, remote_id, options, reply }) => {
+                self.remote = Some((remote_id.clone(), *options));
+                let event = Event::InstallRequested { source, automatic: true, remote_id: Some(remote_id), now };
+                let result = self.request(event);
                 let _ = reply.send(result.map(|()| self.engine.job().map_or(0, |j| j.id)));
             }
             Msg::Command(Command::Cancel { reply }) => {
@@ -561,6 +591,13 @@ impl Runtime {
             policy,
         );
         req.skip_identical = self.settings.skip_identical;
+        let remote_id = self.engine.job().and_then(|j| j.remote_id.clone());
+        if let Some((id, options)) = &self.remote
+            && remote_id.as_ref() == Some(id)
+        {
+            req.http = options.http.clone();
+            req.expected_sha256 = options.expected_sha256;
+        }
         req.refuse = refuse.iter().filter_map(|d| d.parse().ok()).collect();
         let cancel = CancelToken::new();
         self.last_digest = None;

@@ -86,6 +86,16 @@ pub enum InstallError {
         /// Its manifest digest.
         digest: String,
     },
+    /// The artifact stream's SHA-256 differs from the one the caller expected (e.g. the update server's).
+    #[error("{source_name}: sha256 of the downloaded artifact is {actual}, the server announced {expected}")]
+    StreamHashMismatch {
+        /// The file or URL.
+        source_name: String,
+        /// Expected digest, hex.
+        expected: String,
+        /// Digest of the bytes received, hex.
+        actual: String,
+    },
     /// The install was cancelled.
     #[error("install cancelled")]
     Cancelled,
@@ -106,6 +116,7 @@ impl InstallError {
             Self::Slot { .. } => "slot-io",
             Self::NoTarget { .. } => "no-target",
             Self::Refused { .. } => "previously-failed",
+            Self::StreamHashMismatch { .. } => "stream-hash-mismatch",
             Self::Cancelled => "cancelled",
         }
     }

@@ -25,7 +25,7 @@ use otter_artifact::{ArtifactError, ArtifactReader, ChunkDecoder, ChunkRef, Dige
 
 pub use error::InstallError;
 use slot::{AlignedBuf, HEAD, SlotWriter};
-pub use source::{HttpOptions, Source};
+pub use source::{HttpOptions, Source, UrlRefresh};
 
 /// A cancellation flag shared between the installer and whoever may cancel it.
 #[derive(Debug, Clone, Default)]
@@ -88,6 +88,10 @@ pub struct InstallRequest {
     /// Manifest digests to refuse after verification (artifacts that failed before and must not be retried
     /// automatically).
     pub refuse: Vec<Digest>,
+    /// SHA-256 the whole artifact stream must have (e.g. the update server's hash of the file), checked on top of
+    /// the signed manifest. The bytes are hashed in the order the source delivers them, across resumed
+    /// connections; on a mismatch the install fails before the slot's first block is written.
+    pub expected_sha256: Option<[u8; 32]>,
 }
 
 impl InstallRequest {
@@ -102,6 +106,7 @@ impl InstallRequest {
             skip_identical: false,
             decode_threads: 0,
             refuse: Vec::new(),
+            expected_sha256: None,
         }
     }
 }
@@ -274,8 +279,15 @@ fn install_once(
     let opened = source::open(&req.source, &req.http, cancel, received.clone())?;
     let length = opened.length;
     progress(&report(Phase::Verifying, 0, 0, length));
-    let mut reader = ArtifactReader::open(opened.reader, &req.keyring, &req.policy)
-        .map_err(|e| from_artifact(e, &req.source, cancel))?;
+    let (stream, hashed): (Box<dyn std::io::Read + Send>, _) = match req.expected_sha256 {
+        Some(_) => {
+            let h = source::HashingReader::new(opened.reader);
+            (Box::new(h.clone()), Some(h))
+        }
+        None => (opened.reader, None),
+    };
+    let mut reader =
+        ArtifactReader::open(stream, &req.keyring, &req.policy).map_err(|e| from_artifact(e, &req.source, cancel))?;
     let manifest = reader.manifest().clone();
     digest.set(Some(reader.manifest_digest()));
     if req.refuse.contains(&reader.manifest_digest()) {
@@ -444,6 +456,21 @@ fn install_once(
         return Err(e);
     }
 
+    if let (Some(expected), Some(h)) = (req.expected_sha256, &hashed) {
+        // The rest of the stream (tar padding and end blocks) belongs to the file the server hashed.
+        let actual = h.finish().map_err(|source| {
+            let context = "reading the end of the artifact".to_owned();
+            from_artifact(ArtifactError::Io { context, source }, &req.source, cancel)
+        })?;
+        if actual != expected {
+            // The head was never written, so the slot stays invalid.
+            return Err(InstallError::StreamHashMismatch {
+                source_name: req.source.name(),
+                expected: hex::encode(expected),
+                actual: hex::encode(actual),
+            });
+        }
+    }
     progress(&report(Phase::Syncing, written.load(Ordering::Relaxed), total, length));
     // Data first, then the head: a power cut in between leaves the slot invalid, never half valid.
     for (slot, head) in slots.iter_mut().zip(&heads) {

@@ -65,6 +65,30 @@ pub struct HttpOptions {
     pub connect_timeout: Duration,
     /// A read that delivers nothing for this long counts as a dropped connection.
     pub read_timeout: Duration,
+    /// Asked for a fresh URL when the server answers 401 or 403 (a pre-signed, short-lived link expired); the
+    /// download then continues from where it was at the new URL. `None` from the hook means "no fresh link".
+    pub refresh: Option<UrlRefresh>,
+}
+
+/// A hook that returns a fresh download URL (see [`HttpOptions::refresh`]).
+#[derive(Clone)]
+pub struct UrlRefresh(pub Arc<dyn Fn() -> Option<String> + Send + Sync>);
+
+impl UrlRefresh {
+    /// Wraps a closure.
+    pub fn new(f: impl Fn() -> Option<String> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    fn fresh(&self) -> Option<String> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for UrlRefresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UrlRefresh(..)")
+    }
 }
 
 impl Default for HttpOptions {
@@ -78,6 +102,7 @@ impl Default for HttpOptions {
             max_backoff: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
+            refresh: None,
         }
     }
 }
@@ -164,6 +189,38 @@ pub fn open(
     }
 }
 
+/// Hashes (SHA-256) everything read through it, in order; a clone shares the reader and the hash, so the owner
+/// can drain the rest of the stream and read the digest after another component consumed the front.
+#[derive(Clone)]
+pub(crate) struct HashingReader(Arc<std::sync::Mutex<(Box<dyn Read + Send>, sha2::Sha256)>>);
+
+impl HashingReader {
+    pub(crate) fn new(inner: Box<dyn Read + Send>) -> Self {
+        use sha2::Digest as _;
+        Self(Arc::new(std::sync::Mutex::new((inner, sha2::Sha256::new()))))
+    }
+
+    /// Reads the stream to its end and returns the SHA-256 of everything it delivered.
+    pub(crate) fn finish(&self) -> io::Result<[u8; 32]> {
+        use sha2::Digest as _;
+        let mut me = self.clone();
+        io::copy(&mut me, &mut io::sink())?;
+        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(guard.1.clone().finalize().into())
+    }
+}
+
+impl Read for HashingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use sha2::Digest as _;
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (inner, hasher) = &mut *guard;
+        let n = inner.read(buf)?;
+        hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 struct Counted<R> {
     inner: R,
     counter: ByteCounter,
@@ -192,6 +249,18 @@ pub struct HttpReader {
     resumes: u32,
     received: ByteCounter,
 }
+
+/// The error a cancelled read raises. Not `ErrorKind::Interrupted`: `read_exact` and friends retry those, which
+/// would spin forever on a cancelled download.
+#[derive(Debug)]
+pub(crate) struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cancelled")
+    }
+}
+impl std::error::Error for Cancelled {}
 
 /// The error a resume raises when the server sends a different entity; `install` maps it to `SourceChanged`.
 #[derive(Debug)]
@@ -230,13 +299,23 @@ impl HttpReader {
             resumes: 0,
             received,
         };
-        let resp = r.client.get(url).send().map_err(|e| InstallError::Source {
-            source_name: url.to_owned(),
-            error: io::Error::other(error_chain(&e)),
-        })?;
+        let get = |url: &str| {
+            r.client.get(url).send().map_err(|e| InstallError::Source {
+                source_name: url.to_owned(),
+                error: io::Error::other(error_chain(&e)),
+            })
+        };
+        let mut resp = get(url)?;
+        // An expired pre-signed link: ask once for a fresh one.
+        if matches!(resp.status().as_u16(), 401 | 403)
+            && let Some(fresh) = r.opts.refresh.as_ref().and_then(UrlRefresh::fresh)
+        {
+            resp = get(&fresh)?;
+            r.url = fresh;
+        }
         let status = resp.status();
         if !status.is_success() {
-            return Err(InstallError::HttpStatus { url: url.to_owned(), status: status.as_u16() });
+            return Err(InstallError::HttpStatus { url: r.url.clone(), status: status.as_u16() });
         }
         r.length = resp.content_length();
         // Only a strong ETag or a Last-Modified date is a valid If-Range validator.
@@ -265,7 +344,7 @@ impl HttpReader {
                 self.opts.initial_backoff.saturating_mul(1 << self.resumes.min(16)).min(self.opts.max_backoff);
             self.resumes += 1;
             if self.cancel.sleep(backoff) {
-                return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+                return Err(io::Error::other(Cancelled));
             }
             let mut req = self.client.get(&self.url).header(RANGE, format!("bytes={}-", self.position));
             if let Some(v) = &self.validator {
@@ -298,6 +377,19 @@ impl HttpReader {
                 // cannot do ranges. Either way the bytes read so far cannot be continued.
                 200 => return Err(io::Error::other(SourceChangedMarker)),
                 s if (500..600).contains(&s) || s == 429 => continue,
+                // An expired pre-signed link: continue from the same position at a fresh one (same entity, so
+                // the If-Range validator still applies).
+                401 | 403 if self.opts.refresh.is_some() => {
+                    match self.opts.refresh.as_ref().and_then(UrlRefresh::fresh) {
+                        Some(fresh) => self.url = fresh,
+                        None => {
+                            return Err(io::Error::other(ResumeExhausted(InstallError::HttpStatus {
+                                url: self.url.clone(),
+                                status: resp.status().as_u16(),
+                            })));
+                        }
+                    }
+                }
                 s => {
                     return Err(io::Error::other(ResumeExhausted(InstallError::HttpStatus {
                         url: self.url.clone(),
@@ -327,7 +419,7 @@ impl Read for HttpReader {
         }
         loop {
             if self.cancel.is_cancelled() {
-                return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+                return Err(io::Error::other(Cancelled));
             }
             let result = match self.response.as_mut() {
                 Some(r) => r.read(buf),
