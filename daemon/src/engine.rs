@@ -390,6 +390,15 @@ impl Engine {
         self.inhibited
     }
 
+    /// `Ok` when no job is in progress, so that something outside a job (marking a slot by hand) may touch the
+    /// bootloader; `Busy` otherwise.
+    pub fn check_idle(&self) -> Result<(), Rejection> {
+        match &self.persisted.job {
+            Some(job) => Err(Rejection::Busy { id: job.id, phase: job.phase }),
+            None => Ok(()),
+        }
+    }
+
     /// Handles an event. `Err` means the request was refused and nothing changed.
     pub fn handle(&mut self, event: Event) -> Result<Vec<Action>, Rejection> {
         match event {
@@ -591,6 +600,11 @@ impl Engine {
             return Err(Rejection::Busy { id: job.id, phase: job.phase });
         }
         let booted = self.booted.ok_or_else(|| Rejection::NotNow("the daemon is still starting".into()))?;
+        // Inhibitors block starting an install as well as the reboot: an application saying "not now" must not
+        // see the device start a (CPU, I/O and flash heavy) install under it.
+        if self.inhibited {
+            return Err(Rejection::NotNow("a local application inhibits updates".into()));
+        }
         self.persisted.next_job_id += 1;
         let id = self.persisted.next_job_id;
         let target = !booted;

@@ -162,14 +162,47 @@ fn maintenance_window() {
 #[test]
 fn inhibitor_blocks_reboots_until_released() {
     let mut e = started(RebootPolicy::Immediate);
-    e.handle(Event::InhibitedChanged { inhibited: true, now: 1, minute_of_day: 0 }).unwrap();
+    // Taken while installing (an inhibitor held before the request refuses the install itself).
     install(&mut e);
+    e.handle(Event::InhibitedChanged { inhibited: true, now: 1, minute_of_day: 0 }).unwrap();
     e.handle(Event::InstallSucceeded { artifact: artifact("2.0", 3), now: 2 }).unwrap();
     assert_eq!(e.handle(Event::BootStored { now: 3 }).unwrap(), vec![]);
     assert_eq!(e.handle(Event::Tick { now: 4, minute_of_day: 0 }).unwrap(), vec![]);
     assert!(matches!(e.handle(Event::RebootRequested { now: 5 }), Err(Rejection::NotNow(_))));
     let a = e.handle(Event::InhibitedChanged { inhibited: false, now: 6, minute_of_day: 0 }).unwrap();
     assert_eq!(a, vec![Action::Reboot]);
+}
+
+#[test]
+fn inhibitor_blocks_install_start() {
+    // (inhibited, automatic) -> accepted
+    let table = [(false, false, true), (false, true, true), (true, false, false), (true, true, false)];
+    for (inhibited, automatic, accepted) in table {
+        let mut e = started(RebootPolicy::Immediate);
+        e.handle(Event::InhibitedChanged { inhibited, now: 1, minute_of_day: 0 }).unwrap();
+        let before = e.persisted.clone();
+        let r = e.handle(Event::InstallRequested { source: "/x.otter".into(), automatic, remote_id: None, now: 2 });
+        assert_eq!(r.is_ok(), accepted, "inhibited {inhibited}, automatic {automatic}: {r:?}");
+        if !accepted {
+            assert!(matches!(r, Err(Rejection::NotNow(ref m)) if m.contains("inhibit")), "{r:?}");
+            assert_eq!(e.persisted, before, "a refused request changes nothing");
+        }
+    }
+    // Released: installs start again; a job already running is not affected by a later inhibitor.
+    let mut e = started(RebootPolicy::Immediate);
+    e.handle(Event::InhibitedChanged { inhibited: true, now: 1, minute_of_day: 0 }).unwrap();
+    e.handle(Event::InhibitedChanged { inhibited: false, now: 2, minute_of_day: 0 }).unwrap();
+    install(&mut e);
+    e.handle(Event::InhibitedChanged { inhibited: true, now: 3, minute_of_day: 0 }).unwrap();
+    assert_eq!(e.job().unwrap().phase, JobPhase::Installing);
+}
+
+#[test]
+fn check_idle_refuses_while_a_job_runs() {
+    let mut e = started(RebootPolicy::Manual);
+    assert_eq!(e.check_idle(), Ok(()));
+    install(&mut e);
+    assert!(matches!(e.check_idle(), Err(Rejection::Busy { phase: JobPhase::Installing, .. })));
 }
 
 #[test]
