@@ -5,10 +5,14 @@
 //!   and keeps the systemd watchdog fed.
 //! - [`config`], [`state`], [`health`], [`notify`]: layered configuration, the atomically persisted state, health
 //!   assessment of trial boots, and systemd notifications.
+//! - [`dbus`]: the `io.otter.Updater1` D-Bus service in front of the runtime.
+//! - [`fixture`]: a simulated device root (file-backed slots, U-Boot env file) for tests and demos.
 //! - [`hawkbit`]: the Eclipse hawkBit DDI client (polling, deployments, feedback, inventory).
 
 pub mod config;
+pub mod dbus;
 pub mod engine;
+pub mod fixture;
 pub mod hawkbit;
 pub mod health;
 pub mod notify;

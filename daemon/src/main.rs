@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use otterd::runtime::{Runtime, SystemPlatform};
 
-const USAGE: &str = "usage: otterd [--root DIR] [run | --check-config | health-check]";
+const USAGE: &str = "usage: otterd [--root DIR] [--session | --bus-address ADDR | --no-dbus] \
+                     [run | --check-config | health-check]";
 
 fn init_logging() {
     use tracing_subscriber::prelude::*;
@@ -28,11 +29,22 @@ fn init_logging() {
 fn main() -> ExitCode {
     let mut root = PathBuf::from("/");
     let mut command = "run".to_owned();
+    // The D-Bus API is served on the system bus; the session bus or a private bus for demos and tests.
+    let mut bus = Some(otterd::dbus::Bus::System);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--root" => match args.next() {
                 Some(r) => root = PathBuf::from(r),
+                None => {
+                    eprintln!("{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
+            "--session" => bus = Some(otterd::dbus::Bus::Session),
+            "--no-dbus" => bus = None,
+            "--bus-address" => match args.next() {
+                Some(addr) => bus = Some(otterd::dbus::Bus::Address(addr)),
                 None => {
                     eprintln!("{USAGE}");
                     return ExitCode::from(2);
@@ -50,7 +62,7 @@ fn main() -> ExitCode {
         }
     }
     init_logging();
-    match run(&root, &command) {
+    match run(&root, &command, bus) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("otterd: error: {e:#}");
@@ -59,7 +71,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(root: &std::path::Path, command: &str) -> Result<ExitCode> {
+fn run(root: &std::path::Path, command: &str, bus: Option<otterd::dbus::Bus>) -> Result<ExitCode> {
     let settings = otterd::config::load(root).context("invalid configuration")?;
     match command {
         "--check-config" => {
@@ -83,7 +95,13 @@ fn run(root: &std::path::Path, command: &str) -> Result<ExitCode> {
         }
         _ => {
             let signals = block_termination_signals()?;
+            let dbus_options = bus.map(|b| otterd::dbus::Options::new(b, &settings));
             let (runtime, handle) = Runtime::start(settings, Box::new(SystemPlatform)).map_err(anyhow::Error::msg)?;
+            // Own the bus name before `run` sends READY=1: a unit ordered after otterd finds the API.
+            let _dbus = match dbus_options {
+                Some(o) => Some(otterd::dbus::Service::start(handle.clone(), o).context("cannot serve the D-Bus API")?),
+                None => None,
+            };
             stop_on_signal(signals, handle.clone());
             runtime.run();
             Ok(ExitCode::SUCCESS)

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use otter_artifact::{Keyring, Limits, Policy};
-use otter_bootloader::{BootBackend, Slot};
+use otter_bootloader::{BootBackend, Slot, SlotState};
 use otter_installer::{CancelToken, InstallError, InstallRequest, Progress, Source, Target};
 
 use crate::config::{BootloaderSettings, Settings};
@@ -87,6 +87,23 @@ pub enum Command {
     },
     /// Local inhibitors held or released.
     SetInhibited(bool),
+    /// The local inhibitors now held, as (who, why); empty when none is. Logged, shown in the status, and fed to
+    /// the engine like `SetInhibited`.
+    SetInhibitors(Vec<(String, String)>),
+    /// Mark a slot in the bootloader (outside any job: refused while one is in progress); replies with the slot.
+    Mark {
+        /// What to mark it.
+        state: MarkState,
+        /// Which slot.
+        slot: SlotRef,
+        /// Reply.
+        reply: Sender<Result<Slot, Rejection>>,
+    },
+    /// The finished jobs, oldest first.
+    History {
+        /// Reply.
+        reply: Sender<Vec<JobRecord>>,
+    },
     /// Stop the loop.
     Stop,
 }
@@ -98,6 +115,29 @@ pub struct RemoteInstall {
     pub http: otter_installer::HttpOptions,
     /// SHA-256 of the whole artifact file, as the server announced it.
     pub expected_sha256: Option<[u8; 32]>,
+}
+
+/// What `Command::Mark` does to a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkState {
+    /// Commit it: bootable, any trial ended.
+    Good,
+    /// The bootloader will not boot it.
+    Bad,
+    /// Boot it next: the booted slot is re-committed; the other slot is put on trial (bounded attempts), and the
+    /// daemon assesses it after it booted like any trial.
+    Active,
+}
+
+/// Which slot a `Command::Mark` means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRef {
+    /// The slot the system runs from.
+    Booted,
+    /// The other one.
+    Other,
+    /// A slot by name.
+    Slot(Slot),
 }
 
 enum Msg {
@@ -124,6 +164,10 @@ pub struct Status {
     pub last: Option<JobRecord>,
     /// A condition that keeps the daemon from updating (corrupt env, unknown booted slot...).
     pub error: Option<String>,
+    /// What the bootloader says about each slot (empty if its environment is unusable).
+    pub slots: Vec<(Slot, SlotState)>,
+    /// Local inhibitors held, as (who, why).
+    pub inhibitors: Vec<(String, String)>,
 }
 
 impl Status {
@@ -417,6 +461,25 @@ impl Runtime {
             Msg::Command(Command::SetInhibited(inhibited)) => {
                 self.dispatch(Event::InhibitedChanged { inhibited, now, minute_of_day: minute_of_day(now) });
             }
+            Msg::Command(Command::SetInhibitors(holders)) => {
+                if holders.is_empty() {
+                    tracing::info!("no inhibitor held");
+                } else {
+                    let list: Vec<String> = holders.iter().map(|(who, why)| format!("{who} ({why})")).collect();
+                    tracing::info!("inhibitors held by: {}", list.join(", "));
+                }
+                let inhibited = !holders.is_empty();
+                self.status.lock().unwrap_or_else(|e| e.into_inner()).inhibitors = holders;
+                self.dispatch(Event::InhibitedChanged { inhibited, now, minute_of_day: minute_of_day(now) });
+            }
+            Msg::Command(Command::Mark { state, slot, reply }) => {
+                let result = self.mark(state, slot);
+                self.publish();
+                let _ = reply.send(result);
+            }
+            Msg::Command(Command::History { reply }) => {
+                let _ = reply.send(self.engine.persisted.history.iter().cloned().collect());
+            }
             Msg::Command(Command::Stop) => {}
             Msg::Progress(p) => {
                 if let Some(d) = p.manifest_digest {
@@ -467,6 +530,41 @@ impl Runtime {
                     Err(f) => Event::HealthFailed { reason: f.to_string(), now },
                 };
                 self.dispatch(event);
+            }
+        }
+    }
+
+    /// Marks a slot in the bootloader and stores it at once. Refused while a job is in progress (the job owns the
+    /// bootloader state until it ends), and when it would leave no bootable slot.
+    fn mark(&mut self, state: MarkState, slot: SlotRef) -> Result<Slot, Rejection> {
+        self.engine.check_idle()?;
+        let booted = self.engine.booted().ok_or_else(|| Rejection::NotNow("the booted slot is unknown".into()))?;
+        let slot = match slot {
+            SlotRef::Booted => booted,
+            SlotRef::Other => !booted,
+            SlotRef::Slot(s) => s,
+        };
+        let boot =
+            self.boot.as_mut().ok_or_else(|| Rejection::NotNow("the bootloader environment is unusable".into()))?;
+        if state == MarkState::Bad && boot.slot_state(!slot) == SlotState::Bad {
+            return Err(Rejection::NotNow(format!("slot {slot} is the only bootable slot; not marking it bad")));
+        }
+        let result = match state {
+            MarkState::Good => boot.mark_good(slot),
+            MarkState::Bad => boot.mark_bad(slot),
+            MarkState::Active if slot == booted => boot.mark_good(slot),
+            MarkState::Active => boot.set_try_next(slot),
+        }
+        .and_then(|()| boot.store());
+        match result {
+            Ok(()) => {
+                tracing::info!("slot {slot} marked {state:?}; next boot {:?}", boot.primary());
+                Ok(slot)
+            }
+            Err(e) => {
+                let _ = boot.reload();
+                tracing::error!("marking slot {slot} {state:?} failed: {e}");
+                Err(Rejection::NotNow(format!("bootloader: {e}")))
             }
         }
     }
@@ -662,6 +760,7 @@ impl Runtime {
             let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
             s.booted = self.engine.booted();
             s.primary = self.boot.as_ref().and_then(|b| b.primary());
+            s.slots = self.boot.as_ref().map(|b| Slot::ALL.map(|x| (x, b.slot_state(x))).to_vec()).unwrap_or_default();
             s.job = self.engine.job().cloned();
             s.last = self.engine.persisted.history.back().cloned();
             s.operation = match self.engine.job().map(|j| j.phase) {

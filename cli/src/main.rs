@@ -1,0 +1,23 @@
+//! `otterctl`: parses the command line, runs it on a single-threaded tokio runtime and prints one error line.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = otterctl::Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("otterctl: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(otterctl::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("otterctl: {e:#}");
+            ExitCode::from(otterctl::EXIT_FAILED)
+        }
+    }
+}

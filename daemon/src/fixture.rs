@@ -1,0 +1,135 @@
+//! A simulated device root for tests, demos and the simulator: file-backed slots, a real U-Boot environment file
+//! (`uboot.env` + `fw_env.config`), the keyring, a kernel command line file and an otter configuration, all under
+//! one directory that otterd is pointed at with `--root`.
+
+use std::path::{Path, PathBuf};
+
+use otter_bootloader::Slot;
+use otter_bootloader::uboot::{FwEnvConfig, UBootEnv};
+
+/// What the simulated device looks like.
+#[derive(Debug, Clone)]
+pub struct DeviceSpec {
+    /// Device type (`device.compatible`).
+    pub compatible: String,
+    /// Size of each file-backed slot, bytes.
+    pub slot_size: u64,
+    /// The trusted public key file (`*.pub`), copied into the keyring.
+    pub public_key: PathBuf,
+    /// The slot the device boots from.
+    pub booted: Slot,
+    /// `reboot.policy`.
+    pub reboot_policy: String,
+    /// `reboot.command`.
+    pub reboot_command: Vec<String>,
+    /// Appended verbatim to the configuration (`[health]`, `[[health.command]]`...).
+    pub extra_config: String,
+}
+
+impl DeviceSpec {
+    /// A device of type `compatible` trusting `public_key`, booted from A, 16 MiB slots, immediate reboots by
+    /// `true` (a no-op).
+    pub fn new(compatible: &str, public_key: &Path) -> Self {
+        Self {
+            compatible: compatible.into(),
+            slot_size: 16 << 20,
+            public_key: public_key.into(),
+            booted: Slot::A,
+            reboot_policy: "immediate".into(),
+            reboot_command: vec!["true".into()],
+            extra_config: String::new(),
+        }
+    }
+}
+
+/// A created device root.
+#[derive(Debug, Clone)]
+pub struct Device {
+    /// The root directory (`otterd --root`).
+    pub root: PathBuf,
+    /// The U-Boot environment location, resolved on the host.
+    pub env_config: FwEnvConfig,
+}
+
+impl Device {
+    /// Creates (or re-creates) the device root `root`: slot A and B files (A as given by `initial_a`, else
+    /// zeros), a fresh U-Boot env with `BOOT_ORDER="A B"` and three attempts per slot, a command line naming
+    /// `spec.booted`, and `etc/otter/otter.toml`.
+    pub fn create(root: &Path, spec: &DeviceSpec, initial_a: Option<&Path>) -> anyhow::Result<Self> {
+        let _ = std::fs::remove_dir_all(root);
+        for d in ["dev", "boot", "proc", "etc/otter/keys", "etc/otter/health.d", "var/lib/otter", "run"] {
+            std::fs::create_dir_all(root.join(d))?;
+        }
+        std::fs::copy(&spec.public_key, root.join("etc/otter/keys/release.pub"))?;
+        if let Some(initial) = initial_a {
+            std::fs::copy(initial, root.join("dev/slot-a.img"))?;
+        }
+        for s in ["a", "b"] {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(root.join(format!("dev/slot-{s}.img")))?;
+            f.set_len(spec.slot_size)?;
+        }
+        std::fs::write(
+            root.join("etc/fw_env.config"),
+            "# device        offset  size\n/boot/uboot.env 0x0000  0x4000\n",
+        )?;
+        // The env "partition": a 16 KiB file, as U-Boot's ENV_IS_IN_FAT keeps it on the boot partition.
+        std::fs::write(root.join("boot/uboot.env"), vec![0u8; 0x4000])?;
+        let env_config = FwEnvConfig::parse(&format!("{} 0x0000 0x4000\n", root.join("boot/uboot.env").display()))?;
+        let env = UBootEnv::from_pairs([("BOOT_ORDER", "A B"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "3")])?;
+        otter_bootloader::uboot::provision(&env_config, &env, 0)?;
+        let device = Self { root: root.to_owned(), env_config };
+        device.set_booted(spec.booted)?;
+        let command: Vec<String> = spec.reboot_command.iter().map(|a| format!("{a:?}")).collect();
+        let config = format!(
+            r#"# A simulated gateway: file-backed slots, U-Boot env in a file.
+[device]
+compatible = "{compatible}"
+keyring_dir = "/etc/otter/keys"
+state_dir = "/var/lib/otter"
+cmdline = "/proc/cmdline"
+
+[slots]
+a = "/dev/slot-a.img"
+b = "/dev/slot-b.img"
+size = {size}
+
+[bootloader]
+backend = "uboot"
+scheme = "boot-order"
+attempts = 3
+fw_env_config = "/etc/fw_env.config"
+lock_file = "/run/fw_printenv.lock"
+
+[reboot]
+policy = "{policy}"
+command = [{command}]
+
+{extra}"#,
+            compatible = spec.compatible,
+            size = spec.slot_size,
+            policy = spec.reboot_policy,
+            command = command.join(", "),
+            extra = spec.extra_config,
+        );
+        std::fs::write(root.join("etc/otter/otter.toml"), config)?;
+        Ok(device)
+    }
+
+    /// Writes the kernel command line of a boot from `slot`.
+    pub fn set_booted(&self, slot: Slot) -> std::io::Result<()> {
+        let part = if slot == Slot::A { 2 } else { 3 };
+        std::fs::write(
+            self.root.join("proc/cmdline"),
+            format!("console=ttyS0 root=/dev/vda{part} rootwait otter.slot={slot}\n"),
+        )
+    }
+
+    /// The file backing `slot`.
+    pub fn slot_file(&self, slot: Slot) -> PathBuf {
+        self.root.join(format!("dev/slot-{}.img", slot.as_str().to_lowercase()))
+    }
+}
