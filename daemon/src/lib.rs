@@ -5,9 +5,10 @@
 //!   and keeps the systemd watchdog fed.
 //! - [`config`], [`state`], [`health`], [`notify`]: layered configuration, the atomically persisted state, health
 //!   assessment of trial boots, and systemd notifications.
+//! - [`sim`]: simulated power-ons of a [`fixture`] device (the U-Boot boot script's slot choice on the env file).
+//! - [`hawkbit`]: the Eclipse hawkBit DDI client (polling, deployments, feedback, inventory).
 //! - [`dbus`]: the `io.otter.Updater1` D-Bus service in front of the runtime.
 //! - [`fixture`]: a simulated device root (file-backed slots, U-Boot env file) for tests and demos.
-//! - [`hawkbit`]: the Eclipse hawkBit DDI client (polling, deployments, feedback, inventory).
 
 pub mod config;
 pub mod dbus;
@@ -17,4 +18,5 @@ pub mod hawkbit;
 pub mod health;
 pub mod notify;
 pub mod runtime;
+pub mod sim;
 pub mod state;

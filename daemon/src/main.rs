@@ -95,8 +95,21 @@ fn run(root: &std::path::Path, command: &str, bus: Option<otterd::dbus::Bus>) ->
         }
         _ => {
             let signals = block_termination_signals()?;
-            let dbus_options = bus.map(|b| otterd::dbus::Options::new(b, &settings));
+            let mut dbus_options = bus.map(|b| otterd::dbus::Options::new(b, &settings));
+            let server_settings = settings.clone();
             let (runtime, handle) = Runtime::start(settings, Box::new(SystemPlatform)).map_err(anyhow::Error::msg)?;
+            // The hawkBit poller subscribes before `run`, so it hears the result of a trial boot.
+            let _poller = match &server_settings.server {
+                Some(_) => {
+                    let poller = otterd::hawkbit::Poller::start(&server_settings, handle.clone())
+                        .context("cannot start the hawkBit client")?;
+                    if let Some(o) = dbus_options.as_mut() {
+                        o.check_for_update = Some(poller.trigger().callback());
+                    }
+                    Some(poller)
+                }
+                None => None,
+            };
             // Own the bus name before `run` sends READY=1: a unit ordered after otterd finds the API.
             let _dbus = match dbus_options {
                 Some(o) => Some(otterd::dbus::Service::start(handle.clone(), o).context("cannot serve the D-Bus API")?),

@@ -65,6 +65,7 @@ impl Daemon {
         let child = Command::new(OTTERD)
             .arg("--root")
             .arg(dir.path().join("root"))
+            .arg("--no-dbus")
             .env("NOTIFY_SOCKET", &sock_path)
             .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
             .env_remove("WATCHDOG_PID")

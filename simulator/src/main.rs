@@ -7,6 +7,11 @@
 //! attempt counter), the command line names the chosen slot, and a fresh otterd runtime starts from what is on
 //! disk — nothing carries over in memory between boots. A reboot requested by otterd ends that boot.
 //!
+//! The update comes from a server: an in-process hawkBit DDI test server (`otter-ddi-server`) with one target and
+//! one forced action per scenario. otterd's DDI client polls it, streams the artifact from the action's link into
+//! the inactive slot, and reports `proceeding`, `downloaded` and — after the reboot and the health check —
+//! `closed`; the timeline shows the feedback the server received.
+//!
 //! Two scenarios: a good update (A → B, health check passes, committed) and a bad one (the new version's
 //! application is broken, the health check fails, B is marked bad and the device rolls back to A).
 //!
@@ -19,13 +24,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use otter_artifact::builder::{self, BuildOptions, ImageSource};
-use otter_bootloader::Slot;
-use otter_bootloader::scheme::{BootOrderScheme, VarScheme};
-use otter_bootloader::uboot::{EnvStorage, FwEnvConfig, UBootEnv};
+use otter_ddi_server::{ActionSpec, ActionStatus, DdiServer};
 use otterd::engine::Outcome;
-use otterd::runtime::{Platform, RunEnd, Runtime};
+use otterd::fixture::{Device, DeviceSpec};
+use otterd::hawkbit::Poller;
+use otterd::runtime::{RunEnd, Runtime};
+use otterd::sim::SimPlatform;
 
 const DEVICE_TYPE: &str = "sim-gateway";
+/// The device's hawkBit controller id and target token.
+const CONTROLLER: &str = "sim-gw-0001";
+const TOKEN: &str = "sim-target-token";
 /// Slot size, bytes (16 MiB: small enough for a quick run, large enough for real ext4 images).
 const SLOT_SIZE: u64 = 16 << 20;
 
@@ -34,15 +43,6 @@ struct Clock(Instant);
 impl Clock {
     fn say(&self, what: impl AsRef<str>) {
         println!("[{:>6.2}s] {}", self.0.elapsed().as_secs_f64(), what.as_ref());
-    }
-}
-
-/// A reboot in the simulation ends the current boot; the simulator then power-cycles the device.
-struct SimPlatform;
-
-impl Platform for SimPlatform {
-    fn reboot(&mut self, _command: &[String]) -> Result<bool, String> {
-        Ok(true)
     }
 }
 
@@ -85,59 +85,11 @@ fn check_health(root: &Path) -> Result<()> {
     Ok(())
 }
 
-struct Device {
-    root: PathBuf,
-    env_cfg: FwEnvConfig,
-}
-
-impl Device {
-    fn create(dir: &Path, exe: &Path, initial: &Path, public_key: &Path) -> Result<Self> {
-        let root = dir.join("root");
-        let _ = std::fs::remove_dir_all(&root);
-        for d in ["dev", "boot", "proc", "etc/otter/keys", "etc/otter/health.d", "var/lib/otter", "run"] {
-            std::fs::create_dir_all(root.join(d))?;
-        }
-        std::fs::copy(public_key, root.join("etc/otter/keys/release.pub"))?;
-        // Slot A holds version 1.0; slot B is blank. Both are 16 MiB "partitions".
-        std::fs::copy(initial, root.join("dev/slot-a.img"))?;
-        for s in ["a", "b"] {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(false)
-                .open(root.join(format!("dev/slot-{s}.img")))?;
-            f.set_len(SLOT_SIZE)?;
-        }
-        std::fs::write(
-            root.join("etc/fw_env.config"),
-            "# device        offset  size\n/boot/uboot.env 0x0000  0x4000\n",
-        )?;
-        // The env "partition": a 16 KiB file, as U-Boot's ENV_IS_IN_FAT keeps it on the boot partition.
-        std::fs::write(root.join("boot/uboot.env"), vec![0u8; 0x4000])?;
-        let env_cfg = FwEnvConfig::parse(&format!("{} 0x0000 0x4000\n", root.join("boot/uboot.env").display()))?;
-        let env = UBootEnv::from_pairs([("BOOT_ORDER", "A B"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "3")])?;
-        otter_bootloader::uboot::provision(&env_cfg, &env, 0)?;
-        let config = format!(
-            r#"# A simulated gateway: file-backed slots, U-Boot env in a file, health check reads the booted slot.
-[device]
-compatible = "{DEVICE_TYPE}"
-keyring_dir = "/etc/otter/keys"
-state_dir = "/var/lib/otter"
-cmdline = "/proc/cmdline"
-
-[slots]
-a = "/dev/slot-a.img"
-b = "/dev/slot-b.img"
-size = {SLOT_SIZE}
-
-[bootloader]
-backend = "uboot"
-scheme = "boot-order"
-attempts = 3
-fw_env_config = "/etc/fw_env.config"
-lock_file = "/run/fw_printenv.lock"
-
-[health]
+fn device_spec(exe: &Path, root: &Path, public_key: &Path, server: &DdiServer) -> DeviceSpec {
+    let mut spec = DeviceSpec::new(DEVICE_TYPE, public_key);
+    spec.slot_size = SLOT_SIZE;
+    spec.extra_config = format!(
+        r#"[health]
 commit_deadline = "30s"
 check_dir = "/etc/otter/health.d"
 
@@ -146,43 +98,54 @@ name = "application"
 run = ["{exe}", "check-health", "{root}"]
 timeout = "10s"
 
-[reboot]
-policy = "immediate"
+# The update server: the in-process hawkBit DDI test server.
+[server]
+url = "{url}"
+tenant = "{tenant}"
+controller_id = "{CONTROLLER}"
+auth = "target-token"
+token = "{TOKEN}"
+poll_min = "500ms"
+progress_interval = "1s"
 "#,
-            exe = exe.display(),
-            root = root.display()
-        );
-        std::fs::write(root.join("etc/otter/otter.toml"), config)?;
-        Ok(Self { root, env_cfg })
-    }
+        exe = exe.display(),
+        root = root.display(),
+        url = server.url(),
+        tenant = server.tenant(),
+    );
+    spec
+}
 
-    fn env_summary(&self) -> Result<String> {
-        let loaded = EnvStorage::open(&self.env_cfg)?.read()?;
-        let get = |k| loaded.env.get(k).unwrap_or("-").to_owned();
-        let trial = loaded.env.get("OTTER_TRIAL").map(|t| format!(" OTTER_TRIAL={t}")).unwrap_or_default();
-        Ok(format!(
-            "BOOT_ORDER=\"{}\" BOOT_A_LEFT={} BOOT_B_LEFT={}{trial}",
-            get("BOOT_ORDER"),
-            get("BOOT_A_LEFT"),
-            get("BOOT_B_LEFT")
-        ))
+/// Prints the DDI feedback the server received since the last call.
+fn print_feedback(clock: &Clock, server: &DdiServer, seen: &mut usize) {
+    let requests = server.requests();
+    for r in requests.iter().skip(*seen) {
+        if !r.path.ends_with("/feedback") && !r.path.ends_with("/configData") {
+            continue;
+        }
+        let body = r.json();
+        let what = if r.path.ends_with("/configData") {
+            format!(
+                "configData ({} attributes, mode {})",
+                body["data"].as_object().map_or(0, |d| d.len()),
+                body["mode"]
+            )
+        } else {
+            let st = &body["status"];
+            let progress = st["result"]["progress"]["cnt"].as_u64().map(|c| format!(" {c}%")).unwrap_or_default();
+            let details: Vec<&str> =
+                st["details"].as_array().map(|d| d.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+            format!(
+                "{} {}/{}{progress}: {}",
+                r.path.rsplit('/').nth(2).unwrap_or("?"),
+                st["execution"].as_str().unwrap_or("?"),
+                st["result"]["finished"].as_str().unwrap_or("?"),
+                details.join("; ")
+            )
+        };
+        clock.say(format!("server <- {what} [HTTP {}]", r.status));
     }
-
-    /// What U-Boot and the boot script do at power-on: pick a slot from the env, spend one attempt, save the env,
-    /// and boot the kernel with `otter.slot=` on its command line.
-    fn power_on(&self, clock: &Clock, n: u32) -> Result<Slot> {
-        let storage = EnvStorage::open(&self.env_cfg)?;
-        let loaded = storage.read()?;
-        let mut env = loaded.env.clone();
-        let slot = BootOrderScheme::new(3)?.simulate_boot(&mut env).context("no bootable slot")?;
-        storage.store(&env, &loaded)?;
-        std::fs::write(
-            self.root.join("proc/cmdline"),
-            format!("console=ttyS0 root=/dev/vda{} rootwait otter.slot={slot}\n", if slot == Slot::A { 2 } else { 3 }),
-        )?;
-        clock.say(format!("boot {n}: U-Boot boot script picks slot {slot}; env now {}", self.env_summary()?));
-        Ok(slot)
-    }
+    *seen = requests.len();
 }
 
 fn scenario(
@@ -195,17 +158,34 @@ fn scenario(
 ) -> Result<Outcome> {
     println!("\n=== {title} ===");
     let clock = Clock(Instant::now());
-    let device = Device::create(dir, exe, initial, public_key)?;
-    let mut requested = false;
+    let server = DdiServer::start()?;
+    server.add_target(CONTROLLER, Some(TOKEN));
+    server.require_auth(true);
+    let name = artifact.file_name().context("artifact name")?.to_string_lossy().into_owned();
+    let sha = server.add_artifact(&name, std::fs::read(artifact)?);
+    let version = name.trim_start_matches("update-").trim_end_matches(".otter").to_owned();
+    let action = server.create_action(CONTROLLER, ActionSpec::new(&name, &version));
+    clock.say(format!(
+        "hawkBit test server at {}: target {CONTROLLER}, action {action} (forced) with {name} (sha256 {}...)",
+        server.url(),
+        &sha[..16]
+    ));
+    let root = dir.join("root");
+    let device = Device::create(&root, &device_spec(exe, &root, public_key, &server), Some(initial))?;
+    let mut seen = 0;
     for boot in 1..=8 {
-        let slot = device.power_on(&clock, boot)?;
-        let version = debugfs_cat(
-            &device.root.join(format!("dev/slot-{}.img", slot.as_str().to_lowercase())),
-            "/etc/os-release",
-        )?;
-        let version = version.lines().find_map(|l| l.strip_prefix("VERSION_ID=")).unwrap_or("?").to_owned();
+        let slot = otterd::sim::power_on(&device)?;
+        clock.say(format!(
+            "boot {boot}: U-Boot boot script picks slot {slot}; env now {}",
+            otterd::sim::env_summary(&device)?
+        ));
+        let version = debugfs_cat(&device.slot_file(slot), "/etc/os-release")?
+            .lines()
+            .find_map(|l| l.strip_prefix("VERSION_ID="))
+            .unwrap_or("?")
+            .to_owned();
         let settings = otterd::config::load(&device.root)?;
-        let (runtime, handle) = Runtime::start(settings, Box::new(SimPlatform)).map_err(anyhow::Error::msg)?;
+        let (runtime, handle) = Runtime::start(settings.clone(), Box::new(SimPlatform)).map_err(anyhow::Error::msg)?;
         let finished = handle.subscribe();
         let watch = handle.watch();
         let status = handle.status();
@@ -213,17 +193,13 @@ fn scenario(
         if let Some(e) = &status.error {
             bail!("device cannot update: {e}");
         }
+        let poller = Poller::start(&settings, handle.clone())?;
         let loop_thread = std::thread::spawn(move || runtime.run());
-        if !requested {
-            requested = true;
-            clock.say(format!("request: install {}", artifact.display()));
-            let id = handle.install(&artifact.to_string_lossy(), false).map_err(|r| anyhow::anyhow!("{r}"))?;
-            clock.say(format!("job {id} accepted: installing into slot {}", !slot));
-        }
         // Follow the device until it reboots or a job ends.
         let mut last_op = status.operation.clone();
         let mut last_percent = None;
         let outcome = loop {
+            print_feedback(&clock, &server, &mut seen);
             if let Ok(record) = finished.try_recv() {
                 break Some(record);
             }
@@ -248,6 +224,12 @@ fn scenario(
             }
             if s.operation != last_op {
                 let detail = match (&s.job, s.operation.as_str()) {
+                    (Some(j), "installing") => format!(
+                        "hawkBit action {} accepted as job {}: streaming the artifact into slot {}",
+                        j.remote_id.as_deref().unwrap_or("?"),
+                        j.id,
+                        j.target
+                    ),
                     (Some(j), "awaiting-reboot") => format!(
                         "slot {} holds verified version {}; bootloader set to try it next",
                         j.target,
@@ -269,8 +251,18 @@ fn scenario(
         };
         match outcome {
             Some(record) => {
+                // The result goes to the server right after the job ends.
+                let start = Instant::now();
+                while server.action(action).is_some_and(|a| a.status == ActionStatus::Running) {
+                    if start.elapsed() > Duration::from_secs(30) {
+                        bail!("the result never reached the server");
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                poller.stop();
                 handle.send(otterd::runtime::Command::Stop);
                 let _ = loop_thread.join();
+                print_feedback(&clock, &server, &mut seen);
                 let detail = match &record.outcome {
                     Outcome::Committed => format!(
                         "committed: version {} on slot {} is now the primary",
@@ -283,14 +275,19 @@ fn scenario(
                     other => format!("{other:?}"),
                 };
                 clock.say(format!("job {} {detail}", record.job.id));
-                clock.say(format!("bootloader env: {}", device.env_summary()?));
+                clock.say(format!("bootloader env: {}", otterd::sim::env_summary(&device)?));
+                clock.say(format!("hawkBit action {action}: {:?}", server.action(action).map(|a| a.status)));
                 return Ok(record.outcome);
             }
-            None => match loop_thread.join() {
-                Ok(RunEnd::Rebooted) => clock.say("reboot"),
-                Ok(RunEnd::Stopped) => bail!("otterd stopped unexpectedly"),
-                Err(_) => bail!("otterd panicked"),
-            },
+            None => {
+                poller.stop();
+                print_feedback(&clock, &server, &mut seen);
+                match loop_thread.join() {
+                    Ok(RunEnd::Rebooted) => clock.say("reboot"),
+                    Ok(RunEnd::Stopped) => bail!("otterd stopped unexpectedly"),
+                    Err(_) => bail!("otterd panicked"),
+                }
+            }
         }
     }
     bail!("no outcome after 8 boots")

@@ -1,0 +1,552 @@
+//! The hawkBit DDI client against the test server (`otter-ddi-server`), on a simulated device: file slots, a real
+//! U-Boot env file, simulated power-ons (`otterd::sim::power_on`) and a fresh runtime + poller per boot.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use otter_artifact::builder::{self, BuildOptions, ImageSource};
+use otter_bootloader::Slot;
+use otter_ddi_server::{ActionSpec, ActionStatus, DdiServer, Fault, TlsSetup, Trigger};
+use otterd::engine::{JobRecord, Outcome};
+use otterd::fixture::{Device, DeviceSpec};
+use otterd::hawkbit::Poller;
+use otterd::runtime::{Command, Handle, RunEnd, Runtime};
+use serde_json::Value;
+
+const TYPE: &str = "test-gw";
+const SLOT: u64 = 4 << 20;
+/// Generous: shared, noisy machines.
+const LONG: Duration = Duration::from_secs(90);
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < LONG, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A 3 MiB image whose first bytes are not zero (so an invalidated slot head is visible).
+fn image(dir: &Path, seed: u8) -> PathBuf {
+    let mut data = Vec::with_capacity(3 << 20);
+    let mut x = u32::from(seed) | 1;
+    while data.len() < 3 << 20 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        // Half random, half runs: compresses a bit, like a real filesystem.
+        if (data.len() >> 12) % 2 == 0 {
+            data.extend_from_slice(&x.to_le_bytes())
+        } else {
+            data.extend_from_slice(&[seed; 4])
+        }
+    }
+    let p = dir.join(format!("image-{seed}.img"));
+    std::fs::write(&p, data).unwrap();
+    p
+}
+
+struct Rig {
+    dir: tempfile::TempDir,
+    server: DdiServer,
+    device: Device,
+    artifact: Vec<u8>,
+    new_image: PathBuf,
+}
+
+struct Opts {
+    reboot_policy: &'static str,
+    server_extra: String,
+    server: Option<DdiServer>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            reboot_policy: "immediate",
+            server_extra: "auth = \"target-token\"\ntoken = \"tok-1\"\n".into(),
+            server: None,
+        }
+    }
+}
+
+fn rig(opts: Opts) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let key = otter_artifact::keys::generate().unwrap();
+    otter_artifact::keys::write_keypair(&key, &dir.path().join("release")).unwrap();
+    let old = image(dir.path(), 1);
+    let new_image = image(dir.path(), 2);
+    let mut o = BuildOptions::new(vec![TYPE.into()], "2.0");
+    o.chunk_size = 256 << 10;
+    o.level = 1;
+    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: new_image.clone() };
+    let mut artifact = Vec::new();
+    builder::create(&o, &[src], &[key], &mut artifact).unwrap();
+    let server = opts.server.unwrap_or_else(|| DdiServer::start().unwrap());
+    server.add_target("dev1", Some("tok-1"));
+    server.add_artifact("update-2.0.otter", artifact.clone());
+    server.add_artifact("update-2.0.swu", b"not ours".to_vec());
+    let mut spec = DeviceSpec::new(TYPE, &dir.path().join("release.pub"));
+    spec.slot_size = SLOT;
+    spec.reboot_policy = opts.reboot_policy.into();
+    let root = dir.path().join("root");
+    spec.extra_config = format!(
+        r#"[health]
+commit_deadline = "60s"
+
+[[health.command]]
+name = "app"
+run = ["sh", "-c", "test ! -e {root}/etc/otter/unhealthy"]
+timeout = "20s"
+
+[server]
+url = "{url}"
+controller_id = "dev1"
+poll_min = "200ms"
+poll_max = "2s"
+backoff_initial = "200ms"
+backoff_max = "2s"
+jitter_percent = 0
+progress_interval = "100ms"
+resume_backoff = "50ms"
+timeout = "10s"
+{extra}"#,
+        root = root.display(),
+        url = server.url(),
+        extra = opts.server_extra,
+    );
+    let device = Device::create(&root, &spec, Some(&old)).unwrap();
+    Rig { dir, server, device, artifact, new_image }
+}
+
+struct Boot {
+    slot: Slot,
+    handle: Handle,
+    poller: Option<Poller>,
+    finished: Receiver<JobRecord>,
+    thread: Option<JoinHandle<RunEnd>>,
+}
+
+impl Rig {
+    fn boot(&self) -> Boot {
+        let slot = otterd::sim::power_on(&self.device).unwrap();
+        let settings = otterd::config::load(&self.device.root).unwrap();
+        let (runtime, handle) = Runtime::start(settings.clone(), Box::new(otterd::sim::SimPlatform)).unwrap();
+        let finished = handle.subscribe();
+        let poller = Poller::start(&settings, handle.clone()).unwrap();
+        let thread = std::thread::spawn(move || runtime.run());
+        Boot { slot, handle, poller: Some(poller), finished, thread: Some(thread) }
+    }
+
+    fn action_done(&self, id: u64) -> bool {
+        !matches!(
+            self.server.action(id).unwrap().status,
+            ActionStatus::Running | ActionStatus::WaitingConfirmation | ActionStatus::Canceling
+        )
+    }
+
+    /// (execution, finished) of every feedback, consecutive `proceeding` collapsed into one.
+    fn sequence(&self, id: u64) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for f in self.server.action(id).unwrap().feedback {
+            let e = f["status"]["execution"].as_str().unwrap().to_owned();
+            let r = f["status"]["result"]["finished"].as_str().unwrap().to_owned();
+            if out.last().is_some_and(|l| l.0 == "proceeding" && e == "proceeding") {
+                continue;
+            }
+            out.push((e, r));
+        }
+        out
+    }
+
+    /// Install (first boot), trial boot, commit; checks the feedback sequence.
+    fn complete(&self, id: u64) {
+        self.boot().until_reboot();
+        let record = self.boot().until_finished(|| self.action_done(id));
+        assert_eq!(record.outcome, Outcome::Committed);
+        let seq = self.sequence(id);
+        let words: Vec<&str> = seq.iter().map(|(e, _)| e.as_str()).collect();
+        assert_eq!(words, ["proceeding", "downloaded", "closed"]);
+        assert_eq!(seq[2].1, "success");
+    }
+
+    fn slot_head(&self, slot: Slot) -> Vec<u8> {
+        let data = std::fs::read(self.device.slot_file(slot)).unwrap();
+        data[..4096].to_vec()
+    }
+}
+
+impl Boot {
+    /// Waits until the loop ends by itself (a reboot).
+    fn until_reboot(mut self) {
+        let start = Instant::now();
+        while !self.finished_loop() {
+            assert!(start.elapsed() < LONG, "no reboot; status {:?}", self.handle.status());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.poller.take().unwrap().stop();
+        assert_eq!(self.thread.take().unwrap().join().unwrap(), RunEnd::Rebooted);
+    }
+
+    /// Waits for a finished job, then for `done` (e.g. the server saw the result), then stops.
+    fn until_finished(mut self, done: impl FnMut() -> bool) -> JobRecord {
+        let record = self.finished.recv_timeout(LONG).expect("a finished job");
+        wait_for("the server to get the result", done);
+        self.stop();
+        record
+    }
+
+    fn finished_loop(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    fn stop(&mut self) {
+        if let Some(p) = self.poller.take() {
+            p.stop();
+        }
+        self.handle.send(Command::Stop);
+    }
+}
+
+impl Drop for Boot {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn feedback_details(f: &Value) -> String {
+    f["status"]["details"]
+        .as_array()
+        .map(|d| d.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" | "))
+        .unwrap_or_default()
+}
+
+#[test]
+fn full_flow_reports_proceeding_downloaded_then_closed_success_after_the_trial_boot() {
+    let r = rig(Opts::default());
+    r.server.require_auth(true);
+    let mut spec = ActionSpec::new("update-2.0.swu", "2.0");
+    spec.artifacts.push("update-2.0.otter".into());
+    let id = r.server.create_action("dev1", spec);
+
+    let b = r.boot();
+    assert_eq!(b.slot, Slot::A);
+    b.until_reboot();
+    let b = r.boot();
+    assert_eq!(b.slot, Slot::B, "trial boot of the new slot");
+    let record = b.until_finished(|| r.action_done(id));
+    assert_eq!(record.outcome, Outcome::Committed);
+    assert_eq!(record.job.remote_id.as_deref(), Some(id.to_string().as_str()));
+    assert_eq!(r.server.action(id).unwrap().status, ActionStatus::Closed { success: true });
+
+    let seq = r.sequence(id);
+    let expect = |e: &str, f: &str| (e.to_owned(), f.to_owned());
+    assert_eq!(seq, vec![expect("proceeding", "none"), expect("downloaded", "none"), expect("closed", "success")]);
+    let fb = r.server.action(id).unwrap().feedback;
+    assert!(fb.iter().all(|f| f["timestamp"].as_u64().is_some_and(|t| t > 1_600_000_000_000)), "{fb:#?}");
+    assert!(feedback_details(&fb[0]).contains("update-2.0.otter"), "{}", fb[0]);
+    assert_eq!(fb[0]["status"]["result"]["progress"], serde_json::json!({"cnt": 0, "of": 100}));
+    let downloaded = fb.iter().find(|f| f["status"]["execution"] == "downloaded").unwrap();
+    assert!(feedback_details(downloaded).contains("slot B"), "{downloaded}");
+    let closed = fb.last().unwrap();
+    assert!(feedback_details(closed).contains("committed"), "{closed}");
+    // Progress feedback, if any, counts up to 100.
+    for f in fb.iter().filter(|f| f["status"]["execution"] == "proceeding") {
+        let p = &f["status"]["result"]["progress"];
+        assert_eq!(p["of"], 100);
+        assert!(p["cnt"].as_u64().unwrap() <= 100);
+    }
+    // The right header on every request, artifact downloads included; the image is in slot B.
+    for req in r.server.requests() {
+        assert_eq!(req.header("authorization"), Some("TargetToken tok-1"), "{} {}", req.method, req.path);
+    }
+    let b_img = std::fs::read(r.device.slot_file(Slot::B)).unwrap();
+    let new = std::fs::read(&r.new_image).unwrap();
+    assert_eq!(&b_img[..new.len()], &new[..]);
+    // Reported once: another boot sends nothing more.
+    let before = r.server.requests_to("/feedback").len();
+    let b = r.boot();
+    wait_for("a few polls", || {
+        r.server.requests_to("/controller/v1/dev1").iter().filter(|q| q.path.ends_with("/dev1")).count() >= 5
+    });
+    drop(b);
+    assert_eq!(r.server.requests_to("/feedback").len(), before);
+    let _ = &r.dir;
+}
+
+#[test]
+fn failed_health_reports_closed_failure_after_the_rollback() {
+    let r = rig(Opts::default());
+    let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
+    r.boot().until_reboot();
+    std::fs::write(r.device.root.join("etc/otter/unhealthy"), "x").unwrap();
+    let b = r.boot();
+    assert_eq!(b.slot, Slot::B);
+    b.until_reboot();
+    let b = r.boot();
+    assert_eq!(b.slot, Slot::A, "fell back to the old slot");
+    let record = b.until_finished(|| r.action_done(id));
+    assert!(matches!(record.outcome, Outcome::RolledBack { .. }), "{record:?}");
+    let seq = r.sequence(id);
+    assert_eq!(seq.last().unwrap(), &("closed".to_owned(), "failure".to_owned()), "{seq:?}");
+    assert_eq!(seq[seq.len() - 2].0, "downloaded");
+    let fb = r.server.action(id).unwrap().feedback;
+    let details = feedback_details(fb.last().unwrap());
+    assert!(details.contains("rolled back") && details.contains("slot A"), "{details}");
+}
+
+#[test]
+fn forced_reboots_at_once_attempt_waits_for_the_policy_skip_only_downloads() {
+    // Manual reboot policy: only a forced action reboots by itself.
+    let r = rig(Opts { reboot_policy: "manual", ..Opts::default() });
+    let forced = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
+    r.boot().until_reboot();
+    assert_eq!(r.sequence(forced).last().unwrap().0, "downloaded");
+
+    let r = rig(Opts { reboot_policy: "manual", ..Opts::default() });
+    let mut spec = ActionSpec::new("update-2.0.otter", "2.0");
+    spec.update = "attempt".into();
+    spec.download = "attempt".into();
+    let attempt = r.server.create_action("dev1", spec);
+    let b = r.boot();
+    wait_for("downloaded", || r.sequence(attempt).iter().any(|s| s.0 == "downloaded"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!b.finished_loop(), "an attempt action must not reboot under the manual policy");
+    assert_eq!(b.handle.status().operation, "awaiting-reboot");
+    drop(b);
+
+    let r = rig(Opts::default());
+    let mut spec = ActionSpec::new("update-2.0.otter", "2.0");
+    spec.update = "skip".into();
+    let skip = r.server.create_action("dev1", spec);
+    let b = r.boot();
+    wait_for("the download-only action to close", || r.action_done(skip));
+    assert_eq!(r.sequence(skip), vec![("proceeding".into(), "none".into()), ("downloaded".into(), "none".into())]);
+    assert!(b.handle.status().job.is_none() && b.handle.status().last.is_none(), "nothing installed");
+    assert!(r.slot_head(Slot::B).iter().all(|&x| x == 0), "slot B untouched");
+    let details = feedback_details(&r.server.action(skip).unwrap().feedback[1]);
+    assert!(details.contains("sha256 verified"), "{details}");
+}
+
+#[test]
+fn cancel_is_accepted_before_the_flip_and_rejected_after() {
+    let r = rig(Opts::default());
+    let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
+    r.server.inject(Fault::SlowBody { piece: 32 << 10, delay: Duration::from_millis(40) });
+    r.server.inject(Fault::AfterBytes { after: 128 << 10, then: Trigger::Cancel(id) });
+    let b = r.boot();
+    let record = b.finished.recv_timeout(LONG).unwrap();
+    assert_eq!(record.outcome, Outcome::Cancelled);
+    wait_for("the cancel answer", || r.action_done(id));
+    let a = r.server.action(id).unwrap();
+    assert_eq!(a.status, ActionStatus::Canceled);
+    assert_eq!(a.cancel_feedback[0]["status"]["execution"], "closed");
+    assert_eq!(a.cancel_feedback[0]["status"]["result"]["finished"], "success");
+    assert!(a.feedback.iter().all(|f| f["status"]["execution"] != "closed"), "no closed on the deployment");
+    assert_eq!(b.handle.status().primary, Some(Slot::A));
+    drop(b);
+
+    let r = rig(Opts { reboot_policy: "manual", ..Opts::default() });
+    let mut spec = ActionSpec::new("update-2.0.otter", "2.0");
+    spec.update = "attempt".into();
+    let id = r.server.create_action("dev1", spec);
+    let b = r.boot();
+    wait_for("awaiting reboot", || b.handle.status().operation == "awaiting-reboot");
+    r.server.cancel_action(id);
+    wait_for("the cancel answer", || !r.server.action(id).unwrap().cancel_feedback.is_empty());
+    let a = r.server.action(id).unwrap();
+    assert_eq!(a.cancel_feedback[0]["status"]["execution"], "rejected");
+    assert!(feedback_details(&a.cancel_feedback[0]).contains("slot B"));
+    assert_eq!(a.status, ActionStatus::Running);
+    assert_eq!(b.handle.status().operation, "awaiting-reboot");
+}
+
+#[test]
+fn dropped_connection_resumes_without_downloading_twice() {
+    let r = rig(Opts::default());
+    let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
+    let half = r.artifact.len() as u64 / 2;
+    r.server.inject(Fault::AfterBytes { after: half, then: Trigger::Drop });
+    r.complete(id);
+    let downloads = r.server.requests_to("/artifacts/");
+    assert_eq!(downloads.len(), 2, "one resume");
+    assert_eq!(downloads[1].status, 206);
+    assert_eq!(downloads[1].header("range"), Some(format!("bytes={half}-").as_str()));
+    let sent = r.server.artifact_bytes_sent();
+    assert!((sent as f64) < 1.2 * r.artifact.len() as f64, "{sent} bytes for a {}-byte artifact", r.artifact.len());
+}
+
+#[test]
+fn expired_artifact_link_is_refreshed_and_the_download_resumes() {
+    let r = rig(Opts::default());
+    let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
+    let third = r.artifact.len() as u64 / 3;
+    r.server.inject(Fault::AfterBytes { after: third, then: Trigger::ExpireLinks(403) });
+    r.complete(id);
+    let downloads = r.server.requests_to("/artifacts/");
+    let statuses: Vec<u16> = downloads.iter().map(|d| d.status).collect();
+    assert_eq!(statuses, vec![200, 403, 206], "{downloads:#?}");
+    assert!(downloads[2].query.contains("sig=1"), "fresh link used");
+    assert_eq!(downloads[2].header("range"), Some(format!("bytes={third}-").as_str()));
+    let sent = r.server.artifact_bytes_sent();
+    assert!((sent as f64) < 1.2 * r.artifact.len() as f64);
+}
+
+#[test]
+fn server_sha256_mismatch_fails_and_leaves_the_slot_invalid() {
+    let r = rig(Opts::default());
+    let mut spec = ActionSpec::new("update-2.0.otter", "2.0");
+    spec.sha256_override = Some("ab".repeat(32));
+    let id = r.server.create_action("dev1", spec);
+    let b = r.boot();
+    let record = b.until_finished(|| r.action_done(id));
+    match &record.outcome {
+        Outcome::Failed { code, .. } => assert_eq!(code, "stream-hash-mismatch"),
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(r.server.action(id).unwrap().status, ActionStatus::Closed { success: false });
+    let details = feedback_details(r.server.action(id).unwrap().feedback.last().unwrap());
+    assert!(details.contains("sha256") && details.contains(&"ab".repeat(32)), "{details}");
+    assert!(r.slot_head(Slot::B).iter().all(|&x| x == 0), "slot B head not written");
+}
+
+#[test]
+fn malformed_json_and_server_errors_back_off_and_the_daemon_keeps_running() {
+    let r = rig(Opts::default());
+    r.server.inject(Fault::Status { path: "/controller/v1/dev1".into(), status: 500, times: 2 });
+    r.server.inject(Fault::MalformedJson { path: "/controller/v1/dev1".into(), times: 2 });
+    r.server.set_sleep("garbage");
+    let b = r.boot();
+    wait_for("a good poll after the faults", || r.server.requests().iter().filter(|q| q.status == 200).count() >= 2);
+    let polls: Vec<_> = r.server.requests().into_iter().filter(|q| q.path.ends_with("/dev1")).collect();
+    assert_eq!(polls[..4].iter().map(|p| p.status).collect::<Vec<_>>(), vec![500, 500, 200, 200]);
+    // Backoff doubles: 200 ms, 400 ms, 800 ms (no jitter in this test).
+    let gap = |i: usize| polls[i + 1].at - polls[i].at;
+    assert!(gap(0) >= Duration::from_millis(180), "{:?}", gap(0));
+    assert!(gap(2) >= Duration::from_millis(700), "{:?}", gap(2));
+    assert!(!b.finished_loop());
+    // Still serving: an action now goes through.
+    let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
+    wait_for("downloaded", || r.sequence(id).iter().any(|s| s.0 == "downloaded"));
+}
+
+#[test]
+fn gone_mid_action_stops_the_install_and_reporting() {
+    let r = rig(Opts::default());
+    let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
+    r.server.inject(Fault::SlowBody { piece: 32 << 10, delay: Duration::from_millis(40) });
+    r.server.inject(Fault::AfterBytes { after: 128 << 10, then: Trigger::Gone(id) });
+    let b = r.boot();
+    let record = b.finished.recv_timeout(LONG).unwrap();
+    assert_eq!(record.outcome, Outcome::Cancelled);
+    assert!(r.server.requests_to("/feedback").iter().any(|q| q.status == 410));
+    std::thread::sleep(Duration::from_secs(1));
+    let after = r.server.requests_to(&format!("deploymentBase/{id}/feedback"));
+    assert_eq!(after.iter().filter(|q| q.status == 410).count(), 1, "nothing more is sent after 410");
+    assert!(!b.finished_loop());
+    assert_eq!(b.handle.status().primary, Some(Slot::A));
+}
+
+#[test]
+fn gateway_token_is_sent() {
+    let r = rig(Opts { server_extra: "auth = \"gateway-token\"\ntoken = \"gw-secret\"\n".into(), ..Opts::default() });
+    r.server.require_auth(true);
+    r.server.set_gateway_token(Some("gw-secret"));
+    let _b = r.boot();
+    wait_for("attributes", || !r.server.attributes("dev1").1.is_empty());
+    assert!(r.server.requests().iter().all(|q| q.header("authorization") == Some("GatewayToken gw-secret")));
+}
+
+#[test]
+fn client_certificate_with_a_private_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client_cert = CertificateParams::new(vec!["dev1".into()]).unwrap().signed_by(&client_key, &issuer).unwrap();
+    let server = DdiServer::start_tls(&TlsSetup {
+        cert_pem: server_cert.pem(),
+        key_pem: server_key.serialize_pem(),
+        client_ca_pem: Some(ca.pem()),
+    })
+    .unwrap();
+    let pki = tempfile::tempdir().unwrap();
+    let r = rig(Opts {
+        server: Some(server),
+        server_extra:
+            "auth = \"certificate\"\nca_bundle = \"/etc/otter/ca.pem\"\nclient_identity = \"/etc/otter/client.pem\"\n"
+                .into(),
+        ..Opts::default()
+    });
+    std::fs::write(r.device.root.join("etc/otter/ca.pem"), ca.pem()).unwrap();
+    std::fs::write(
+        r.device.root.join("etc/otter/client.pem"),
+        format!("{}{}", client_cert.pem(), client_key.serialize_pem()),
+    )
+    .unwrap();
+    let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
+    r.complete(id);
+    let reqs = r.server.requests();
+    assert!(reqs.iter().any(|q| q.path.contains("/artifacts/")), "downloaded over mTLS");
+    assert!(reqs.iter().all(|q| q.client_cert && q.header("authorization").is_none()));
+    drop(pki);
+}
+
+#[test]
+fn inventory_attributes_arrive_with_mode_merge() {
+    let r = rig(Opts::default());
+    let root = &r.device.root;
+    std::fs::write(root.join("etc/machine-id"), "0123456789abcdef\n").unwrap();
+    std::fs::write(root.join("etc/os-release"), "NAME=otter\nVERSION_ID=1.0\n").unwrap();
+    std::fs::create_dir_all(root.join("sys/class/thermal/thermal_zone0")).unwrap();
+    std::fs::write(root.join("sys/class/thermal/thermal_zone0/type"), "cpu-thermal\n").unwrap();
+    std::fs::write(root.join("sys/class/thermal/thermal_zone0/temp"), "47500\n").unwrap();
+    std::fs::create_dir_all(root.join("proc/sys/kernel")).unwrap();
+    std::fs::write(root.join("proc/sys/kernel/osrelease"), "6.1.0-otter\n").unwrap();
+    std::fs::write(root.join("proc/uptime"), "1234.56 100.0\n").unwrap();
+    let inv = root.join("etc/otter/inventory.d");
+    std::fs::create_dir_all(&inv).unwrap();
+    std::fs::write(inv.join("10-hw"), "#!/bin/sh\necho hw_revision=3\necho 'not a pair'\necho modem=EC25\n").unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(inv.join("10-hw")).status().unwrap();
+    let _b = r.boot();
+    wait_for("attributes", || !r.server.attributes("dev1").1.is_empty());
+    let (attrs, modes) = r.server.attributes("dev1");
+    assert!(modes.iter().all(|m| m == "merge"), "{modes:?}");
+    for (k, v) in [
+        ("device_type", TYPE),
+        ("os_version", "1.0"),
+        ("slot_booted", "A"),
+        ("kernel", "6.1.0-otter"),
+        ("machine_id", "0123456789abcdef"),
+        ("uptime_s", "1234"),
+        ("cpu_temp_c", "47.5"),
+        ("hw_revision", "3"),
+        ("modem", "EC25"),
+    ] {
+        assert_eq!(attrs.get(k).map(String::as_str), Some(v), "{k} in {attrs:?}");
+    }
+    assert!(attrs.contains_key("storage_free_mib") && attrs.contains_key("slot_states"), "{attrs:?}");
+}
+
+#[test]
+fn check_for_update_trigger_polls_at_once() {
+    let r = rig(Opts::default());
+    r.server.set_sleep("01:00:00");
+    let b = r.boot();
+    wait_for("the first poll", || !r.server.requests_to("/dev1").is_empty());
+    let polls = || r.server.requests().iter().filter(|q| q.path.ends_with("/dev1")).count();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = polls();
+    (b.poller.as_ref().unwrap().trigger().callback())();
+    wait_for("a triggered poll", || polls() > before);
+}
