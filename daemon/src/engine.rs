@@ -476,8 +476,10 @@ impl Engine {
             && matches!(boot.state(job.target), SlotState::Trying { attempts_left } if attempts_left > 0);
         match (job.phase, on_target) {
             // Cut off while writing: the slot is invalid (marked bad before the install started).
+            // Re-confirming the running slot in these branches matters: the boot spent one of its attempts, and
+            // a run of power cuts must not exhaust it.
             (JobPhase::Installing, false) => {
-                let mut a = vec![Action::Boot(vec![BootChange::MarkBad(job.target)])];
+                let mut a = vec![Action::Boot(vec![BootChange::MarkBad(job.target), BootChange::MarkGood(booted)])];
                 a.extend(self.finish(
                     Outcome::Failed {
                         code: "interrupted".into(),
@@ -491,7 +493,7 @@ impl Engine {
             // The image is complete and verified; the bootloader may or may not have been told. Tell it (again).
             (JobPhase::Installed, false) => {
                 self.boot_pending = true;
-                vec![Action::Boot(vec![BootChange::TryNext(job.target)])]
+                vec![Action::Boot(vec![BootChange::MarkGood(booted), BootChange::TryNext(job.target)])]
             }
             // The daemon restarted without a reboot: the new slot is still waiting for its boot.
             (JobPhase::AwaitingReboot | JobPhase::Rebooting, false) if target_pending => {
@@ -675,6 +677,7 @@ impl Engine {
                     refuse,
                 }]
             }
+            JobPhase::Assessing => self.finish(Outcome::Committed, now),
             JobPhase::Installed => {
                 self.set_phase(JobPhase::AwaitingReboot, now);
                 // Immediate policy: reboot right away unless inhibited; otherwise wait for a tick or a request.
@@ -755,10 +758,12 @@ impl Engine {
         if job.phase != JobPhase::Assessing || Some(job.target) != self.booted {
             return Vec::new();
         }
+        // The commit is recorded only once "mark good" is durable (`BootStored`): recorded first, a power cut in
+        // between would report a commit while the bootloader still counts the trial down and falls back.
         let target = job.target;
-        let mut a = vec![Action::Boot(vec![BootChange::MarkGood(target)])];
-        a.extend(self.finish(Outcome::Committed, now));
-        a
+        self.set_phase(JobPhase::Assessing, now);
+        self.boot_pending = true;
+        vec![Action::Boot(vec![BootChange::MarkGood(target)])]
     }
 
     fn health_failed(&mut self, reason: String, now: u64) -> Vec<Action> {

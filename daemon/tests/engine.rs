@@ -281,7 +281,10 @@ fn cancel_in_each_phase() {
 fn healthy_trial_commits_and_raises_the_security_version() {
     let mut e = assessing();
     let a = e.handle(Event::HealthPassed { now: 20 }).unwrap();
-    assert_eq!(a[0], Action::Boot(vec![BootChange::MarkGood(Slot::B)]));
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkGood(Slot::B)])]);
+    // Committed only once the bootloader change is durable.
+    assert_eq!(e.job().unwrap().phase, JobPhase::Assessing);
+    let a = e.handle(Event::BootStored { now: 21 }).unwrap();
     assert_eq!(outcome(&a), Some(Outcome::Committed));
     assert_eq!(e.persisted.security_version, 3);
     assert!(e.job().is_none());
@@ -348,7 +351,7 @@ fn restart_in_the_middle_of_an_install_fails_it_honestly() {
     let mut e = Engine::new(e.persisted.clone(), config(RebootPolicy::Immediate));
     let boot = BootView { primary: Some(Slot::A), a: SlotState::Good, b: SlotState::Bad };
     let a = e.handle(Event::Started { booted: Slot::A, boot, now: 5 }).unwrap();
-    assert_eq!(a[0], Action::Boot(vec![BootChange::MarkBad(Slot::B)]));
+    assert_eq!(a[0], Action::Boot(vec![BootChange::MarkBad(Slot::B), BootChange::MarkGood(Slot::A)]));
     assert!(matches!(outcome(&a), Some(Outcome::Failed { code, .. }) if code == "interrupted"));
 }
 
@@ -360,7 +363,7 @@ fn restart_after_install_before_the_flip_flips_again() {
     let mut e = Engine::new(e.persisted.clone(), config(RebootPolicy::Immediate));
     let boot = BootView { primary: Some(Slot::A), a: SlotState::Good, b: SlotState::Bad };
     let a = e.handle(Event::Started { booted: Slot::A, boot, now: 5 }).unwrap();
-    assert_eq!(a, vec![Action::Boot(vec![BootChange::TryNext(Slot::B)])]);
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkGood(Slot::A), BootChange::TryNext(Slot::B)])]);
     assert_eq!(e.handle(Event::BootStored { now: 6 }).unwrap(), vec![Action::Reboot]);
 }
 
@@ -392,7 +395,8 @@ fn unknown_trial_is_adopted_and_assessed() {
     let a = e.handle(Event::Started { booted: Slot::B, boot: trying(Slot::B, 2), now: 0 }).unwrap();
     assert_eq!(a, vec![Action::StartHealthChecks]);
     assert_eq!(e.job().unwrap().phase, JobPhase::Assessing);
-    let a = e.handle(Event::HealthPassed { now: 1 }).unwrap();
+    e.handle(Event::HealthPassed { now: 1 }).unwrap();
+    let a = e.handle(Event::BootStored { now: 2 }).unwrap();
     assert_eq!(outcome(&a), Some(Outcome::Committed));
 }
 
@@ -608,6 +612,20 @@ fn every_single_cut_point_ends_in_a_good_slot_with_an_honest_outcome() {
 }
 
 #[test]
+fn every_pair_of_cut_points() {
+    for health_ok in [true, false] {
+        for install_ok in [true, false] {
+            let total = run_device(Vec::new(), health_ok, install_ok).step + 4;
+            for first in 1..=total {
+                for second in first + 1..=total + 8 {
+                    check_settled(&run_device(vec![first, second], health_ok, install_ok));
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn uninterrupted_updates() {
     let d = run_device(Vec::new(), true, true);
     check_settled(&d);
@@ -620,7 +638,7 @@ fn uninterrupted_updates() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig::with_cases(2000))]
     #[test]
     fn random_cut_points(cuts in proptest::collection::vec(1u32..40, 0..4), health_ok: bool, install_ok: bool) {
         check_settled(&run_device(cuts, health_ok, install_ok));
