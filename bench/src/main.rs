@@ -49,9 +49,22 @@ fn peak_rss_kib() -> u64 {
 fn install_once(source: &str, key: &Path, slot: &Path) -> Result<(f64, u64)> {
     let keyring = Keyring::from_file(key)?;
     let target = Target { slot_class: "rootfs".into(), path: slot.to_owned(), max_size: None };
-    let req = InstallRequest::new(Source::parse(source), vec![target], keyring, Policy::default());
+    let mut req = InstallRequest::new(Source::parse(source), vec![target], keyring, Policy::default());
+    if let Some(n) = std::env::var("OTTER_BENCH_DECODERS").ok().and_then(|v| v.parse().ok()) {
+        req.decode_threads = n;
+    }
     let start = Instant::now();
-    otter_installer::install(&req, &|_: &Progress| {}, &CancelToken::new())?;
+    let phases = std::sync::Mutex::new(Vec::new());
+    let progress = |p: &Progress| {
+        let mut ph = phases.lock().unwrap_or_else(|e| e.into_inner());
+        if ph.last().is_none_or(|(last, _)| *last != p.phase) {
+            ph.push((p.phase, start.elapsed()));
+        }
+    };
+    otter_installer::install(&req, &progress, &CancelToken::new())?;
+    if std::env::var_os("OTTER_BENCH_PHASES").is_some() {
+        eprintln!("{:?}", phases.lock().unwrap_or_else(|e| e.into_inner()));
+    }
     Ok((start.elapsed().as_secs_f64(), peak_rss_kib()))
 }
 
