@@ -276,7 +276,10 @@ fn scenario(
                 };
                 clock.say(format!("job {} {detail}", record.job.id));
                 clock.say(format!("bootloader env: {}", otterd::sim::env_summary(&device)?));
-                clock.say(format!("hawkBit action {action}: {:?}", server.action(action).map(|a| a.status)));
+                clock.say(format!(
+                    "server: hawkBit action {action} is now {:?}",
+                    server.action(action).map(|a| a.status)
+                ));
                 return Ok(record.outcome);
             }
             None => {
@@ -297,7 +300,12 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("check-health") {
         let root = args.get(2).context("usage: otter-simulate check-health ROOT")?;
-        return check_health(Path::new(root));
+        // A health check speaks in one line and its exit status.
+        if let Err(e) = check_health(Path::new(root)) {
+            eprintln!("{e:#}");
+            std::process::exit(1);
+        }
+        return Ok(());
     }
     let work = match args.iter().position(|a| a == "--work") {
         Some(i) => PathBuf::from(args.get(i + 1).context("--work needs a directory")?),
