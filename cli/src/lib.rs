@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use otter_api::{Error as ApiError, HistoryEntry, SlotInfo, Updater1Proxy};
 use serde_json::json;
+use zbus::zvariant::Value;
 
 /// Exit code: the job failed or was rolled back, or a call failed.
 pub const EXIT_FAILED: u8 = 1;
@@ -52,6 +53,15 @@ pub enum Cmd {
         /// Return once the job was accepted.
         #[arg(long)]
         no_wait: bool,
+        /// Extra HTTP header for a URL source, "Name: value" (repeatable).
+        #[arg(long)]
+        header: Vec<String>,
+        /// PEM CA bundle to trust for https instead of the system roots (a path otterd can read).
+        #[arg(long)]
+        tls_ca: Option<String>,
+        /// PEM file with a client certificate and its key, for mutual TLS (a path otterd can read).
+        #[arg(long)]
+        tls_cert: Option<String>,
     },
     /// Cancel the update in progress (possible until the reboot into the new slot).
     Cancel,
@@ -133,7 +143,19 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let json = cli.json;
     match cli.command {
         Cmd::Status => status(&proxy, json).await,
-        Cmd::Install { source, no_wait } => install(&proxy, &source, no_wait, json).await,
+        Cmd::Install { source, no_wait, header, tls_ca, tls_cert } => {
+            let mut options: HashMap<&str, Value<'_>> = HashMap::new();
+            if !header.is_empty() {
+                options.insert("http-headers", Value::from(header));
+            }
+            if let Some(ca) = tls_ca {
+                options.insert("tls-ca", Value::from(ca));
+            }
+            if let Some(cert) = tls_cert {
+                options.insert("tls-cert", Value::from(cert));
+            }
+            install(&proxy, &source, options, no_wait, json).await
+        }
         Cmd::Cancel => simple(proxy.cancel().await, json, "cancel requested"),
         Cmd::Check => simple(proxy.check_for_update().await, json, "update check requested"),
         Cmd::Reboot => simple(proxy.reboot().await, json, "rebooting into the new slot"),
@@ -271,13 +293,19 @@ fn absolute_source(source: &str) -> Result<String> {
     Ok(abs.display().to_string())
 }
 
-async fn install(p: &Updater1Proxy<'_>, source: &str, no_wait: bool, json: bool) -> Result<ExitCode> {
+async fn install(
+    p: &Updater1Proxy<'_>,
+    source: &str,
+    options: HashMap<&str, Value<'_>>,
+    no_wait: bool,
+    json: bool,
+) -> Result<ExitCode> {
     let source = absolute_source(source)?;
     // Subscribe before the call: a short job could otherwise end before we listen.
     let mut completed = p.receive_completed().await.map_err(prop)?;
     let mut progress = p.receive_progress_changed().await;
     let mut owner = p.inner().receive_owner_changed().await.map_err(prop)?;
-    let job = p.install(&source, HashMap::new()).await.map_err(api)?;
+    let job = p.install(&source, options).await.map_err(api)?;
     let id = otter_api::job_id(&job.as_ref()).unwrap_or(0);
     if no_wait {
         if json {

@@ -394,9 +394,7 @@ mod iface {
             options: HashMap<String, OwnedValue>,
         ) -> Result<OwnedObjectPath, Error> {
             self.authorize(conn, &hdr, "Install").await?;
-            if let Some(key) = options.keys().next() {
-                return Err(Error::InvalidArgument(format!("unknown option {key:?}")));
-            }
+            let http = install_options(options)?;
             let is_url = source.starts_with("http://") || source.starts_with("https://");
             if !is_url {
                 let path = Path::new(&source);
@@ -408,7 +406,7 @@ mod iface {
                 }
             }
             let id = self
-                .ask(move |reply| Command::Install { source, automatic: false, remote_id: None, reply })
+                .ask(move |reply| Command::Install { source, automatic: false, remote_id: None, http, reply })
                 .await?
                 .map_err(rejected)?;
             Ok(otter_api::job_path(id))
@@ -633,4 +631,36 @@ mod iface {
             message: &str,
         ) -> zbus::Result<()>;
     }
+}
+
+/// Reads `Install` options, named as RAUC's `InstallBundle` names them: `http-headers` (`as`, "Name: value"),
+/// `tls-ca` (`s`, a PEM CA bundle to trust instead of the system roots) and `tls-cert` (`s`, a PEM file with the
+/// client certificate and its key). Any other key is an error rather than silently ignored.
+fn install_options(options: HashMap<String, OwnedValue>) -> Result<Option<Box<otter_installer::HttpOptions>>, Error> {
+    if options.is_empty() {
+        return Ok(None);
+    }
+    let mut http = otter_installer::HttpOptions::default();
+    let string = |key: &str, v: OwnedValue| {
+        String::try_from(v).map_err(|_| Error::InvalidArgument(format!("option {key:?} must be a string")))
+    };
+    for (key, value) in options {
+        match key.as_str() {
+            "http-headers" => {
+                let list = Vec::<String>::try_from(value).map_err(|_| {
+                    Error::InvalidArgument("option \"http-headers\" must be an array of strings".into())
+                })?;
+                for h in list {
+                    let (name, v) = h
+                        .split_once(':')
+                        .ok_or_else(|| Error::InvalidArgument(format!("header {h:?} is not \"Name: value\"")))?;
+                    http.headers.push((name.trim().to_owned(), v.trim().to_owned()));
+                }
+            }
+            "tls-ca" => http.ca_bundle = Some(std::path::PathBuf::from(string(&key, value)?)),
+            "tls-cert" => http.client_identity = Some(std::path::PathBuf::from(string(&key, value)?)),
+            other => return Err(Error::InvalidArgument(format!("unknown option {other:?}"))),
+        }
+    }
+    Ok(Some(Box::new(http)))
 }

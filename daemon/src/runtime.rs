@@ -60,6 +60,8 @@ pub enum Command {
         automatic: bool,
         /// Server-side id.
         remote_id: Option<String>,
+        /// HTTP settings for a URL source (headers, CA bundle, client certificate); `None`: defaults.
+        http: Option<Box<otter_installer::HttpOptions>>,
         /// Reply.
         reply: Sender<Result<u64, Rejection>>,
     },
@@ -223,7 +225,7 @@ impl Handle {
     /// Requests an install and waits for the engine's answer.
     pub fn install(&self, source: &str, automatic: bool) -> Result<u64, Rejection> {
         let (reply, rx) = mpsc::channel();
-        self.send(Command::Install { source: source.to_owned(), automatic, remote_id: None, reply });
+        self.send(Command::Install { source: source.to_owned(), automatic, remote_id: None, http: None, reply });
         rx.recv().unwrap_or_else(|_| Err(Rejection::NotNow("the daemon stopped".into())))
     }
 
@@ -271,6 +273,8 @@ pub struct Runtime {
     last_digest: Option<String>,
     /// Download settings for the job with this remote id.
     remote: Option<(String, RemoteInstall)>,
+    /// HTTP settings a local install request brought along (D-Bus `Install` options), for the running job.
+    local_http: Option<otter_installer::HttpOptions>,
     halted: bool,
     tick: Duration,
 }
@@ -374,6 +378,7 @@ impl Runtime {
             health_cancel: None,
             last_digest: None,
             remote: None,
+            local_http: None,
             halted: false,
             tick,
         };
@@ -442,8 +447,13 @@ impl Runtime {
     fn message(&mut self, msg: Msg) {
         let now = self.platform.now();
         match msg {
-            Msg::Command(Command::Install { source, automatic, remote_id, reply }) => {
+            Msg::Command(Command::Install { source, automatic, remote_id, http, reply }) => {
+                // Set before the request: the install starts within it, once the target is marked bad.
+                self.local_http = http.map(|h| *h);
                 let result = self.request(Event::InstallRequested { source, automatic, remote_id, now });
+                if result.is_err() {
+                    self.local_http = None;
+                }
                 let _ = reply.send(result.map(|()| self.engine.job().map_or(0, |j| j.id)));
             }
             Msg::Command(Command::InstallRemote { source, remote_id, options, reply }) => {
@@ -695,6 +705,10 @@ impl Runtime {
         {
             req.http = options.http.clone();
             req.expected_sha256 = options.expected_sha256;
+        } else if remote_id.is_none()
+            && let Some(http) = self.local_http.take()
+        {
+            req.http = http;
         }
         req.refuse = refuse.iter().filter_map(|d| d.parse().ok()).collect();
         let cancel = CancelToken::new();

@@ -446,3 +446,36 @@ fn callers_neither_root_nor_in_the_group_are_not_authorized() {
     assert!(text(&out.stderr).contains("io.otter.Updater1.Error.NotAuthorized"), "{}", text(&out.stderr));
     assert_eq!(s.status_json()["operation"], "idle");
 }
+
+#[test]
+fn install_options_carry_http_headers_to_the_download() {
+    let s = Setup::new("manual");
+    let server = otter_ddi_server::DdiServer::start().unwrap();
+    server.add_target("gw", Some("s3cret"));
+    server.require_auth(true);
+    server.add_artifact("a.otter", std::fs::read(&s.artifact).unwrap());
+    let id = server.create_action("gw", otter_ddi_server::ActionSpec::new("a.otter", "2.0"));
+    let url =
+        format!("{}/{}/controller/v1/gw/softwaremodules/{id}/artifacts/a.otter?sig=0", server.url(), server.tenant());
+    // Without the header the server refuses the download and the job fails with the HTTP status.
+    let out = s.otterctl(&["--json", "install", &url]);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("http-status"), "{}{}", text(&out.stdout), text(&out.stderr));
+    // With it (RAUC's "http-headers" option, `otterctl install --header`), the install completes.
+    let out = s.otterctl(&["install", "--header", "Authorization: TargetToken s3cret", &url]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let downloads = server.requests_to("/artifacts/");
+    assert_eq!(downloads.last().unwrap().header("authorization"), Some("TargetToken s3cret"));
+    let image = std::fs::read(s.device.slot_file(Slot::B)).unwrap();
+    assert_eq!(&image[..IMAGE_LEN], &image_bytes(IMAGE_LEN, 3)[..]);
+    // Options otterd does not know are refused, not ignored.
+    let out = s.otterctl(&["cancel"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = Command::new("busctl")
+        .args(["--address", &s.bus.address, "call", "io.otter.Updater1", "/io/otter/Updater1"])
+        .args(["io.otter.Updater1", "Install", "sa{sv}", &url, "1", "tls-no-verify", "b", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("unknown option"), "{}", text(&out.stderr));
+}
