@@ -243,6 +243,16 @@ mod proxy {
         /// Reboots into the installed slot (for the manual reboot policy).
         fn reboot(&self) -> Result<(), Error>;
 
+        /// Updates the server holds back until a local application consents: (action id, version).
+        fn get_confirmations(&self) -> Result<Vec<(String, String)>, Error>;
+
+        /// Consents to (or declines) the update of a server action; `details` goes to the server.
+        fn confirm(&self, action: &str, accept: bool, details: &str) -> Result<(), Error>;
+
+        /// The update server asks for consent to an update (answer with `confirm`).
+        #[zbus(signal)]
+        fn confirmation_requested(&self, action: &str, version: &str) -> zbus::Result<()>;
+
         /// Marks a slot `good`, `bad` or `active`; `slot` is `booted`, `other`, `A` or `B`. Returns the slot's name.
         fn mark(&self, state: &str, slot: &str) -> Result<String, Error>;
 

@@ -67,6 +67,19 @@ pub enum Cmd {
     Cancel,
     /// Ask the update server client to poll now.
     Check,
+    /// List the updates the server holds back until someone here consents.
+    Confirmations,
+    /// Consent to the update of a server action (or decline it with --deny).
+    Confirm {
+        /// The server's action id (see `confirmations`).
+        action: String,
+        /// Decline instead of consenting.
+        #[arg(long)]
+        deny: bool,
+        /// A note for the server.
+        #[arg(long, default_value = "")]
+        details: String,
+    },
     /// Reboot into the installed slot (manual reboot policy).
     Reboot,
     /// Mark a slot good, bad or active.
@@ -158,6 +171,24 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Cancel => simple(proxy.cancel().await, json, "cancel requested"),
         Cmd::Check => simple(proxy.check_for_update().await, json, "update check requested"),
+        Cmd::Confirmations => {
+            let list = proxy.get_confirmations().await.map_err(api)?;
+            if json {
+                let v: Vec<_> = list.iter().map(|(a, v)| json!({ "action": a, "version": v })).collect();
+                println!("{}", serde_json::Value::from(v));
+            } else if list.is_empty() {
+                println!("no update waits for consent");
+            } else {
+                for (action, version) in &list {
+                    println!("action {action}: version {version} waits for consent");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Confirm { action, deny, details } => {
+            let what = if deny { "declined" } else { "confirmed" };
+            simple(proxy.confirm(&action, !deny, &details).await, json, what)
+        }
         Cmd::Reboot => simple(proxy.reboot().await, json, "rebooting into the new slot"),
         Cmd::Mark { state, slot } => {
             let slot = if slot.len() == 1 { slot.to_uppercase() } else { slot };

@@ -47,6 +47,9 @@ pub struct Options {
     pub bus: Bus,
     /// Called by `CheckForUpdate()`; without one the method fails with `NoServer`.
     pub check_for_update: Option<Trigger>,
+    /// Consent requests from the update server (`GetConfirmations()`, `Confirm()`, `ConfirmationRequested`);
+    /// without one those methods fail with `NoServer`.
+    pub consent: Option<crate::hawkbit::ConfirmationBroker>,
     /// Besides root, members of this group may call mutating methods.
     pub group: String,
     /// The device type (the `Compatible` property).
@@ -61,6 +64,7 @@ impl Options {
         Self {
             bus,
             check_for_update: None,
+            consent: None,
             group: "otter".into(),
             compatible: settings.compatible.clone(),
             slot_devices: [settings.slot_a.clone(), settings.slot_b.clone()],
@@ -96,6 +100,7 @@ impl Service {
             handle,
             inhibitors: Arc::new(Mutex::new(Inhibitors::default())),
             check_for_update: options.check_for_update,
+            consent: options.consent.clone(),
             group: options.group,
             compatible: options.compatible,
             slot_devices: options.slot_devices,
@@ -112,6 +117,9 @@ impl Service {
         })?;
         tracing::info!("serving {BUS_NAME} on {}", bus_label(&options.bus));
         spawn_forwarders(rt.handle().clone(), conn.clone(), watch, finished);
+        if let Some(broker) = &options.consent {
+            spawn_consent_forwarder(rt.handle().clone(), conn.clone(), broker.subscribe());
+        }
         Ok(Self { conn, rt })
     }
 
@@ -164,6 +172,28 @@ fn spawn_forwarders(
                 });
                 if let Err(e) = result {
                     tracing::warn!("d-bus: cannot signal the end of job {}: {e}", record.job.id);
+                }
+            }
+        })
+        .expect("spawning a thread");
+}
+
+/// Emits `ConfirmationRequested` for each consent request the update server makes.
+fn spawn_consent_forwarder(
+    rt: tokio::runtime::Handle,
+    conn: Connection,
+    requests: Receiver<crate::hawkbit::ConfirmationRequest>,
+) {
+    std::thread::Builder::new()
+        .name("otterd-dbus-consent".into())
+        .spawn(move || {
+            while let Ok(r) = requests.recv() {
+                let result = rt.block_on(async {
+                    let emitter = SignalEmitter::new(&conn, OBJECT_PATH)?;
+                    Updater::confirmation_requested(&emitter, &r.action_id, &r.version).await
+                });
+                if let Err(e) = result {
+                    tracing::warn!("d-bus: cannot signal the consent request of action {}: {e}", r.action_id);
                 }
             }
         })
@@ -326,6 +356,7 @@ struct Updater {
     status: Status,
     inhibitors: Arc<Mutex<Inhibitors>>,
     check_for_update: Option<Trigger>,
+    consent: Option<crate::hawkbit::ConfirmationBroker>,
     group: String,
     compatible: String,
     slot_devices: [PathBuf; 2],
@@ -436,6 +467,31 @@ mod iface {
                 }
                 None => Err(Error::NoServer("no update server is configured".into())),
             }
+        }
+
+        /// GetConfirmations() → a(ss): updates the server holds back until a local application consents
+        /// (action id, version).
+        async fn get_confirmations(&self) -> Result<Vec<(String, String)>, Error> {
+            let broker =
+                self.consent.as_ref().ok_or_else(|| Error::NoServer("no update server is configured".into()))?;
+            Ok(broker.pending().into_iter().map(|r| (r.action_id, r.version)).collect())
+        }
+
+        /// Confirm(s action, b accept, s details): consents to (or declines) an update the server holds back;
+        /// the answer is sent to the server at once.
+        async fn confirm(
+            &self,
+            #[zbus(header)] hdr: Header<'_>,
+            #[zbus(connection)] conn: &Connection,
+            action: String,
+            accept: bool,
+            details: String,
+        ) -> Result<(), Error> {
+            self.authorize(conn, &hdr, "Confirm").await?;
+            let broker =
+                self.consent.as_ref().ok_or_else(|| Error::NoServer("no update server is configured".into()))?;
+            let details = (!details.is_empty()).then_some(details);
+            broker.answer(&action, accept, details).map_err(|e| Error::InvalidArgument(e.to_string()))
         }
 
         /// Reboot()
@@ -620,6 +676,14 @@ mod iface {
         async fn inhibitors(&self) -> Vec<Inhibitor> {
             self.status.inhibitors.iter().map(|(who, why)| Inhibitor { who: who.clone(), why: why.clone() }).collect()
         }
+
+        /// ConfirmationRequested(s action, s version): the update server asks for consent (answer with `Confirm`).
+        #[zbus(signal)]
+        pub async fn confirmation_requested(
+            emitter: &SignalEmitter<'_>,
+            action: &str,
+            version: &str,
+        ) -> zbus::Result<()>;
 
         /// Completed(o job, s result, s code, s message)
         #[zbus(signal)]

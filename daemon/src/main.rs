@@ -105,6 +105,7 @@ fn run(root: &std::path::Path, command: &str, bus: Option<otterd::dbus::Bus>) ->
                         .context("cannot start the hawkBit client")?;
                     if let Some(o) = dbus_options.as_mut() {
                         o.check_for_update = Some(poller.trigger().callback());
+                        o.consent = Some(poller.broker());
                     }
                     Some(poller)
                 }

@@ -134,6 +134,11 @@ struct Setup {
 impl Setup {
     /// A device on `policy`, a signed artifact for it, a bus, and otterd running.
     fn new(policy: &str) -> Self {
+        Self::with_config(policy, "")
+    }
+
+    /// Like [`Setup::new`], with `extra` appended to the device's configuration.
+    fn with_config(policy: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // The unprivileged client must reach the bus socket and the artifact.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -148,6 +153,7 @@ impl Setup {
         builder::create(&opts, &[src], std::slice::from_ref(&key), std::fs::File::create(&artifact).unwrap()).unwrap();
         let mut spec = DeviceSpec::new(DEVICE_TYPE, &dir.path().join("release.pub"));
         spec.reboot_policy = policy.into();
+        spec.extra_config = extra.into();
         let root = dir.path().join("root");
         spec.reboot_command = vec!["touch".into(), root.join("rebooted").display().to_string()];
         let device = Device::create(&root, &spec, None).unwrap();
@@ -478,4 +484,53 @@ fn install_options_carry_http_headers_to_the_download() {
         .unwrap();
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("unknown option"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn server_consent_is_asked_and_given_over_dbus() {
+    let server = otter_ddi_server::DdiServer::start().unwrap();
+    server.add_target("gw-consent", None);
+    let config = format!(
+        "[server]\nurl = \"{}\"\ncontroller_id = \"gw-consent\"\nauth = \"none\"\nauto_confirm = false\n\
+         poll_min = \"200ms\"\n\
+         poll_max = \"1s\"\njitter_percent = 0\ntimeout = \"10s\"\n",
+        server.url()
+    );
+    let s = Setup::with_config("manual", &config);
+    server.add_artifact("update.otter", std::fs::read(&s.artifact).unwrap());
+    let mut spec = otter_ddi_server::ActionSpec::new("update.otter", "2.0");
+    spec.confirmation_required = true;
+    let action = server.create_action("gw-consent", spec);
+    // The request shows up for local applications; nothing is installed before someone consents.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        let out = s.otterctl(&["--json", "confirmations"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if v.as_array().is_some_and(|a| !a.is_empty()) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no consent request appeared: {}", text(&out.stderr));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(listed[0]["action"], action.to_string(), "{listed}");
+    assert_eq!(s.status_json()["operation"], "idle");
+    // Consent is answered to the server, and the update proceeds.
+    let out = s.otterctl(&["confirm", &action.to_string(), "--details", "maintenance crew on site"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // The test server's actions are "forced": once installed, the device reboots into the new slot at once.
+    while !matches!(s.status_json()["operation"].as_str(), Some("awaiting-reboot" | "rebooting")) {
+        assert!(
+            Instant::now() < deadline,
+            "the update did not proceed after consent: {}\n{}",
+            s.status_json(),
+            std::fs::read_to_string(&s.otterd.as_ref().unwrap().log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let a = server.action(action).unwrap();
+    assert!(a.confirmation_feedback.iter().any(|b| b["confirmation"] == "confirmed"), "{:?}", a.confirmation_feedback);
+    // Answering again is an error: nothing waits any more.
+    let out = s.otterctl(&["confirm", &action.to_string()]);
+    assert!(!out.status.success());
 }

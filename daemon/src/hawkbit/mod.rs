@@ -345,7 +345,11 @@ impl Worker {
             None => {}
         }
         self.retry_finals();
-        self.send_answers();
+        if self.send_answers() {
+            // The links of this poll predate the answer (the confirmationBase is gone once answered): poll anew.
+            self.broker.trigger.fire();
+            return Ok(());
+        }
         if base.links.config_data.is_some() || self.inventory_sent.is_none() {
             self.upload_inventory(base.links.config_data.is_some());
         }
@@ -712,8 +716,11 @@ impl Worker {
         Ok(())
     }
 
-    fn send_answers(&mut self) {
-        for (id, confirmed, details) in self.broker.take_answers() {
+    /// Sends the consent answers given locally; returns whether there were any.
+    fn send_answers(&mut self) -> bool {
+        let answers = self.broker.take_answers();
+        let any = !answers.is_empty();
+        for (id, confirmed, details) in answers {
             let f = ConfirmationFeedback {
                 confirmation: if confirmed { Confirmation::Confirmed } else { Confirmation::Denied },
                 code: None,
@@ -723,6 +730,7 @@ impl Worker {
                 tracing::warn!("hawkbit: sending the consent answer for action {id}: {e}");
             }
         }
+        any
     }
 
     fn upload_inventory(&mut self, requested: bool) {
