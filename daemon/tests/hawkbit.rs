@@ -550,3 +550,25 @@ fn check_for_update_trigger_polls_at_once() {
     (b.poller.as_ref().unwrap().trigger().callback())();
     wait_for("a triggered poll", || polls() > before);
 }
+
+#[test]
+fn closed_maintenance_window_downloads_only_then_installs_when_it_opens() {
+    let r = rig(Opts::default());
+    let mut spec = ActionSpec::new("update-2.0.otter", "2.0");
+    spec.maintenance_window = Some("unavailable".into());
+    let id = r.server.create_action("dev1", spec);
+    let b = r.boot();
+    wait_for("the download in the closed window", || r.sequence(id).iter().any(|s| s.0 == "downloaded"));
+    let fb = r.server.action(id).unwrap().feedback;
+    assert!(feedback_details(fb.last().unwrap()).contains("maintenance window closed"), "{fb:#?}");
+    assert!(b.handle.status().job.is_none(), "nothing installed while the window is closed");
+    assert!(r.slot_head(Slot::B).iter().all(|&x| x == 0), "slot B untouched");
+    // The window opens: the same action installs, reboots and commits.
+    r.server.update_action(id, |s| s.maintenance_window = Some("available".into()));
+    b.until_reboot();
+    let b = r.boot();
+    assert_eq!(b.slot, Slot::B);
+    let record = b.until_finished(|| r.action_done(id));
+    assert_eq!(record.outcome, Outcome::Committed);
+    assert_eq!(r.server.action(id).unwrap().status, ActionStatus::Closed { success: true });
+}
