@@ -61,7 +61,43 @@ struct Bus {
 }
 
 impl Bus {
+    /// A bus that lets everything through, so the daemon's own checks are what is tested.
     fn start(dir: &Path) -> Self {
+        let policy = r#"  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>"#;
+        Self::start_with(dir, policy)
+    }
+
+    /// A bus with the defaults of a system bus (method calls denied unless a policy allows them) and otter's own
+    /// policy file from `systemd/` included, as on a device.
+    fn start_system_like(dir: &Path) -> Self {
+        let policy_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/io.otter.Updater1.conf");
+        let policy = format!(
+            r#"  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+  </policy>
+  <include>{}</include>"#,
+            policy_file.canonicalize().unwrap().display()
+        );
+        Self::start_with(dir, &policy)
+    }
+
+    fn start_with(dir: &Path, policy: &str) -> Self {
         let daemon = tool("dbus-daemon", "dbus");
         let config = dir.join("bus.conf");
         std::fs::write(
@@ -73,12 +109,7 @@ impl Bus {
   <type>otter-test</type>
   <listen>unix:path={}/bus</listen>
   <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
+{policy}
 </busconfig>
 "#,
                 dir.display()
@@ -139,6 +170,10 @@ impl Setup {
 
     /// Like [`Setup::new`], with `extra` appended to the device's configuration.
     fn with_config(policy: &str, extra: &str) -> Self {
+        Self::build(policy, extra, false)
+    }
+
+    fn build(policy: &str, extra: &str, system_bus_policy: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // The unprivileged client must reach the bus socket and the artifact.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -157,7 +192,7 @@ impl Setup {
         let root = dir.path().join("root");
         spec.reboot_command = vec!["touch".into(), root.join("rebooted").display().to_string()];
         let device = Device::create(&root, &spec, None).unwrap();
-        let bus = Bus::start(dir.path());
+        let bus = if system_bus_policy { Bus::start_system_like(dir.path()) } else { Bus::start(dir.path()) };
         let mut s = Self { dir, bus, device, artifact, otterd: None };
         s.start_otterd();
         s
@@ -533,4 +568,39 @@ fn server_consent_is_asked_and_given_over_dbus() {
     // Answering again is an error: nothing waits any more.
     let out = s.otterctl(&["confirm", &action.to_string()]);
     assert!(!out.status.success());
+}
+
+#[test]
+fn the_policy_file_lets_everyone_read_and_only_root_or_group_otter_call() {
+    assert!(nix::unistd::Uid::effective().is_root(), "this test switches to nobody and needs root");
+    let s = Setup::build("manual", "", true);
+    let busctl = tool("busctl", "systemd");
+    let as_nobody = |args: &[&str]| {
+        Command::new(tool("setpriv", "util-linux"))
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+            .arg(&busctl)
+            .arg(format!("--address={}", s.bus.address))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    const DEST: [&str; 3] = ["io.otter.Updater1", "/io/otter/Updater1", "io.otter.Updater1"];
+    // Everyone may read properties and list slots and history.
+    let out = as_nobody(&["get-property", DEST[0], DEST[1], DEST[2], "Operation"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "s \"idle\"");
+    for method in ["GetSlots", "GetHistory"] {
+        let out = as_nobody(&["call", DEST[0], DEST[1], DEST[2], method]);
+        assert!(out.status.success(), "{method}: {}", text(&out.stderr));
+    }
+    // The bus itself refuses every other method to others, before otterd sees it.
+    for method in ["Cancel", "Reboot", "CheckForUpdate"] {
+        let out = as_nobody(&["call", DEST[0], DEST[1], DEST[2], method]);
+        assert!(!out.status.success(), "{method}");
+        assert!(text(&out.stderr).to_lowercase().contains("access denied"), "{method}: {}", text(&out.stderr));
+    }
+    // Root passes the policy: the answer comes from otterd (nothing to cancel), not from the bus.
+    let out = s.busctl(&["call", DEST[0], DEST[1], DEST[2], "Cancel"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no update in progress"), "{}", text(&out.stderr));
 }
