@@ -401,7 +401,8 @@ impl HttpReader {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and all its causes on one line, `outer: inner: innermost` (reqwest hides the useful part in causes).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

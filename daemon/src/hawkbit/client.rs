@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use otter_installer::source::error_chain as chain;
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
 use serde::Serialize;
@@ -48,17 +49,6 @@ pub enum DdiError {
         /// The parser's message.
         message: String,
     },
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// The DDI client of one controller.
