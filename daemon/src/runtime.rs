@@ -4,7 +4,6 @@
 //! loop itself gets stuck, the pings stop and systemd kills and restarts the daemon.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -804,9 +803,4 @@ impl Runtime {
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
-}
-
-/// Paths a simulated device keeps besides the configuration (used by tests and the simulator).
-pub fn state_file(settings: &Settings) -> PathBuf {
-    settings.state_dir.join(crate::state::STATE_FILE)
 }
