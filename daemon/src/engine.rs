@@ -19,7 +19,8 @@ use std::collections::VecDeque;
 use otter_bootloader::{Slot, SlotState};
 use serde::{Deserialize, Serialize};
 
-fn minute_of_day_of(now: u64) -> u32 {
+/// Minutes after midnight (UTC) of `now`, the clock the maintenance window is given in.
+pub fn minute_of_day(now: u64) -> u32 {
     ((now % 86_400) / 60) as u32
 }
 
@@ -177,7 +178,7 @@ pub enum RebootPolicy {
     Immediate,
     /// Only when asked (`Reboot()` on D-Bus).
     Manual,
-    /// Daily, between two times of day (minutes after midnight, UTC plus a configured offset); the window may
+    /// Daily, between two times of day (minutes after midnight, UTC); the window may
     /// wrap past midnight.
     Window {
         /// Start, minutes after midnight.
@@ -279,15 +280,11 @@ pub enum Event {
         inhibited: bool,
         /// Now.
         now: u64,
-        /// Minutes after midnight in the policy's time zone.
-        minute_of_day: u32,
     },
     /// Periodic clock tick.
     Tick {
         /// Now.
         now: u64,
-        /// Minutes after midnight in the policy's time zone.
-        minute_of_day: u32,
     },
     /// All health checks passed.
     HealthPassed {
@@ -414,11 +411,11 @@ impl Engine {
             Event::BootFailed { message, now } => Ok(self.boot_failed(message, now)),
             Event::CancelRequested { now } => self.cancel(now),
             Event::RebootRequested { now } => self.reboot_requested(now),
-            Event::InhibitedChanged { inhibited, now, minute_of_day } => {
+            Event::InhibitedChanged { inhibited, now } => {
                 self.inhibited = inhibited;
-                Ok(self.maybe_reboot(now, minute_of_day, false))
+                Ok(self.maybe_reboot(now, false))
             }
-            Event::Tick { now, minute_of_day } => Ok(self.tick(now, minute_of_day)),
+            Event::Tick { now } => Ok(self.tick(now)),
             Event::HealthPassed { now } => Ok(self.health_passed(now)),
             Event::HealthFailed { reason, now } => Ok(self.health_failed(reason, now)),
         }
@@ -681,7 +678,7 @@ impl Engine {
             JobPhase::Installed => {
                 self.set_phase(JobPhase::AwaitingReboot, now);
                 // Immediate policy: reboot right away unless inhibited; otherwise wait for a tick or a request.
-                self.maybe_reboot(now, minute_of_day_of(now), false)
+                self.maybe_reboot(now, false)
             }
             _ => Vec::new(),
         }
@@ -719,13 +716,13 @@ impl Engine {
                 if self.inhibited {
                     return Err(Rejection::NotNow("a local application inhibits reboots".into()));
                 }
-                Ok(self.maybe_reboot(now, 0, true))
+                Ok(self.maybe_reboot(now, true))
             }
             _ => Err(Rejection::NotNow("no update is waiting for a reboot".into())),
         }
     }
 
-    fn tick(&mut self, now: u64, minute_of_day: u32) -> Vec<Action> {
+    fn tick(&mut self, now: u64) -> Vec<Action> {
         match self.persisted.job.clone() {
             Some(job) if job.phase == JobPhase::Assessing => {
                 let started = job.assess_started_at.unwrap_or(job.updated_at);
@@ -736,17 +733,17 @@ impl Engine {
                 Vec::new()
             }
             Some(job) if job.phase == JobPhase::RollingBack && !self.inhibited => vec![Action::Reboot],
-            _ => self.maybe_reboot(now, minute_of_day, false),
+            _ => self.maybe_reboot(now, false),
         }
     }
 
     /// Reboots into the new slot if the job waits for it, the policy allows it now (or it was requested) and no
     /// inhibitor is held.
-    fn maybe_reboot(&mut self, now: u64, minute_of_day: u32, requested: bool) -> Vec<Action> {
+    fn maybe_reboot(&mut self, now: u64, requested: bool) -> Vec<Action> {
         if self.phase() != Some(JobPhase::AwaitingReboot) || self.inhibited {
             return Vec::new();
         }
-        if !requested && !self.config.reboot.allows(minute_of_day) {
+        if !requested && !self.config.reboot.allows(minute_of_day(now)) {
             return Vec::new();
         }
         self.set_phase(JobPhase::Rebooting, now);

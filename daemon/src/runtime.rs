@@ -310,10 +310,6 @@ pub fn booted_slot(settings: &Settings) -> Result<Slot, String> {
     })
 }
 
-fn minute_of_day(now: u64) -> u32 {
-    ((now % 86_400) / 60) as u32
-}
-
 /// Error codes for which the artifact itself is at fault, so it must not be retried automatically.
 fn artifact_fault(code: &str) -> bool {
     matches!(
@@ -430,7 +426,7 @@ impl Runtime {
                 Err(RecvTimeoutError::Disconnected) => break RunEnd::Stopped,
             }
             let now = self.platform.now();
-            self.dispatch(Event::Tick { now, minute_of_day: minute_of_day(now) });
+            self.dispatch(Event::Tick { now });
         };
         self.notifier.stopping();
         if let Some((thread, cancel)) = self.install.take() {
@@ -468,7 +464,7 @@ impl Runtime {
                 let _ = reply.send(self.request(Event::RebootRequested { now }));
             }
             Msg::Command(Command::SetInhibited(inhibited)) => {
-                self.dispatch(Event::InhibitedChanged { inhibited, now, minute_of_day: minute_of_day(now) });
+                self.dispatch(Event::InhibitedChanged { inhibited, now });
             }
             Msg::Command(Command::SetInhibitors(holders)) => {
                 if holders.is_empty() {
@@ -479,7 +475,7 @@ impl Runtime {
                 }
                 let inhibited = !holders.is_empty();
                 self.status.lock().unwrap_or_else(|e| e.into_inner()).inhibitors = holders;
-                self.dispatch(Event::InhibitedChanged { inhibited, now, minute_of_day: minute_of_day(now) });
+                self.dispatch(Event::InhibitedChanged { inhibited, now });
             }
             Msg::Command(Command::Mark { state, slot, reply }) => {
                 let result = self.mark(state, slot);

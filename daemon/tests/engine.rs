@@ -129,7 +129,7 @@ fn success_flips_the_bootloader_then_reboots_immediately() {
 fn manual_policy_waits_for_the_request() {
     let mut e = awaiting(RebootPolicy::Manual);
     assert_eq!(e.job().unwrap().phase, JobPhase::AwaitingReboot);
-    assert_eq!(e.handle(Event::Tick { now: 100, minute_of_day: 0 }).unwrap(), vec![]);
+    assert_eq!(e.handle(Event::Tick { now: 100 }).unwrap(), vec![]);
     assert_eq!(e.handle(Event::RebootRequested { now: 101 }).unwrap(), vec![Action::Reboot]);
     assert_eq!(e.job().unwrap().phase, JobPhase::Rebooting);
 }
@@ -154,7 +154,7 @@ fn maintenance_window() {
         (1380, 60, 60, false),
     ] {
         let mut e = awaiting(RebootPolicy::Window { start, end });
-        let a = e.handle(Event::Tick { now: 100, minute_of_day: minute }).unwrap();
+        let a = e.handle(Event::Tick { now: minute * 60 }).unwrap();
         assert_eq!(a == vec![Action::Reboot], reboots, "{start}-{end} at {minute}");
     }
 }
@@ -164,12 +164,12 @@ fn inhibitor_blocks_reboots_until_released() {
     let mut e = started(RebootPolicy::Immediate);
     // Taken while installing (an inhibitor held before the request refuses the install itself).
     install(&mut e);
-    e.handle(Event::InhibitedChanged { inhibited: true, now: 1, minute_of_day: 0 }).unwrap();
+    e.handle(Event::InhibitedChanged { inhibited: true, now: 1 }).unwrap();
     e.handle(Event::InstallSucceeded { artifact: artifact("2.0", 3), now: 2 }).unwrap();
     assert_eq!(e.handle(Event::BootStored { now: 3 }).unwrap(), vec![]);
-    assert_eq!(e.handle(Event::Tick { now: 4, minute_of_day: 0 }).unwrap(), vec![]);
+    assert_eq!(e.handle(Event::Tick { now: 4 }).unwrap(), vec![]);
     assert!(matches!(e.handle(Event::RebootRequested { now: 5 }), Err(Rejection::NotNow(_))));
-    let a = e.handle(Event::InhibitedChanged { inhibited: false, now: 6, minute_of_day: 0 }).unwrap();
+    let a = e.handle(Event::InhibitedChanged { inhibited: false, now: 6 }).unwrap();
     assert_eq!(a, vec![Action::Reboot]);
 }
 
@@ -179,7 +179,7 @@ fn inhibitor_blocks_install_start() {
     let table = [(false, false, true), (false, true, true), (true, false, false), (true, true, false)];
     for (inhibited, automatic, accepted) in table {
         let mut e = started(RebootPolicy::Immediate);
-        e.handle(Event::InhibitedChanged { inhibited, now: 1, minute_of_day: 0 }).unwrap();
+        e.handle(Event::InhibitedChanged { inhibited, now: 1 }).unwrap();
         let before = e.persisted.clone();
         let r = e.handle(Event::InstallRequested { source: "/x.otter".into(), automatic, remote_id: None, now: 2 });
         assert_eq!(r.is_ok(), accepted, "inhibited {inhibited}, automatic {automatic}: {r:?}");
@@ -190,10 +190,10 @@ fn inhibitor_blocks_install_start() {
     }
     // Released: installs start again; a job already running is not affected by a later inhibitor.
     let mut e = started(RebootPolicy::Immediate);
-    e.handle(Event::InhibitedChanged { inhibited: true, now: 1, minute_of_day: 0 }).unwrap();
-    e.handle(Event::InhibitedChanged { inhibited: false, now: 2, minute_of_day: 0 }).unwrap();
+    e.handle(Event::InhibitedChanged { inhibited: true, now: 1 }).unwrap();
+    e.handle(Event::InhibitedChanged { inhibited: false, now: 2 }).unwrap();
     install(&mut e);
-    e.handle(Event::InhibitedChanged { inhibited: true, now: 3, minute_of_day: 0 }).unwrap();
+    e.handle(Event::InhibitedChanged { inhibited: true, now: 3 }).unwrap();
     assert_eq!(e.job().unwrap().phase, JobPhase::Installing);
 }
 
@@ -315,8 +315,8 @@ fn health_failure_rolls_back() {
 #[test]
 fn commit_deadline_rolls_back() {
     let mut e = assessing();
-    assert_eq!(e.handle(Event::Tick { now: 10 + DEADLINE - 1, minute_of_day: 0 }).unwrap(), vec![]);
-    let a = e.handle(Event::Tick { now: 10 + DEADLINE, minute_of_day: 0 }).unwrap();
+    assert_eq!(e.handle(Event::Tick { now: 10 + DEADLINE - 1 }).unwrap(), vec![]);
+    let a = e.handle(Event::Tick { now: 10 + DEADLINE }).unwrap();
     assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkBad(Slot::B)]), Action::Reboot]);
     assert!(e.job().unwrap().rollback_reason.as_ref().unwrap().contains("did not pass within"));
     // A late "passed" cannot commit any more.
