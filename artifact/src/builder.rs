@@ -222,24 +222,8 @@ pub fn read_unverified(input: impl Read) -> Result<(Manifest, SignatureBlock), A
 }
 
 fn read_head<R: Read>(input: R) -> Result<(Vec<u8>, SignatureBlock, TarReader<R>), ArtifactError> {
-    let limits = Limits::default();
     let mut tar = TarReader::new(input);
-    let mut entry = |name: &str, limit: u64, what: &'static str| -> Result<Vec<u8>, ArtifactError> {
-        let h = tar
-            .next_entry()?
-            .ok_or_else(|| ArtifactError::UnexpectedEntry { found: "end of archive".into(), expected: name.into() })?;
-        if h.name != name {
-            return Err(ArtifactError::UnexpectedEntry { found: h.name, expected: name.into() });
-        }
-        if h.size > limit {
-            return Err(ArtifactError::TooLarge { what, size: h.size, limit });
-        }
-        let mut buf = vec![0u8; h.size as usize];
-        tar.read_data(&mut buf, what)?;
-        Ok(buf)
-    };
-    let manifest = entry(MANIFEST_ENTRY, limits.max_manifest, "manifest")?;
-    let block = SignatureBlock::parse(&entry(SIGNATURE_ENTRY, limits.max_signature_block, "signature block")?)?;
+    let (manifest, block) = crate::reader::read_head(&mut tar, &Limits::default())?;
     Ok((manifest, block, tar))
 }
 

@@ -227,15 +227,24 @@ fn read_small_entry<R: Read>(
     Ok(buf)
 }
 
+/// Reads the first two entries of an artifact: the raw manifest bytes and the parsed signature block, each within
+/// its limit. Nothing is verified yet.
+pub(crate) fn read_head<R: Read>(
+    tar: &mut TarReader<R>,
+    limits: &Limits,
+) -> Result<(Vec<u8>, SignatureBlock), ArtifactError> {
+    let manifest = read_small_entry(tar, MANIFEST_ENTRY, "manifest", limits.max_manifest)?;
+    let sig = read_small_entry(tar, SIGNATURE_ENTRY, "signature block", limits.max_signature_block)?;
+    Ok((manifest, SignatureBlock::parse(&sig)?))
+}
+
 impl<R: Read> ArtifactReader<R> {
     /// Reads the manifest and signature block from the start of `inner`, verifies the signature against `keyring`,
     /// parses the manifest and checks it against `policy`. No payload byte has been read when this returns.
     pub fn open(inner: R, keyring: &Keyring, policy: &Policy) -> Result<Self, ArtifactError> {
         let limits = policy.limits;
         let mut tar = TarReader::new(inner);
-        let manifest_bytes = read_small_entry(&mut tar, MANIFEST_ENTRY, "manifest", limits.max_manifest)?;
-        let sig_bytes = read_small_entry(&mut tar, SIGNATURE_ENTRY, "signature block", limits.max_signature_block)?;
-        let block = SignatureBlock::parse(&sig_bytes)?;
+        let (manifest_bytes, block) = read_head(&mut tar, &limits)?;
         // The signature covers the raw bytes; nothing of the manifest is interpreted before it verifies.
         let signed_by = keyring.verify(&manifest_bytes, &block)?;
         let manifest = Manifest::parse(&manifest_bytes)?;
