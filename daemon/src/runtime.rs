@@ -109,7 +109,7 @@ pub enum Command {
     Stop,
 }
 
-/// Download settings of a server-requested install (see [`Command::InstallRemote`]).
+/// Download settings of an install: a server's ([`Command::InstallRemote`]) or a local request's options.
 #[derive(Debug, Clone, Default)]
 pub struct RemoteInstall {
     /// HTTP settings: CA, client certificate, headers, URL refresh hook.
@@ -270,10 +270,9 @@ pub struct Runtime {
     install: Option<(JoinHandle<()>, CancelToken)>,
     health_cancel: Option<Arc<AtomicBool>>,
     last_digest: Option<String>,
-    /// Download settings for the job with this remote id.
-    remote: Option<(String, RemoteInstall)>,
-    /// HTTP settings a local install request brought along (D-Bus `Install` options), for the running job.
-    local_http: Option<otter_installer::HttpOptions>,
+    /// Download settings that came with the install request being handled (D-Bus options or the server's); the
+    /// install starts within that request, once the target is marked bad, and takes them.
+    install_options: Option<RemoteInstall>,
     halted: bool,
     tick: Duration,
 }
@@ -372,8 +371,7 @@ impl Runtime {
             install: None,
             health_cancel: None,
             last_digest: None,
-            remote: None,
-            local_http: None,
+            install_options: None,
             halted: false,
             tick,
         };
@@ -443,18 +441,16 @@ impl Runtime {
         let now = self.platform.now();
         match msg {
             Msg::Command(Command::Install { source, automatic, remote_id, http, reply }) => {
-                // Set before the request: the install starts within it, once the target is marked bad.
-                self.local_http = http.map(|h| *h);
+                self.install_options = http.map(|h| RemoteInstall { http: *h, expected_sha256: None });
                 let result = self.request(Event::InstallRequested { source, automatic, remote_id, now });
-                if result.is_err() {
-                    self.local_http = None;
-                }
+                self.install_options = None;
                 let _ = reply.send(result.map(|()| self.engine.job().map_or(0, |j| j.id)));
             }
             Msg::Command(Command::InstallRemote { source, remote_id, options, reply }) => {
-                self.remote = Some((remote_id.clone(), *options));
+                self.install_options = Some(*options);
                 let event = Event::InstallRequested { source, automatic: true, remote_id: Some(remote_id), now };
                 let result = self.request(event);
+                self.install_options = None;
                 let _ = reply.send(result.map(|()| self.engine.job().map_or(0, |j| j.id)));
             }
             Msg::Command(Command::Cancel { reply }) => {
@@ -694,16 +690,9 @@ impl Runtime {
             policy,
         );
         req.skip_identical = self.settings.skip_identical;
-        let remote_id = self.engine.job().and_then(|j| j.remote_id.clone());
-        if let Some((id, options)) = &self.remote
-            && remote_id.as_ref() == Some(id)
-        {
-            req.http = options.http.clone();
+        if let Some(options) = self.install_options.take() {
+            req.http = options.http;
             req.expected_sha256 = options.expected_sha256;
-        } else if remote_id.is_none()
-            && let Some(http) = self.local_http.take()
-        {
-            req.http = http;
         }
         req.refuse = refuse.iter().filter_map(|d| d.parse().ok()).collect();
         let cancel = CancelToken::new();
