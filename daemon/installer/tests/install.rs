@@ -530,3 +530,16 @@ fn stored_payload_is_one_valid_zstd_stream() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.stdout, f.image);
 }
+
+#[test]
+fn full_disk_is_a_typed_no_space_error() {
+    // /dev/full answers every write with ENOSPC, like a slot on a full filesystem.
+    let f = Fixture::new(IMAGE_LEN);
+    let a = f.path("a.otter");
+    std::fs::write(&a, f.artifact()).unwrap();
+    let req = f.request(Source::File(a), std::path::Path::new("/dev/full"));
+    match otter_installer::install(&req, &|_: &Progress| {}, &CancelToken::new()) {
+        Err(e @ InstallError::Slot { .. }) => assert_eq!(e.code(), "no-space", "{e}"),
+        other => panic!("{other:?}"),
+    }
+}
