@@ -48,3 +48,8 @@ pub fn test_dir(name: &str) -> Result<PathBuf, Error> {
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
     Ok(dir)
 }
+
+/// Environment variables as a map, for comparing what a boot left in an env with what is expected.
+pub fn vars(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}

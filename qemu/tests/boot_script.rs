@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use otter_bootloader::uboot::{FwEnvConfig, UBootBackend, UBootEnv, UBootScheme, provision};
 use otter_bootloader::{BootBackend, Slot, SlotState};
-use otter_qemu_tests::{Console, DiskImage, ImageBuilder, Qemu, UBOOT_ENV_SIZE, test_dir, tools};
+use otter_qemu_tests::{Console, DiskImage, ImageBuilder, Qemu, UBOOT_ENV_SIZE, test_dir, tools, vars};
 
 /// The scheme the boot script implements: BOOT_ORDER / BOOT_x_LEFT, 3 attempts.
 const SCHEME: UBootScheme = UBootScheme::BootOrder { attempts: 3 };
@@ -136,10 +136,6 @@ impl Rig {
     fn lock(&self) -> PathBuf {
         self.dir.join("fw_printenv.lock")
     }
-}
-
-fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 /// The primary slot boots; a trial of B boots B and spends its attempts; B never confirms, so

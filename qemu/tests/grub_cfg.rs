@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use otter_bootloader::grub::{GrubBackend, GrubEnv};
 use otter_bootloader::{BootBackend, Slot, SlotState};
-use otter_qemu_tests::{BuiltImage, DiskImage, Firmware, ImageBuilder, Qemu, test_dir, tools};
+use otter_qemu_tests::{BuiltImage, DiskImage, Firmware, ImageBuilder, Qemu, test_dir, tools, vars};
 
 /// The GRUB image, built (or found up to date) once per test process.
 fn grub_image() -> &'static BuiltImage {
@@ -105,10 +105,6 @@ impl Rig {
         let backend = GrubBackend::open(co.path()).expect("otter opens the grubenv");
         (otter, backend)
     }
-}
-
-fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 /// A booted slot that is not confirmed is skipped at the next boot: a trial of B boots once and
