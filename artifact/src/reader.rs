@@ -202,6 +202,8 @@ pub struct ArtifactReader<R> {
     finished: bool,
     decoder: Option<ChunkDecoder>,
     image_hash: sha2::Sha256,
+    /// Chunks of the current payload were skipped, so `image_hash` does not cover the whole image.
+    image_hash_incomplete: bool,
     stored: Vec<u8>,
 }
 
@@ -277,6 +279,7 @@ impl<R: Read> ArtifactReader<R> {
             finished: false,
             decoder: None,
             image_hash: sha2::Sha256::new(),
+            image_hash_incomplete: false,
             stored: Vec::new(),
         })
     }
@@ -317,30 +320,90 @@ impl<R: Read> ArtifactReader<R> {
             }
             return Ok(None);
         }
-        let payload = &self.manifest.payloads[p];
         if c == 0 {
-            let expected = || format!("{} (payload {:?})", payload.file, payload.name);
-            let header = self.tar.next_entry()?.ok_or_else(|| ArtifactError::UnexpectedEntry {
-                found: "end of archive".into(),
-                expected: expected(),
-            })?;
-            if header.name != payload.file {
-                return Err(ArtifactError::UnexpectedEntry { found: header.name, expected: expected() });
-            }
-            if header.size != payload.stored_size {
-                return Err(ArtifactError::StoredSizeMismatch {
-                    payload: payload.name.clone(),
-                    declared: payload.stored_size,
-                    actual: header.size,
-                });
-            }
+            self.enter_payload(p)?;
         }
+        let payload = &self.manifest.payloads[p];
         // Bounded by the manifest check `stored_size <= zstd_bound(chunk_size)` and `chunk_size <= 16 MiB`.
         let len = payload.chunks[c].stored_size as usize;
         buf.resize(len, 0);
         self.tar.read_data(buf, "payload data")?;
         self.cursor = if c + 1 == payload.chunks.len() { (p + 1, 0) } else { (p, c + 1) };
         Ok(Some(ChunkRef { payload: p, index: c }))
+    }
+
+    /// Reads and checks the tar header of payload `p`'s entry.
+    fn enter_payload(&mut self, p: usize) -> Result<(), ArtifactError> {
+        let payload = &self.manifest.payloads[p];
+        let expected = || format!("{} (payload {:?})", payload.file, payload.name);
+        let header = self
+            .tar
+            .next_entry()?
+            .ok_or_else(|| ArtifactError::UnexpectedEntry { found: "end of archive".into(), expected: expected() })?;
+        if header.name != payload.file {
+            return Err(ArtifactError::UnexpectedEntry { found: header.name, expected: expected() });
+        }
+        if header.size != payload.stored_size {
+            return Err(ArtifactError::StoredSizeMismatch {
+                payload: payload.name.clone(),
+                declared: payload.stored_size,
+                actual: header.size,
+            });
+        }
+        Ok(())
+    }
+
+    /// The next chunk [`ArtifactReader::read_stored_chunk`] returns, or `None` after the last payload.
+    pub fn cursor(&self) -> Option<ChunkRef> {
+        let (payload, index) = self.cursor;
+        (payload < self.manifest.payloads.len()).then_some(ChunkRef { payload, index })
+    }
+
+    /// Passes over the next `count` stored chunks of the current payload without reading them (an install that
+    /// resumes after chunks already verified in the slot). `skip` must move the underlying stream forward by
+    /// exactly the byte count it is given: seek a file, re-request an HTTP range, or read and discard. The chunks
+    /// are not verified here; the caller answers for them. After a skip, [`ArtifactReader::next_chunk`] cannot
+    /// check that payload's whole-image hash and skips that check (every chunk it hands out is still checked).
+    pub fn skip_chunks(
+        &mut self,
+        count: usize,
+        skip: impl FnOnce(&mut R, u64) -> std::io::Result<()>,
+    ) -> Result<(), ArtifactError> {
+        let (p, c) = self.cursor;
+        let Some(payload) = self.manifest.payloads.get(p) else {
+            return Err(ArtifactError::TarHeader { reason: "no payload left to skip chunks of".into() });
+        };
+        if c + count > payload.chunks.len() {
+            return Err(ArtifactError::TarHeader {
+                reason: format!(
+                    "cannot skip {count} chunks from chunk {c} of a {}-chunk payload",
+                    payload.chunks.len()
+                ),
+            });
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        let bytes: u64 = payload.chunks[c..c + count].iter().map(|k| k.stored_size).sum();
+        if c == 0 {
+            self.enter_payload(p)?;
+        }
+        self.tar.skip_data(bytes, "payload data", skip)?;
+        if c + count == self.manifest.payloads[p].chunks.len() {
+            self.cursor = (p + 1, 0);
+            self.image_hash = sha2::Sha256::new();
+            self.image_hash_incomplete = false;
+        } else {
+            self.cursor = (p, c + count);
+            self.image_hash_incomplete = true;
+        }
+        Ok(())
+    }
+
+    /// The underlying stream, e.g. to drain what follows the archive after the last chunk. Reading from it before
+    /// the end desynchronises the reader.
+    pub fn get_mut(&mut self) -> &mut R {
+        self.tar.get_mut()
     }
 
     fn finish_archive(&mut self) -> Result<(), ArtifactError> {
@@ -378,7 +441,7 @@ impl<R: Read> ArtifactReader<R> {
         self.image_hash.update(&out[..]);
         if at.index + 1 == payload.chunks.len() {
             let whole: [u8; 32] = std::mem::take(&mut self.image_hash).finalize().into();
-            if Digest(whole) != payload.sha256 {
+            if !std::mem::take(&mut self.image_hash_incomplete) && Digest(whole) != payload.sha256 {
                 return Err(ArtifactError::ImageHashMismatch { payload: payload.name.clone() });
             }
         }
@@ -390,5 +453,95 @@ impl<R: Read> ArtifactReader<R> {
         let mut out = Vec::new();
         while self.next_chunk(&mut out)?.is_some() {}
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::{self, BuildOptions, ImageSource};
+
+    fn image(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| ((i / 7) as u8).wrapping_mul(31) ^ seed ^ (i % 251) as u8).collect()
+    }
+
+    /// Two payloads of 5 and 3 chunks of 4 KiB; returns the artifact, the images and a keyring.
+    fn two_payloads() -> (Vec<u8>, Vec<Vec<u8>>, Keyring) {
+        let dir = tempfile::tempdir().unwrap();
+        let images = vec![image(5 * 4096 - 100, 1), image(3 * 4096, 2)];
+        let sources: Vec<_> = ["rootfs", "boot"]
+            .iter()
+            .zip(&images)
+            .map(|(name, bytes)| {
+                let path = dir.path().join(name);
+                std::fs::write(&path, bytes).unwrap();
+                ImageSource { name: (*name).into(), slot_class: (*name).into(), path }
+            })
+            .collect();
+        let mut opts = BuildOptions::new(vec!["t".into()], "1");
+        opts.chunk_size = 4096;
+        let key = crate::keys::generate().unwrap();
+        let mut out = Vec::new();
+        builder::create(&opts, &sources, std::slice::from_ref(&key), &mut out).unwrap();
+        let mut ring = Keyring::new();
+        ring.add(key.verifying_key());
+        (out, images, ring)
+    }
+
+    fn discard(r: &mut &[u8], n: u64) -> std::io::Result<()> {
+        std::io::copy(&mut Read::take(r, n), &mut std::io::sink()).map(|_| ())
+    }
+
+    #[test]
+    fn skipping_chunks_hands_out_exactly_the_rest() {
+        let (artifact, images, ring) = two_payloads();
+        let mut r = ArtifactReader::open(&artifact[..], &ring, &Policy::default()).unwrap();
+        // Skip three chunks of the first payload and the whole second one after reading the rest of the first.
+        assert_eq!(r.cursor(), Some(ChunkRef { payload: 0, index: 0 }));
+        r.skip_chunks(3, discard).unwrap();
+        assert_eq!(r.cursor(), Some(ChunkRef { payload: 0, index: 3 }));
+        let mut got = Vec::new();
+        let mut out = Vec::new();
+        while r.cursor().is_some_and(|c| c.payload == 0) {
+            let at = r.next_chunk(&mut out).unwrap().unwrap();
+            got.push((at, out.clone()));
+        }
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].1, images[0][3 * 4096..4 * 4096]);
+        assert_eq!(got[1].1, images[0][4 * 4096..]);
+        r.skip_chunks(3, discard).unwrap();
+        assert_eq!(r.cursor(), None);
+        assert!(r.next_chunk(&mut out).unwrap().is_none(), "the end of the archive is still checked");
+    }
+
+    #[test]
+    fn skipping_is_bounded_by_the_payload_and_the_skip_must_move_the_stream() {
+        let (artifact, _, ring) = two_payloads();
+        let mut r = ArtifactReader::open(&artifact[..], &ring, &Policy::default()).unwrap();
+        assert!(matches!(r.skip_chunks(6, discard), Err(ArtifactError::TarHeader { .. })));
+        // A skip that fails (a ranged re-request refused, say) is a read error.
+        let failed = r.skip_chunks(2, |_, _| Err(std::io::Error::other("no range support")));
+        assert!(matches!(failed, Err(ArtifactError::Io { .. })), "{failed:?}");
+    }
+
+    #[test]
+    fn chunks_after_a_skipped_payload_are_still_verified() {
+        let (mut artifact, _, ring) = two_payloads();
+        let manifest = builder::read_unverified(&artifact[..]).unwrap().0;
+        // Flip a byte inside the second payload's stored data: its chunk hash catches it.
+        let end = artifact.len() - 1024 - (512 - (manifest.payloads[1].stored_size % 512) as usize) % 512;
+        let at = end - manifest.payloads[1].stored_size as usize + 20;
+        artifact[at] ^= 1;
+        let mut r = ArtifactReader::open(&artifact[..], &ring, &Policy::default()).unwrap();
+        r.skip_chunks(5, discard).unwrap();
+        let mut out = Vec::new();
+        let err = r.next_chunk(&mut out).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ArtifactError::ChunkHashMismatch { chunk: 0, .. } | ArtifactError::Decompress { chunk: 0, .. }
+            ),
+            "{err:?}"
+        );
     }
 }

@@ -188,6 +188,28 @@ impl<R: Read> TarReader<R> {
         Ok(())
     }
 
+    /// Passes over the next `n` bytes of the current entry's data without handing them out: `skip` moves `inner`
+    /// forward by exactly `n` bytes (a seek, a ranged re-request, or reading and discarding).
+    pub fn skip_data(
+        &mut self,
+        n: u64,
+        what: &str,
+        skip: impl FnOnce(&mut R, u64) -> io::Result<()>,
+    ) -> Result<(), ArtifactError> {
+        if n > self.remaining {
+            return Err(ArtifactError::TarHeader { reason: format!("{what} extends past the end of its tar entry") });
+        }
+        skip(&mut self.inner, n).map_err(read_err(what))?;
+        self.remaining -= n;
+        self.position += n;
+        Ok(())
+    }
+
+    /// The underlying reader.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     /// Bytes of the current entry not read yet.
     pub fn remaining(&self) -> u64 {
         self.remaining

@@ -124,6 +124,10 @@ pub struct Job {
     pub rollback_reason: Option<String>,
 }
 
+/// Failure code of an install cut off by a restart or power failure. The slot holds no valid image, but the
+/// installer's resume record lets the same artifact continue where it stopped, so a server-driven job is retried.
+pub const INTERRUPTED: &str = "interrupted";
+
 /// A finished job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRecord {
@@ -479,7 +483,7 @@ impl Engine {
                 let mut a = vec![Action::Boot(vec![BootChange::MarkBad(job.target), BootChange::MarkGood(booted)])];
                 a.extend(self.finish(
                     Outcome::Failed {
-                        code: "interrupted".into(),
+                        code: INTERRUPTED.into(),
                         message: "the install was interrupted by a restart".into(),
                     },
                     now,

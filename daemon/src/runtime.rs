@@ -495,12 +495,16 @@ impl Runtime {
                 let event = match *result {
                     Ok(report) => {
                         tracing::info!(
-                            "installed {} ({} bytes written, {} received) in {:.1}s",
+                            "installed {} ({} bytes written, {} received, {} chunks resumed) in {:.1}s",
                             report.manifest.version,
                             report.bytes_written,
                             report.bytes_received,
+                            report.chunks_resumed,
                             report.elapsed.as_secs_f64()
                         );
+                        if let Some(e) = &report.checkpoint_error {
+                            tracing::warn!("the install could not keep its resume record: {e}");
+                        }
                         Event::InstallSucceeded {
                             artifact: ArtifactInfo {
                                 digest: report.manifest_digest.to_string(),
@@ -690,6 +694,9 @@ impl Runtime {
             policy,
         );
         req.skip_identical = self.settings.skip_identical;
+        // An install cut off by a power failure or a restart continues from here when the same artifact comes
+        // again (the server retries the deployment, or the user re-runs the install).
+        req.resume_file = Some(self.settings.state_dir.join("install-resume.json"));
         if let Some(options) = self.install_options.take() {
             req.http = options.http;
             req.expected_sha256 = options.expected_sha256;

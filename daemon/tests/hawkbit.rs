@@ -379,6 +379,35 @@ fn dropped_connection_resumes_without_downloading_twice() {
 }
 
 #[test]
+fn an_install_cut_off_by_a_power_failure_continues_after_the_restart() {
+    let r = rig(Opts::default());
+    let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
+    r.server.inject(Fault::SlowBody { piece: 64 << 10, delay: Duration::from_millis(150) });
+    let record = r.device.root.join("var/lib/otter/install-resume.json");
+    {
+        let _boot = r.boot();
+        // The installer checkpoints every 2 s: once there is a record, some chunks are durable in the slot.
+        wait_for("a resume checkpoint", || record.exists());
+        // The power failure: the loop stops with the job still installing.
+    }
+    r.server.clear_faults();
+    let first_downloads = r.server.requests_to("/artifacts/").len();
+    r.complete(id);
+    let downloads = r.server.requests_to("/artifacts/");
+    let resumed = downloads.last().unwrap();
+    assert_eq!(downloads.len(), first_downloads + 2, "the manifest, then a range past the written chunks");
+    assert_eq!(resumed.status, 206);
+    let start: u64 =
+        resumed.header("range").and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok()).unwrap();
+    assert!(start > 256 << 10, "at least one 256 KiB chunk was not fetched again (range from {start})");
+    let details: Vec<String> = r.server.action(id).unwrap().feedback.iter().map(feedback_details).collect();
+    assert!(details.iter().any(|d| d.contains("interrupted by a restart")), "{details:?}");
+    let (slot, image) = (std::fs::read(r.device.slot_file(Slot::B)).unwrap(), std::fs::read(&r.new_image).unwrap());
+    assert!(slot[..image.len()] == image[..], "slot B holds the new image");
+    assert!(!record.exists());
+}
+
+#[test]
 fn expired_artifact_link_is_refreshed_and_the_download_resumes() {
     let r = rig(Opts::default());
     let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));

@@ -163,6 +163,10 @@ struct InstallArgs {
     /// Do not rewrite chunks the slot already holds.
     #[arg(long)]
     skip_identical: bool,
+    /// Keep a resume record here while installing: if the install is interrupted (power cut, kill, lost
+    /// connection), running it again with the same record continues after the chunks already written.
+    #[arg(long)]
+    resume_file: Option<PathBuf>,
     /// Largest zstd window accepted, in MiB.
     #[arg(long, default_value_t = 8)]
     max_window_mib: u64,
@@ -329,6 +333,7 @@ fn install(a: InstallArgs) -> Result<()> {
     );
     req.http = http;
     req.skip_identical = a.skip_identical;
+    req.resume_file = a.resume_file;
     let tty = io::stderr().is_terminal();
     let last = std::sync::Mutex::new(Instant::now());
     let progress = |p: &Progress| {
@@ -362,16 +367,21 @@ fn install(a: InstallArgs) -> Result<()> {
         .with_context(|| format!("install into {} failed", a.slot.display()))?;
     let secs = report.elapsed.as_secs_f64();
     println!(
-        "installed {} into {}: {} bytes written, {} bytes received, {} chunks skipped, {:.2}s ({:.0} MB/s), signed by {}",
+        "installed {} into {}: {} bytes written, {} bytes received, {} chunks skipped, {} chunks resumed, {:.2}s \
+         ({:.0} MB/s), signed by {}",
         report.manifest.version,
         a.slot.display(),
         report.bytes_written,
         report.bytes_received,
         report.chunks_skipped,
+        report.chunks_resumed,
         secs,
         report.bytes_written as f64 / secs.max(1e-9) / 1e6,
         report.signed_by
     );
+    if let Some(e) = &report.checkpoint_error {
+        eprintln!("otter-artifact: warning: resume record not kept: {e}");
+    }
     io::stdout().flush()?;
     Ok(())
 }

@@ -173,3 +173,54 @@ fn missing_input_is_one_clear_line() {
     assert!(e.contains("missing.key"), "{e}");
     assert!(!d.path().join("x.otter").exists() && !d.path().join("x.otter.tmp").exists());
 }
+
+#[test]
+fn an_install_killed_mid_way_resumes_from_its_record() {
+    let d = setup();
+    // 48 chunks of 64 KiB that do not compress away.
+    let image: Vec<u8> =
+        (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ (i / 4096) as u8).collect();
+    std::fs::write(d.path().join("rootfs.img"), &image).unwrap();
+    create(d.path(), "old.key", "a.otter");
+    let artifact = std::fs::read(d.path().join("a.otter")).unwrap();
+    let pipe = d.path().join("pipe");
+    assert!(Command::new("mkfifo").arg(&pipe).status().unwrap().success());
+    let record = d.path().join("resume.json");
+    let mut child = Command::new(BIN)
+        .current_dir(d.path())
+        .args(["install", "--key", "old.pub", "--slot", "slot.img", "--resume-file", "resume.json", "pipe"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut fifo = std::fs::OpenOptions::new().write(true).open(&pipe).unwrap();
+        let (a, b) = (artifact.len() * 4 / 10, artifact.len() * 6 / 10);
+        fifo.write_all(&artifact[..a]).unwrap();
+        // Checkpoints come at most every 2 s: the chunks that arrive after this pause trigger one.
+        std::thread::sleep(std::time::Duration::from_millis(2200));
+        fifo.write_all(&artifact[a..b]).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !record.exists() {
+            assert!(std::time::Instant::now() < deadline, "no resume record appeared");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // The power cut: no cleanup of any kind.
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let slot = std::fs::read(d.path().join("slot.img")).unwrap();
+    assert!(slot[..4096].iter().all(|&b| b == 0), "an interrupted slot is not a valid image");
+
+    let out =
+        ok(d.path(), &["install", "--key", "old.pub", "--slot", "slot.img", "--resume-file", "resume.json", "a.otter"]);
+    let resumed: u64 = out
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" chunks resumed"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resumed count in {out:?}"));
+    assert!(resumed > 0 && resumed < 48, "{out}");
+    assert_eq!(std::fs::read(d.path().join("slot.img")).unwrap(), image);
+    assert!(!record.exists());
+}

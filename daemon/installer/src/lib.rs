@@ -11,8 +11,12 @@
 //! written before its hash matched the signed manifest. The slot's first block is zeroed before the first write and
 //! written last, after everything else is durable, so an interrupted or failed install never leaves a slot that
 //! looks valid.
+//!
+//! An install that stops part-way (power cut, killed process, lost connection) can continue later from the chunks
+//! it had made durable, when the request names a resume record (see [`resume`]).
 
 mod error;
+pub mod resume;
 pub mod slot;
 pub mod source;
 
@@ -92,6 +96,13 @@ pub struct InstallRequest {
     /// the signed manifest. The bytes are hashed in the order the source delivers them, across resumed
     /// connections; on a mismatch the install fails before the slot's first block is written.
     pub expected_sha256: Option<[u8; 32]>,
+    /// Where to keep the resume record (see [`resume`]): with it, an interrupted install of the same artifact
+    /// into the same slots continues after the chunks it had already written and synced, instead of starting over.
+    /// `None` disables resuming.
+    pub resume_file: Option<PathBuf>,
+    /// Least time between two resume checkpoints; each one syncs the slot and rewrites the record. A fast local
+    /// install finishes before the first; a slow download loses at most about this much work to a power cut.
+    pub checkpoint_interval: Duration,
 }
 
 impl InstallRequest {
@@ -107,6 +118,8 @@ impl InstallRequest {
             decode_threads: 0,
             refuse: Vec::new(),
             expected_sha256: None,
+            resume_file: None,
+            checkpoint_interval: Duration::from_secs(2),
         }
     }
 }
@@ -169,6 +182,10 @@ pub struct InstallReport {
     pub bytes_written: u64,
     /// Chunks not rewritten because the slot already held them.
     pub chunks_skipped: u64,
+    /// Chunks an earlier, interrupted install had written, found intact and not fetched again.
+    pub chunks_resumed: u64,
+    /// Why the resume record could not be written, if it could not (the install itself went on).
+    pub checkpoint_error: Option<String>,
     /// Wall-clock time.
     pub elapsed: Duration,
 }
@@ -279,13 +296,10 @@ fn install_once(
     let opened = source::open(&req.source, &req.http, cancel, received.clone())?;
     let length = opened.length;
     progress(&report(Phase::Verifying, 0, 0, length));
-    let (stream, hashed): (Box<dyn std::io::Read + Send>, _) = match req.expected_sha256 {
-        Some(_) => {
-            let h = source::HashingReader::new(opened.reader);
-            (Box::new(h.clone()), Some(h))
-        }
-        None => (opened.reader, None),
-    };
+    let mut stream = opened.reader;
+    if req.expected_sha256.is_some() {
+        stream.hash_stream();
+    }
     let mut reader =
         ArtifactReader::open(stream, &req.keyring, &req.policy).map_err(|e| from_artifact(e, &req.source, cancel))?;
     let manifest = reader.manifest().clone();
@@ -317,7 +331,38 @@ fn install_once(
     for s in &mut slots {
         s.invalidate()?;
     }
-    progress(&report(Phase::Writing, 0, total, length));
+
+    // Chunks a previous, interrupted install of this artifact left in the slots, each checked against the manifest.
+    let checkpoint_error = Mutex::new(None);
+    let mut resumed = vec![0usize; manifest.payloads.len()];
+    let mut heads: Vec<Vec<u8>> = vec![Vec::new(); manifest.payloads.len()];
+    if let Some(record_path) = &req.resume_file {
+        let paths: Vec<&std::path::Path> = slots.iter().map(|s| s.path()).collect();
+        let record = resume::Record::load(record_path);
+        match record.as_ref().and_then(|r| r.progress_for(&reader.manifest_digest(), &paths)) {
+            Some(progress) => {
+                for (p, payload) in manifest.payloads.iter().enumerate() {
+                    let head = hex::decode(&progress[p].head).unwrap_or_default();
+                    resumed[p] = resume::verified_prefix(&mut slots[p], payload, progress[p].chunks, &head)?;
+                    if resumed[p] > 0 {
+                        heads[p] = head;
+                    }
+                }
+            }
+            // A record of another artifact or slot is stale: this install overwrites what it describes. Should it
+            // stay, it is harmless: it names another artifact, and whatever a record claims is verified.
+            None if record.is_some() => {
+                if let Err(e) = resume::Record::remove(record_path) {
+                    *checkpoint_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(format!("removing the stale {}: {e}", record_path.display()));
+                }
+            }
+            None => {}
+        }
+    }
+    let resumed_bytes = |p: usize| (0..resumed[p]).map(|i| manifest.payloads[p].chunk_len(i)).sum::<u64>();
+    let written = AtomicU64::new((0..resumed.len()).map(resumed_bytes).sum());
+    progress(&report(Phase::Writing, written.load(Ordering::Relaxed), total, length));
 
     let threads = match req.decode_threads {
         0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4),
@@ -326,7 +371,6 @@ fn install_once(
     let max_chunk = manifest.payloads.iter().map(|p| p.chunk_size).max().unwrap_or(0) as usize;
     let max_window = req.policy.limits.max_window;
     let first_error = FirstError::default();
-    let written = AtomicU64::new(0);
     let skipped = AtomicU64::new(0);
     let stored_pool: Pool<Vec<u8>> = Pool(Mutex::new(Vec::new()));
     let decoded_pool: Pool<AlignedBuf> = Pool(Mutex::new(Vec::new()));
@@ -336,7 +380,6 @@ fn install_once(
     let stored_rx = Arc::new(Mutex::new(stored_rx));
     let (decoded_tx, decoded_rx) = mpsc::sync_channel::<(ChunkRef, AlignedBuf)>(CHANNEL_DEPTH);
 
-    let mut heads: Vec<Vec<u8>> = vec![Vec::new(); manifest.payloads.len()];
     std::thread::scope(|s| {
         for _ in 0..threads {
             let decoded_tx = decoded_tx.clone();
@@ -376,8 +419,24 @@ fn install_once(
             let (manifest, first_error, written, skipped) = (&manifest, &first_error, &written, &skipped);
             let (decoded_pool, slots, heads) = (&decoded_pool, &mut slots, &mut heads);
             let skip_identical = req.skip_identical;
+            let mut checkpoints = req.resume_file.as_ref().map(|path| Checkpoints {
+                path,
+                digest: digest.get().expect("set after verification"),
+                interval: req.checkpoint_interval,
+                last: Instant::now(),
+                have: manifest
+                    .payloads
+                    .iter()
+                    .zip(&resumed)
+                    .map(|(p, &r)| (0..p.chunks.len()).map(|i| i < r).collect())
+                    .collect(),
+                prefix: resumed.clone(),
+                recorded: resumed.clone(),
+                error: &checkpoint_error,
+            });
+            let resumed = &resumed;
             s.spawn(move || {
-                let mut done = vec![0usize; manifest.payloads.len()];
+                let mut done = resumed.clone();
                 for (at, buf) in decoded_rx {
                     if first_error.failed() {
                         return;
@@ -414,6 +473,11 @@ fn install_once(
                     written.fetch_add(buf.as_slice().len() as u64, Ordering::Relaxed);
                     decoded_pool.put(buf);
                     done[at.payload] += 1;
+                    if let Some(c) = &mut checkpoints
+                        && let Err(e) = c.written(at, slots, heads)
+                    {
+                        return first_error.set(e);
+                    }
                 }
                 if !first_error.failed() && done.iter().zip(&manifest.payloads).any(|(d, p)| *d != p.chunks.len()) {
                     first_error.set(InstallError::Artifact(ArtifactError::Truncated { at: "payload data".into() }));
@@ -430,6 +494,17 @@ fn install_once(
             if cancel.is_cancelled() {
                 first_error.set(InstallError::Cancelled);
                 break;
+            }
+            // Chunks already in the slot: move the source past them instead of reading them.
+            if let Some(at) = reader.cursor()
+                && at.index == 0
+                && resumed[at.payload] > 0
+            {
+                if let Err(e) = reader.skip_chunks(resumed[at.payload], |s, n| s.skip(n)) {
+                    first_error.set(from_artifact(e, &req.source, cancel));
+                    break;
+                }
+                continue;
             }
             let mut buf = stored_pool.get(Vec::new);
             match reader.read_stored_chunk(&mut buf) {
@@ -456,13 +531,17 @@ fn install_once(
         return Err(e);
     }
 
-    if let (Some(expected), Some(h)) = (req.expected_sha256, &hashed) {
-        // The rest of the stream (tar padding and end blocks) belongs to the file the server hashed.
-        let actual = h.finish().map_err(|source| {
+    if let Some(expected) = req.expected_sha256 {
+        // The rest of the stream (tar padding and end blocks) belongs to the file the server hashed. A resumed
+        // install skipped part of the file, so there is no whole-file hash to compare; the signed chunk hashes
+        // covered every byte either way.
+        let actual = reader.get_mut().finish_hash().map_err(|source| {
             let context = "reading the end of the artifact".to_owned();
             from_artifact(ArtifactError::Io { context, source }, &req.source, cancel)
         })?;
-        if actual != expected {
+        if let Some(actual) = actual
+            && actual != expected
+        {
             // The head was never written, so the slot stays invalid.
             return Err(InstallError::StreamHashMismatch {
                 source_name: req.source.name(),
@@ -477,6 +556,12 @@ fn install_once(
         slot.sync()?;
         slot.write_head(head)?;
     }
+    let mut checkpoint_error = checkpoint_error.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some(path) = &req.resume_file
+        && let Err(e) = resume::Record::remove(path)
+    {
+        checkpoint_error.get_or_insert(format!("removing {}: {e}", path.display()));
+    }
     let bytes_written = written.load(Ordering::Relaxed);
     progress(&report(Phase::Done, bytes_written, total, length));
     Ok(InstallReport {
@@ -486,6 +571,67 @@ fn install_once(
         bytes_received: received.get(),
         bytes_written,
         chunks_skipped: skipped.load(Ordering::Relaxed),
+        chunks_resumed: resumed.iter().sum::<usize>() as u64,
+        checkpoint_error,
         elapsed: Duration::ZERO,
     })
+}
+
+/// Resume checkpoints, kept by the writer thread.
+struct Checkpoints<'a> {
+    path: &'a PathBuf,
+    digest: Digest,
+    interval: Duration,
+    last: Instant,
+    /// Which chunks of each payload are written.
+    have: Vec<Vec<bool>>,
+    /// Leading chunks of each payload that are written.
+    prefix: Vec<usize>,
+    /// What the record on disk says.
+    recorded: Vec<usize>,
+    /// The first failure to write the record; checkpoints stop after it.
+    error: &'a Mutex<Option<String>>,
+}
+
+impl Checkpoints<'_> {
+    /// Notes that chunk `at` is written and, when the interval has passed, syncs the slots and records the
+    /// progress. Only a slot that cannot be synced is an install error.
+    fn written(&mut self, at: ChunkRef, slots: &mut [SlotWriter], heads: &[Vec<u8>]) -> Result<(), InstallError> {
+        let have = &mut self.have[at.payload];
+        have[at.index] = true;
+        let prefix = &mut self.prefix[at.payload];
+        while *prefix < have.len() && have[*prefix] {
+            *prefix += 1;
+        }
+        if self.last.elapsed() < self.interval || self.prefix == self.recorded {
+            return Ok(());
+        }
+        if self.error.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return Ok(());
+        }
+        self.last = Instant::now();
+        // The data the record will claim must be durable before the record says so.
+        for (slot, (now, before)) in slots.iter_mut().zip(self.prefix.iter().zip(&self.recorded)) {
+            if now != before {
+                slot.sync()?;
+            }
+        }
+        let progress = slots
+            .iter()
+            .zip(&self.prefix)
+            .zip(heads)
+            .map(|((slot, &chunks), head)| resume::PayloadProgress {
+                slot: slot.path().to_owned(),
+                chunks,
+                head: if chunks > 0 { hex::encode(head) } else { String::new() },
+            })
+            .collect();
+        match resume::Record::new(&self.digest, progress).store(self.path) {
+            Ok(()) => self.recorded.clone_from(&self.prefix),
+            Err(e) => {
+                *self.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{}: {e}", self.path.display()))
+            }
+        }
+        Ok(())
+    }
 }

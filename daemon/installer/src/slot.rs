@@ -134,24 +134,32 @@ impl SlotWriter {
 
     /// Whether the slot already holds exactly `data` at `offset` (used to skip rewriting identical chunks).
     pub fn holds(&mut self, data: &[u8], offset: u64) -> Result<bool, InstallError> {
-        if self.capacity.is_none_or(|c| c < offset + data.len() as u64) {
+        let mut scratch = self.scratch.take().unwrap_or_else(|| AlignedBuf::new(data.len()));
+        if scratch.capacity() < data.len() {
+            scratch = AlignedBuf::new(data.len());
+        }
+        let result = self.read_at(scratch.resize(data.len()), offset).map(|read| read && scratch.as_slice() == data);
+        self.scratch = Some(scratch);
+        result
+    }
+
+    /// Reads `buf.len()` bytes at `offset` (direct when `buf` is aligned); `false` when the slot ends before.
+    pub fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<bool, InstallError> {
+        if self.capacity.is_none_or(|c| c < offset + buf.len() as u64) {
             let len = self.buffered.metadata().map_err(self.err("reading the file size"))?.len();
-            if len < offset + data.len() as u64 {
+            if len < offset + buf.len() as u64 {
                 return Ok(false);
             }
         }
-        let scratch = self.scratch.get_or_insert_with(|| AlignedBuf::new(data.len()));
-        if scratch.capacity() < data.len() {
-            *scratch = AlignedBuf::new(data.len());
-        }
-        let buf = scratch.resize(data.len());
-        let direct_ok = offset.is_multiple_of(ALIGN as u64) && data.len().is_multiple_of(ALIGN);
+        let direct_ok = offset.is_multiple_of(ALIGN as u64)
+            && buf.len().is_multiple_of(ALIGN)
+            && buf.as_ptr().align_offset(ALIGN) == 0;
         let read = match (&self.direct, direct_ok) {
             (Some(d), true) => d.read_exact_at(buf, offset),
             _ => self.buffered.read_exact_at(buf, offset),
         };
         match read {
-            Ok(()) => Ok(buf == data),
+            Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
             Err(e) => Err(self.err(format!("reading at offset {offset}"))(e)),
         }

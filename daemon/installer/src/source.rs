@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -159,7 +160,7 @@ impl ByteCounter {
 /// An opened source: a reader plus what is known about its length.
 pub struct OpenedSource {
     /// The stream.
-    pub reader: Box<dyn Read + Send>,
+    pub reader: SourceReader,
     /// Its total length, when known.
     pub length: Option<u64>,
 }
@@ -171,65 +172,104 @@ pub fn open(
     cancel: &CancelToken,
     received: ByteCounter,
 ) -> Result<OpenedSource, InstallError> {
-    match source {
+    let (stream, length) = match source {
         Source::File(path) => {
             let f = File::open(path).map_err(|error| InstallError::Source { source_name: source.name(), error })?;
-            let length = f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
-            let reader = Counted { inner: io::BufReader::with_capacity(256 << 10, f), counter: received };
-            Ok(OpenedSource { reader: Box::new(reader), length })
+            let meta = f.metadata().ok();
+            let length = meta.as_ref().filter(|m| m.is_file()).map(|m| m.len());
+            let reader = io::BufReader::with_capacity(256 << 10, f);
+            // Pipes and character devices cannot seek: skipping reads through them.
+            match meta.is_some_and(|m| m.is_file() || m.file_type().is_block_device()) {
+                true => (Stream::File(reader), length),
+                false => (Stream::Pipe(Box::new(reader)), length),
+            }
         }
-        Source::Stdin => {
-            Ok(OpenedSource { reader: Box::new(Counted { inner: io::stdin(), counter: received }), length: None })
-        }
+        Source::Stdin => (Stream::Pipe(Box::new(io::stdin())), None),
         Source::Url(url) => {
-            let r = HttpReader::open(url, http, cancel.clone(), received)?;
+            let r = HttpReader::open(url, http, cancel.clone(), received.clone())?;
             let length = r.length;
-            Ok(OpenedSource { reader: Box::new(r), length })
+            (Stream::Http(Box::new(r)), length)
+        }
+    };
+    let reader = SourceReader { stream, received, hasher: None, skipped: false };
+    Ok(OpenedSource { reader, length })
+}
+
+enum Stream {
+    File(io::BufReader<File>),
+    Pipe(Box<dyn Read + Send>),
+    Http(Box<HttpReader>),
+}
+
+/// The byte stream of an opened source. Besides reading it can skip forward (a resumed install passes over chunks
+/// the slot already holds): a file seeks, HTTP asks for the rest with a `Range` request, a pipe reads and discards.
+/// It can also hash everything it delivers, for a check against the server's hash of the whole file.
+pub struct SourceReader {
+    stream: Stream,
+    received: ByteCounter,
+    hasher: Option<sha2::Sha256>,
+    skipped: bool,
+}
+
+impl SourceReader {
+    /// Starts hashing (SHA-256) everything read from here on.
+    pub fn hash_stream(&mut self) {
+        use sha2::Digest as _;
+        self.hasher = Some(sha2::Sha256::new());
+    }
+
+    /// Moves forward by `n` bytes without delivering them.
+    pub fn skip(&mut self, n: u64) -> io::Result<()> {
+        match &mut self.stream {
+            Stream::File(f) => {
+                let n = i64::try_from(n).map_err(|_| io::Error::other("skip too large"))?;
+                f.seek_relative(n)?;
+                self.skipped = true;
+                Ok(())
+            }
+            Stream::Http(h) => {
+                h.skip(n)?;
+                self.skipped = true;
+                Ok(())
+            }
+            // Read through, so the stream hash still covers everything.
+            Stream::Pipe(_) => {
+                let copied = io::copy(&mut self.by_ref().take(n), &mut io::sink())?;
+                match copied == n {
+                    true => Ok(()),
+                    false => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "stream ended inside skipped data")),
+                }
+            }
+        }
+    }
+
+    /// Reads the stream to its end and returns the SHA-256 of everything it delivered, or `None` when hashing was
+    /// not started or bytes were skipped without being read.
+    pub fn finish_hash(&mut self) -> io::Result<Option<[u8; 32]>> {
+        use sha2::Digest as _;
+        io::copy(self, &mut io::sink())?;
+        match (self.hasher.take(), self.skipped) {
+            (Some(h), false) => Ok(Some(h.finalize().into())),
+            _ => Ok(None),
         }
     }
 }
 
-/// Hashes (SHA-256) everything read through it, in order; a clone shares the reader and the hash, so the owner
-/// can drain the rest of the stream and read the digest after another component consumed the front.
-#[derive(Clone)]
-pub(crate) struct HashingReader(Arc<std::sync::Mutex<(Box<dyn Read + Send>, sha2::Sha256)>>);
-
-impl HashingReader {
-    pub(crate) fn new(inner: Box<dyn Read + Send>) -> Self {
-        use sha2::Digest as _;
-        Self(Arc::new(std::sync::Mutex::new((inner, sha2::Sha256::new()))))
-    }
-
-    /// Reads the stream to its end and returns the SHA-256 of everything it delivered.
-    pub(crate) fn finish(&self) -> io::Result<[u8; 32]> {
-        use sha2::Digest as _;
-        let mut me = self.clone();
-        io::copy(&mut me, &mut io::sink())?;
-        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(guard.1.clone().finalize().into())
-    }
-}
-
-impl Read for HashingReader {
+impl Read for SourceReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         use sha2::Digest as _;
-        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let (inner, hasher) = &mut *guard;
-        let n = inner.read(buf)?;
-        hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-struct Counted<R> {
-    inner: R,
-    counter: ByteCounter,
-}
-
-impl<R: Read> Read for Counted<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.counter.add(n);
+        let n = match &mut self.stream {
+            Stream::File(f) => f.read(buf)?,
+            Stream::Pipe(p) => p.read(buf)?,
+            // Counts what it receives itself, resumed connections included.
+            Stream::Http(h) => {
+                return h.read(buf).inspect(|&n| self.hasher.iter_mut().for_each(|s| s.update(&buf[..n])));
+            }
+        };
+        self.received.add(n);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -319,12 +359,7 @@ impl HttpReader {
         }
         r.length = resp.content_length();
         // Only a strong ETag or a Last-Modified date is a valid If-Range validator.
-        r.validator = resp
-            .headers()
-            .get(ETAG)
-            .filter(|v| !v.as_bytes().starts_with(b"W/"))
-            .or_else(|| resp.headers().get(LAST_MODIFIED))
-            .cloned();
+        r.validator = validator(&resp);
         r.response = Some(resp);
         Ok(r)
     }
@@ -360,14 +395,7 @@ impl HttpReader {
             };
             match resp.status().as_u16() {
                 206 => {
-                    let start = resp
-                        .headers()
-                        .get(CONTENT_RANGE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.strip_prefix("bytes "))
-                        .and_then(|v| v.split('-').next())
-                        .and_then(|v| v.parse::<u64>().ok());
-                    if start != Some(self.position) {
+                    if content_range_start(&resp) != Some(self.position) {
                         return Err(io::Error::other(SourceChangedMarker));
                     }
                     self.response = Some(resp);
@@ -399,6 +427,61 @@ impl HttpReader {
             }
         }
     }
+}
+
+impl HttpReader {
+    /// Continues the body `n` bytes further on: one `Range` request from the new position (with `If-Range`). A
+    /// server that answers with the whole body (no range support) is read through to the position instead; a
+    /// changed entity is `SourceChanged`.
+    fn skip(&mut self, n: u64) -> io::Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let target = self.position + n;
+        self.response = None;
+        let mut req = self.client.get(&self.url).header(RANGE, format!("bytes={target}-"));
+        if let Some(v) = &self.validator {
+            req = req.header(IF_RANGE, v.clone());
+        }
+        let resp = req.send().map_err(|e| io::Error::other(error_chain(&e)))?;
+        match resp.status().as_u16() {
+            206 if content_range_start(&resp) == Some(target) => {
+                self.response = Some(resp);
+                self.position = target;
+                Ok(())
+            }
+            200 if self.validator.is_none() || validator(&resp) == self.validator => {
+                self.response = Some(resp);
+                self.position = 0;
+                let mut rest = self.by_ref().take(target);
+                let copied = io::copy(&mut rest, &mut io::sink())?;
+                match copied == target {
+                    true => Ok(()),
+                    false => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body ended inside skipped data")),
+                }
+            }
+            200 | 206 => Err(io::Error::other(SourceChangedMarker)),
+            s => Err(io::Error::other(ResumeExhausted(InstallError::HttpStatus { url: self.url.clone(), status: s }))),
+        }
+    }
+}
+
+fn content_range_start(resp: &Response) -> Option<u64> {
+    resp.headers()
+        .get(CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes "))
+        .and_then(|v| v.split('-').next())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// The strong validator of a response for `If-Range`: its ETag unless weak, else Last-Modified.
+fn validator(resp: &Response) -> Option<HeaderValue> {
+    resp.headers()
+        .get(ETAG)
+        .filter(|v| !v.as_bytes().starts_with(b"W/"))
+        .or_else(|| resp.headers().get(LAST_MODIFIED))
+        .cloned()
 }
 
 /// An error and all its causes on one line, `outer: inner: innermost` (reqwest hides the useful part in causes).

@@ -457,6 +457,13 @@ impl Worker {
         if r.closed {
             return;
         }
+        // A restart or power failure cut the install off: the action stays open and is installed again when the
+        // server offers it next, continuing after the chunks already written.
+        if interrupted(&record) {
+            let details = vec!["install interrupted by a restart; it continues where it stopped".into()];
+            self.feedback(&id, &Feedback::new(Execution::Proceeding, Finished::None, details));
+            return;
+        }
         if record.outcome == Outcome::Cancelled && r.cancel_accepted {
             self.reported.update(&id, |r| r.closed = true);
             return;
@@ -531,6 +538,7 @@ impl Worker {
         }
         if let Some(last) = self.status.last.clone()
             && last.job.remote_id.as_deref() == Some(id.as_str())
+            && !interrupted(&last)
         {
             self.final_result(last);
             return Ok(());
@@ -743,6 +751,11 @@ impl Worker {
             Err(e) => tracing::warn!("hawkbit: uploading attributes: {e}"),
         }
     }
+}
+
+/// Whether a job ended because a restart cut its install off (see [`crate::engine::INTERRUPTED`]).
+fn interrupted(record: &JobRecord) -> bool {
+    matches!(&record.outcome, Outcome::Failed { code, .. } if code == crate::engine::INTERRUPTED)
 }
 
 fn parse_sha256(hex_text: &str) -> Option<[u8; 32]> {
