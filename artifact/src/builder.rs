@@ -93,7 +93,8 @@ fn encode_image(opts: &BuildOptions, src: &ImageSource, stored: &mut File) -> Re
     }
     .min(count.max(1));
     let next = AtomicUsize::new(0);
-    let (tx, rx) = mpsc::sync_channel::<Result<(usize, Digest, Vec<u8>), ArtifactError>>(threads * 2);
+    type Compressed = (usize, Digest, Option<Digest>, Vec<u8>);
+    let (tx, rx) = mpsc::sync_channel::<Result<Compressed, ArtifactError>>(threads * 2);
     let mut chunks = vec![None; count];
     let mut stored_size = 0u64;
     std::thread::scope(|s| -> Result<(), ArtifactError> {
@@ -102,7 +103,11 @@ fn encode_image(opts: &BuildOptions, src: &ImageSource, stored: &mut File) -> Re
             let (image, next) = (&image, &next);
             s.spawn(move || {
                 let mut compressor = match opts.compression {
-                    Compression::Zstd => match zstd::bulk::Compressor::new(opts.level) {
+                    // Each frame carries zstd's own checksum of its content, so the decoder checks its output.
+                    Compression::Zstd => match zstd::bulk::Compressor::new(opts.level).and_then(|mut c| {
+                        c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+                        Ok(c)
+                    }) {
                         Ok(c) => Some(c),
                         Err(e) => return drop(tx.send(Err(io_err("creating zstd encoder")(e)))),
                     },
@@ -121,11 +126,13 @@ fn encode_image(opts: &BuildOptions, src: &ImageSource, stored: &mut File) -> Re
                         .map_err(io_err(format!("reading {}", src.path.display())))
                         .and_then(|()| {
                             let hash = Digest::of(&buf);
-                            let data = match &mut compressor {
-                                Some(c) => c.compress(&buf).map_err(io_err("compressing a chunk"))?,
-                                None => buf.clone(),
-                            };
-                            Ok((i, hash, data))
+                            match &mut compressor {
+                                Some(c) => {
+                                    let data = c.compress(&buf).map_err(io_err("compressing a chunk"))?;
+                                    Ok((i, hash, Some(Digest::of(&data)), data))
+                                }
+                                None => Ok((i, hash, None, buf.clone())),
+                            }
                         });
                     if tx.send(result).is_err() {
                         return;
@@ -138,12 +145,12 @@ fn encode_image(opts: &BuildOptions, src: &ImageSource, stored: &mut File) -> Re
         let mut pending = BTreeMap::new();
         let mut want = 0;
         for result in rx {
-            let (i, hash, data) = result?;
-            pending.insert(i, (hash, data));
-            while let Some((hash, data)) = pending.remove(&want) {
+            let (i, hash, stored_sha256, data) = result?;
+            pending.insert(i, (hash, stored_sha256, data));
+            while let Some((hash, stored_sha256, data)) = pending.remove(&want) {
                 stored.write_all(&data).map_err(io_err("writing compressed data to a temporary file"))?;
                 stored_size += data.len() as u64;
-                chunks[want] = Some(Chunk { sha256: hash, stored_size: data.len() as u64 });
+                chunks[want] = Some(Chunk { sha256: hash, stored_size: data.len() as u64, stored_sha256 });
                 want += 1;
             }
         }

@@ -11,7 +11,7 @@ use crate::tar::check_name;
 /// The format major version this crate reads and writes. Readers reject any other major version.
 pub const FORMAT_MAJOR: u32 = 1;
 /// The format version string this crate writes.
-pub const FORMAT_VERSION: &str = "1.0";
+pub const FORMAT_VERSION: &str = "1.1";
 /// Name of the first tar entry.
 pub const MANIFEST_ENTRY: &str = "manifest.json";
 /// Name of the second tar entry.
@@ -94,6 +94,10 @@ pub struct Chunk {
     pub sha256: Digest,
     /// Length of the chunk as stored in the artifact (the zstd frame), in bytes.
     pub stored_size: u64,
+    /// SHA-256 of the chunk's stored bytes (the zstd frame), since format 1.1: lets a reader check a frame before
+    /// the decoder sees a byte of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_sha256: Option<Digest>,
 }
 
 /// One payload entry of the manifest.
@@ -307,9 +311,9 @@ mod tests {
                 stored_size: 300,
                 chunk_size: 4096,
                 chunks: vec![
-                    Chunk { sha256: Digest::of(b"a"), stored_size: 100 },
-                    Chunk { sha256: Digest::of(b"b"), stored_size: 100 },
-                    Chunk { sha256: Digest::of(b"c"), stored_size: 100 },
+                    Chunk { sha256: Digest::of(b"a"), stored_size: 100, stored_sha256: None },
+                    Chunk { sha256: Digest::of(b"b"), stored_size: 100, stored_sha256: None },
+                    Chunk { sha256: Digest::of(b"c"), stored_size: 100, stored_sha256: None },
                 ],
             }],
         }

@@ -54,9 +54,16 @@ pub struct ChunkRef {
 }
 
 /// Decodes and verifies single chunks; reusable across chunks and payloads (one per decoding thread).
+///
+/// A chunk with a signed `stored_sha256` (format 1.1) is checked *before* decoding, so the zstd decoder only ever
+/// parses authenticated bytes; its decoded bytes are then the deterministic decoding of signed bytes, checked by
+/// the frame's own content checksum and the exact decoded length, and their SHA-256 is not computed again unless
+/// asked for ([`ChunkDecoder::check_decoded`]). A chunk without one (format 1.0) is checked after decoding,
+/// against its decoded `sha256`.
 pub struct ChunkDecoder {
     zstd: zstd::bulk::Decompressor<'static>,
     max_window: u64,
+    check_decoded: bool,
 }
 
 impl ChunkDecoder {
@@ -67,7 +74,14 @@ impl ChunkDecoder {
         let log = 63 - max_window.max(1 << 10).leading_zeros();
         zstd.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(log.clamp(10, 31)))
             .map_err(|e| ArtifactError::Io { context: "configuring zstd decoder".into(), source: e })?;
-        Ok(Self { zstd, max_window })
+        Ok(Self { zstd, max_window, check_decoded: false })
+    }
+
+    /// Also checks every decoded chunk against its decoded `sha256` when the stored bytes were already checked
+    /// (a full verification, e.g. `otter-artifact verify`).
+    pub fn check_decoded(mut self) -> Self {
+        self.check_decoded = true;
+        self
     }
 
     /// Decodes stored chunk `index` of `payload` into `out`, which must be exactly the chunk's decoded length, and
@@ -83,6 +97,12 @@ impl ChunkDecoder {
         let expected = payload.chunk_len(index);
         assert_eq!(out.len() as u64, expected, "caller passes a buffer of the chunk's decoded length");
         let chunk = index as u64;
+        let mismatch = || ArtifactError::ChunkHashMismatch { payload: payload.name.clone(), chunk };
+        let stored_checked = match &payload.chunks[index].stored_sha256 {
+            Some(h) if Digest::of(stored) != *h => return Err(mismatch()),
+            Some(_) => true,
+            None => false,
+        };
         match payload.compression {
             Compression::None => {
                 if stored.len() != out.len() {
@@ -125,9 +145,8 @@ impl ChunkDecoder {
                 }
             }
         }
-        let expected_hash = &payload.chunks[index].sha256;
-        if Digest::of(out) != *expected_hash {
-            return Err(ArtifactError::ChunkHashMismatch { payload: payload.name.clone(), chunk });
+        if (!stored_checked || self.check_decoded) && Digest::of(out) != payload.chunks[index].sha256 {
+            return Err(mismatch());
         }
         Ok(())
     }
@@ -435,7 +454,7 @@ impl<R: Read> ArtifactReader<R> {
         out.resize(payload.chunk_len(at.index) as usize, 0);
         let decoder = match &mut self.decoder {
             Some(d) => d,
-            None => self.decoder.insert(ChunkDecoder::new(self.limits.max_window)?),
+            None => self.decoder.insert(ChunkDecoder::new(self.limits.max_window)?.check_decoded()),
         };
         decoder.decode_into(payload, at.index, stored, out)?;
         self.image_hash.update(&out[..]);

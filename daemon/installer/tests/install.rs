@@ -269,6 +269,8 @@ fn chunk_decoding_to_more_than_declared() {
     let old_first = p.chunks[0].stored_size as usize;
     p.stored_size = p.stored_size - old_first as u64 + big.len() as u64;
     p.chunks[0].stored_size = big.len() as u64;
+    // Signed as it is: the decoder's own guard must catch it.
+    p.chunks[0].stored_sha256 = Some(otter_artifact::Digest::of(&big));
     let mut data = big;
     data.extend_from_slice(&e[2].1[old_first..]);
     e[2].1 = data;
@@ -293,6 +295,7 @@ fn zstd_bomb() {
     p.size = CHUNK;
     p.chunks.truncate(1);
     p.chunks[0].stored_size = bomb.len() as u64;
+    p.chunks[0].stored_sha256 = Some(otter_artifact::Digest::of(&bomb));
     p.stored_size = bomb.len() as u64;
     e[2].1 = bomb;
     e[0].1 = m.to_bytes();
@@ -303,6 +306,53 @@ fn zstd_bomb() {
         ArtifactError::ChunkSizeMismatch { .. } | ArtifactError::WindowTooLarge { .. } => {}
         other => panic!("{other:?}"),
     }
+    assert_slot(&slot, &old, &f.image, SlotAfter::Invalidated);
+}
+
+#[test]
+fn an_unsigned_frame_never_reaches_the_decoder() {
+    // The same bomb spliced in without a matching signed stored hash: rejected on its hash, before the decoder
+    // parses a byte of it (the decoder's own checks would report a size or window error instead).
+    let f = Fixture::new(IMAGE_LEN);
+    let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).unwrap();
+    let mut e = entries(&f.artifact());
+    let mut m = parse_manifest(&e[0].1);
+    let p = &mut m.payloads[0];
+    let old_first = p.chunks[0].stored_size as usize;
+    p.stored_size = p.stored_size - old_first as u64 + bomb.len() as u64;
+    p.chunks[0].stored_size = bomb.len() as u64;
+    let mut data = bomb;
+    data.extend_from_slice(&e[2].1[old_first..]);
+    e[2].1 = data;
+    e[0].1 = m.to_bytes();
+    e[1].1 = f.sign(&e[0].1);
+    let (res, slot, old) = f.install_bytes(&assemble(&e));
+    assert!(matches!(artifact_error(res), ArtifactError::ChunkHashMismatch { chunk: 0, .. }));
+    assert_slot(&slot, &old, &f.image, SlotAfter::Invalidated);
+}
+
+#[test]
+fn format_1_0_artifacts_without_stored_hashes_are_checked_after_decoding() {
+    let f = Fixture::new(IMAGE_LEN);
+    let strip = |tamper: bool| {
+        let mut e = entries(&f.artifact());
+        let mut m = parse_manifest(&e[0].1);
+        m.format_version = "1.0".into();
+        for c in &mut m.payloads[0].chunks {
+            c.stored_sha256 = None;
+        }
+        if tamper {
+            m.payloads[0].chunks[3].sha256 = otter_artifact::Digest::of(b"something else");
+        }
+        e[0].1 = m.to_bytes();
+        e[1].1 = f.sign(&e[0].1);
+        assemble(&e)
+    };
+    let (res, slot, _) = f.install_bytes(&strip(false));
+    res.unwrap();
+    assert_eq!(&std::fs::read(&slot).unwrap()[..IMAGE_LEN], &f.image[..]);
+    let (res, slot, old) = f.install_bytes(&strip(true));
+    assert!(matches!(artifact_error(res), ArtifactError::ChunkHashMismatch { chunk: 3, .. }));
     assert_slot(&slot, &old, &f.image, SlotAfter::Invalidated);
 }
 
@@ -542,4 +592,19 @@ fn full_disk_is_a_typed_no_space_error() {
         Err(e @ InstallError::Slot { .. }) => assert_eq!(e.code(), "no-space", "{e}"),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_full_verify_also_checks_the_decoded_chunk_hashes() {
+    // A manifest whose stored hashes are right but one decoded hash is not (a broken builder): `verify` (the
+    // reader's full check) reports it, so such an artifact never leaves the build host.
+    let f = Fixture::new(IMAGE_LEN);
+    let mut e = entries(&f.artifact());
+    let mut m = parse_manifest(&e[0].1);
+    m.payloads[0].chunks[2].sha256 = otter_artifact::Digest::of(b"not the chunk");
+    e[0].1 = m.to_bytes();
+    e[1].1 = f.sign(&e[0].1);
+    let artifact = assemble(&e);
+    let mut reader = otter_artifact::ArtifactReader::open(&artifact[..], &f.keyring, &f.policy()).unwrap();
+    assert!(matches!(reader.verify_all(), Err(ArtifactError::ChunkHashMismatch { chunk: 2, .. })));
 }
