@@ -234,6 +234,14 @@ mod proxy {
         /// Installs an artifact from an absolute file path or an `http(s)://` URL; returns the job.
         fn install(&self, source: &str, options: HashMap<&str, Value<'_>>) -> Result<OwnedObjectPath, Error>;
 
+        /// Installs the artifact the caller opened (a file or a pipe): the daemon needs no access to its path.
+        /// Option `name` (string) names it in the status and history; returns the job.
+        fn install_fd(
+            &self,
+            artifact: zvariant::Fd<'_>,
+            options: HashMap<&str, Value<'_>>,
+        ) -> Result<OwnedObjectPath, Error>;
+
         /// Cancels the job (until the reboot into the new slot).
         fn cancel(&self) -> Result<(), Error>;
 

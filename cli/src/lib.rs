@@ -311,17 +311,24 @@ async fn history(p: &Updater1Proxy<'_>, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A path is sent absolute (otterd runs elsewhere); URLs as they are.
-fn absolute_source(source: &str) -> Result<String> {
+/// What `install` hands to the daemon: a URL as it is, or a file opened here and passed as a descriptor (otterd
+/// runs with its own view of the filesystem: private /tmp, no /home), named by its absolute path.
+enum Artifact {
+    Url(String),
+    File(std::fs::File, String),
+}
+
+fn open_artifact(source: &str) -> Result<Artifact> {
     if source.contains("://") {
-        return Ok(source.to_owned());
+        return Ok(Artifact::Url(source.to_owned()));
     }
     let path = Path::new(source);
     let abs = std::path::absolute(path).with_context(|| format!("{source}: cannot make the path absolute"))?;
-    if !abs.is_file() {
-        return Err(anyhow!("{source}: no such file"));
+    if abs.is_dir() {
+        return Err(anyhow!("{source}: is a directory"));
     }
-    Ok(abs.display().to_string())
+    let file = std::fs::File::open(&abs).with_context(|| source.to_owned())?;
+    Ok(Artifact::File(file, abs.display().to_string()))
 }
 
 async fn install(
@@ -331,12 +338,22 @@ async fn install(
     no_wait: bool,
     json: bool,
 ) -> Result<ExitCode> {
-    let source = absolute_source(source)?;
+    let artifact = open_artifact(source)?;
+    if matches!(artifact, Artifact::File(..)) && !options.is_empty() {
+        return Err(anyhow!("--header, --tls-ca and --tls-cert apply to http(s) URLs only"));
+    }
     // Subscribe before the call: a short job could otherwise end before we listen.
     let mut completed = p.receive_completed().await.map_err(prop)?;
     let mut progress = p.receive_progress_changed().await;
     let mut owner = p.inner().receive_owner_changed().await.map_err(prop)?;
-    let job = p.install(&source, options).await.map_err(api)?;
+    let job = match &artifact {
+        Artifact::Url(url) => p.install(url, options).await,
+        Artifact::File(file, name) => {
+            let options = HashMap::from([("name", Value::from(name.as_str()))]);
+            p.install_fd(zbus::zvariant::Fd::from(file), options).await
+        }
+    }
+    .map_err(api)?;
     let id = otter_api::job_id(&job.as_ref()).unwrap_or(0);
     if no_wait {
         if json {

@@ -25,7 +25,7 @@ use zbus::{Connection, interface};
 
 use crate::config::Settings;
 use crate::engine::{JobPhase, JobRecord, Outcome, Rejection};
-use crate::runtime::{Command, Handle, MarkState, SlotRef, Status};
+use crate::runtime::{Command, Handle, InstallSettings, MarkState, SlotRef, Status};
 
 /// Which bus the service connects to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -425,7 +425,7 @@ mod iface {
             options: HashMap<String, OwnedValue>,
         ) -> Result<OwnedObjectPath, Error> {
             self.authorize(conn, &hdr, "Install").await?;
-            let http = install_options(options)?;
+            let settings = install_options(options)?;
             let is_url = source.starts_with("http://") || source.starts_with("https://");
             if !is_url {
                 let path = Path::new(&source);
@@ -437,7 +437,38 @@ mod iface {
                 }
             }
             let id = self
-                .ask(move |reply| Command::Install { source, automatic: false, remote_id: None, http, reply })
+                .ask(move |reply| Command::Install { source, automatic: false, remote_id: None, settings, reply })
+                .await?
+                .map_err(rejected)?;
+            Ok(otter_api::job_path(id))
+        }
+
+        /// InstallFd(h artifact, a{sv} options) → o job: installs from a file (or pipe) the caller opened, so the
+        /// daemon needs no access to the caller's path. Option `name` (s) names it in the status and history.
+        #[zbus(out_args("job"))]
+        async fn install_fd(
+            &self,
+            #[zbus(header)] hdr: Header<'_>,
+            #[zbus(connection)] conn: &Connection,
+            artifact: OwnedFd,
+            mut options: HashMap<String, OwnedValue>,
+        ) -> Result<OwnedObjectPath, Error> {
+            self.authorize(conn, &hdr, "InstallFd").await?;
+            let name = match options.remove("name") {
+                Some(v) => String::try_from(v)
+                    .map_err(|_| Error::InvalidArgument("option \"name\" must be a string".into()))?,
+                None => "(file descriptor)".into(),
+            };
+            if let Some(other) = options.keys().next() {
+                return Err(Error::InvalidArgument(format!("unknown option {other:?} (InstallFd takes \"name\")")));
+            }
+            let fd = std::os::fd::OwnedFd::from(artifact);
+            check_readable(&fd)?;
+            let settings =
+                InstallSettings { fd: Some(otter_installer::source::SharedFd::new(fd)), ..Default::default() };
+            let settings = Some(Box::new(settings));
+            let id = self
+                .ask(move |reply| Command::Install { source: name, automatic: false, remote_id: None, settings, reply })
                 .await?
                 .map_err(rejected)?;
             Ok(otter_api::job_path(id))
@@ -700,7 +731,22 @@ mod iface {
 /// Reads `Install` options, named as RAUC's `InstallBundle` names them: `http-headers` (`as`, "Name: value"),
 /// `tls-ca` (`s`, a PEM CA bundle to trust instead of the system roots) and `tls-cert` (`s`, a PEM file with the
 /// client certificate and its key). Any other key is an error rather than silently ignored.
-fn install_options(options: HashMap<String, OwnedValue>) -> Result<Option<Box<otter_installer::HttpOptions>>, Error> {
+/// Refuses a descriptor the daemon could not read an artifact from: opened write-only, or a directory.
+fn check_readable(fd: &std::os::fd::OwnedFd) -> Result<(), Error> {
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)
+        .map_err(|e| Error::InvalidArgument(format!("the artifact descriptor: {e}")))?;
+    if nix::fcntl::OFlag::from_bits_truncate(flags) & nix::fcntl::OFlag::O_ACCMODE == nix::fcntl::OFlag::O_WRONLY {
+        return Err(Error::InvalidArgument("the artifact descriptor is open for writing only".into()));
+    }
+    let file = std::fs::File::from(fd.try_clone().map_err(|e| Error::Failed(format!("dup: {e}")))?);
+    match file.metadata() {
+        Ok(m) if m.is_dir() => Err(Error::InvalidArgument("the artifact descriptor is a directory".into())),
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::InvalidArgument(format!("the artifact descriptor: {e}"))),
+    }
+}
+
+fn install_options(options: HashMap<String, OwnedValue>) -> Result<Option<Box<InstallSettings>>, Error> {
     if options.is_empty() {
         return Ok(None);
     }
@@ -726,5 +772,5 @@ fn install_options(options: HashMap<String, OwnedValue>) -> Result<Option<Box<ot
             other => return Err(Error::InvalidArgument(format!("unknown option {other:?}"))),
         }
     }
-    Ok(Some(Box::new(http)))
+    Ok(Some(Box::new(InstallSettings { http, ..Default::default() })))
 }

@@ -59,8 +59,9 @@ pub enum Command {
         automatic: bool,
         /// Server-side id.
         remote_id: Option<String>,
-        /// HTTP settings for a URL source (headers, CA bundle, client certificate); `None`: defaults.
-        http: Option<Box<otter_installer::HttpOptions>>,
+        /// HTTP settings for a URL source (headers, CA bundle, client certificate), or the open artifact file a
+        /// local caller handed over; `None`: defaults.
+        settings: Option<Box<InstallSettings>>,
         /// Reply.
         reply: Sender<Result<u64, Rejection>>,
     },
@@ -72,7 +73,7 @@ pub enum Command {
         /// Server-side id (e.g. the hawkBit action id).
         remote_id: String,
         /// Download settings.
-        options: Box<RemoteInstall>,
+        options: Box<InstallSettings>,
         /// Reply.
         reply: Sender<Result<u64, Rejection>>,
     },
@@ -111,11 +112,14 @@ pub enum Command {
 
 /// Download settings of an install: a server's ([`Command::InstallRemote`]) or a local request's options.
 #[derive(Debug, Clone, Default)]
-pub struct RemoteInstall {
+pub struct InstallSettings {
     /// HTTP settings: CA, client certificate, headers, URL refresh hook.
     pub http: otter_installer::HttpOptions,
     /// SHA-256 of the whole artifact file, as the server announced it.
     pub expected_sha256: Option<[u8; 32]>,
+    /// The artifact as an open file the caller handed over (D-Bus `InstallFd`); the job's source is then only
+    /// its name.
+    pub fd: Option<otter_installer::source::SharedFd>,
 }
 
 /// What `Command::Mark` does to a slot.
@@ -224,7 +228,7 @@ impl Handle {
     /// Requests an install and waits for the engine's answer.
     pub fn install(&self, source: &str, automatic: bool) -> Result<u64, Rejection> {
         let (reply, rx) = mpsc::channel();
-        self.send(Command::Install { source: source.to_owned(), automatic, remote_id: None, http: None, reply });
+        self.send(Command::Install { source: source.to_owned(), automatic, remote_id: None, settings: None, reply });
         rx.recv().unwrap_or_else(|_| Err(Rejection::NotNow("the daemon stopped".into())))
     }
 
@@ -272,7 +276,7 @@ pub struct Runtime {
     last_digest: Option<String>,
     /// Download settings that came with the install request being handled (D-Bus options or the server's); the
     /// install starts within that request, once the target is marked bad, and takes them.
-    install_options: Option<RemoteInstall>,
+    install_options: Option<InstallSettings>,
     halted: bool,
     tick: Duration,
 }
@@ -440,8 +444,8 @@ impl Runtime {
     fn message(&mut self, msg: Msg) {
         let now = self.platform.now();
         match msg {
-            Msg::Command(Command::Install { source, automatic, remote_id, http, reply }) => {
-                self.install_options = http.map(|h| RemoteInstall { http: *h, expected_sha256: None });
+            Msg::Command(Command::Install { source, automatic, remote_id, settings, reply }) => {
+                self.install_options = settings.map(|s| *s);
                 let result = self.request(Event::InstallRequested { source, automatic, remote_id, now });
                 self.install_options = None;
                 let _ = reply.send(result.map(|()| self.engine.job().map_or(0, |j| j.id)));
@@ -700,6 +704,9 @@ impl Runtime {
         if let Some(options) = self.install_options.take() {
             req.http = options.http;
             req.expected_sha256 = options.expected_sha256;
+            if let Some(fd) = options.fd {
+                req.source = Source::Fd { fd, name: source.clone() };
+            }
         }
         req.refuse = refuse.iter().filter_map(|d| d.parse().ok()).collect();
         let cancel = CancelToken::new();

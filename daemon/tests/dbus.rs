@@ -8,6 +8,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -199,8 +200,25 @@ impl Setup {
     }
 
     fn start_otterd(&mut self) {
+        self.start_otterd_hiding(None);
+    }
+
+    /// (Re)starts otterd; with `hidden`, in a mount namespace where that directory is an empty tmpfs, as
+    /// `PrivateTmp=`/`ProtectHome=` hide callers' files from the real service.
+    fn start_otterd_hiding(&mut self, hidden: Option<&Path>) {
+        self.otterd = None;
         let log = self.dir.path().join("otterd.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_otterd"))
+        let mut cmd = match hidden {
+            None => Command::new(env!("CARGO_BIN_EXE_otterd")),
+            Some(dir) => {
+                let mut c = Command::new(tool("unshare", "util-linux"));
+                c.args(["--mount", "sh", "-c", r#"mount -t tmpfs none "$0" && exec "$@""#])
+                    .arg(dir)
+                    .arg(env!("CARGO_BIN_EXE_otterd"));
+                c
+            }
+        };
+        let child = cmd
             .arg("--root")
             .arg(&self.device.root)
             .args(["--bus-address", &self.bus.address])
@@ -486,6 +504,75 @@ fn callers_neither_root_nor_in_the_group_are_not_authorized() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("io.otter.Updater1.Error.NotAuthorized"), "{}", text(&out.stderr));
     assert_eq!(s.status_json()["operation"], "idle");
+}
+
+#[test]
+fn otterctl_hands_the_artifact_to_an_otterd_that_cannot_see_its_path() {
+    let mut s = Setup::new("manual");
+    let private = s.dir.path().join("home-of-the-caller");
+    std::fs::create_dir(&private).unwrap();
+    let artifact = private.join("update.otter");
+    std::fs::copy(&s.artifact, &artifact).unwrap();
+    s.start_otterd_hiding(Some(&private));
+    // By path, the daemon cannot open it (its view of the directory is empty)...
+    let by_path = s.busctl(&["call", "io.otter.Updater1", "/io/otter/Updater1", "io.otter.Updater1", "Install"]);
+    assert!(!by_path.status.success());
+    let out = Command::new(tool("busctl", "systemd"))
+        .arg(format!("--address={}", s.bus.address))
+        .args(["call", "io.otter.Updater1", "/io/otter/Updater1", "io.otter.Updater1", "Install", "sa{sv}"])
+        .arg(&artifact)
+        .arg("0")
+        .output()
+        .unwrap();
+    assert!(text(&out.stderr).contains("as otterd sees it"), "{}", text(&out.stderr));
+    // ...but otterctl opens it and passes the descriptor (InstallFd).
+    let out = s.otterctl(&["install", artifact.to_str().unwrap()]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let image = std::fs::read(s.device.slot_file(Slot::B)).unwrap();
+    assert!(image[..IMAGE_LEN] == image_bytes(IMAGE_LEN, 3)[..], "slot B holds the image");
+    let log = std::fs::read_to_string(s.dir.path().join("otterd.log")).unwrap();
+    assert!(log.contains(&format!("installing {} into slot B", artifact.display())), "{log}");
+}
+
+#[test]
+fn install_fd_takes_pipes_and_refuses_what_it_cannot_read() {
+    // busctl and gdbus cannot pass descriptors: the API crate's proxy does.
+    let s = Setup::new("manual");
+    let call = |fd: std::os::fd::BorrowedFd<'_>, options: &[(&str, &str)]| -> Result<String, String> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let conn = zbus::connection::Builder::address(s.bus.address.as_str()).unwrap().build().await.unwrap();
+            let proxy = otter_api::Updater1Proxy::new(&conn).await.unwrap();
+            let options = options.iter().map(|(k, v)| (*k, zbus::zvariant::Value::from(*v))).collect();
+            let job = proxy.install_fd(zbus::zvariant::Fd::from(fd), options).await.map_err(|e| e.to_string())?;
+            Ok(job.to_string())
+        })
+    };
+    // A write-only descriptor and unknown options are refused before any job starts.
+    let wo = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(s.dir.path().join("w")).unwrap();
+    let err = call(wo.as_fd(), &[]).unwrap_err();
+    assert!(err.contains("writing only"), "{err}");
+    let artifact = std::fs::File::open(&s.artifact).unwrap();
+    let err = call(artifact.as_fd(), &[("tls-ca", "/x")]).unwrap_err();
+    assert!(err.contains("unknown option"), "{err}");
+    assert_eq!(s.status_json()["operation"], "idle");
+    // A pipe: not seekable, read as a stream.
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    let artifact = std::fs::read(&s.artifact).unwrap();
+    let feeder = std::thread::spawn(move || writer.write_all(&artifact).unwrap());
+    let job = call(reader.as_fd(), &[("name", "a pipe")]).unwrap();
+    assert!(job.starts_with("/io/otter/Updater1/job/"), "{job}");
+    drop(reader);
+    feeder.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.status_json()["operation"] != "awaiting-reboot" {
+        assert!(Instant::now() < deadline, "{}", s.status_json());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(s.dir.path().join("otterd.log")).unwrap();
+    assert!(log.contains("installing a pipe into slot B"), "{log}");
+    let image = std::fs::read(s.device.slot_file(Slot::B)).unwrap();
+    assert!(image[..IMAGE_LEN] == image_bytes(IMAGE_LEN, 3)[..], "slot B holds the image");
 }
 
 #[test]

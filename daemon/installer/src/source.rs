@@ -1,7 +1,8 @@
 //! Where an artifact comes from: a file, stdin, or HTTP(S) with resume.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +24,41 @@ pub enum Source {
     Stdin,
     /// An `http://` or `https://` URL.
     Url(String),
+    /// An open file (or pipe) handed over by another process, e.g. over D-Bus: the daemon reads what the caller
+    /// could open, whatever its own view of the filesystem (`PrivateTmp=`, `ProtectHome=`).
+    Fd {
+        /// The descriptor; a regular file is read from its start.
+        fd: SharedFd,
+        /// How it is named in messages (the caller's path).
+        name: String,
+    },
 }
+
+/// A file descriptor shared by the clones of a [`Source`].
+#[derive(Clone)]
+pub struct SharedFd(pub Arc<OwnedFd>);
+
+impl SharedFd {
+    /// Wraps a descriptor.
+    pub fn new(fd: OwnedFd) -> Self {
+        Self(Arc::new(fd))
+    }
+}
+
+impl std::fmt::Debug for SharedFd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::os::fd::AsRawFd;
+        write!(f, "SharedFd({})", self.0.as_raw_fd())
+    }
+}
+
+impl PartialEq for SharedFd {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SharedFd {}
 
 impl Source {
     /// Interprets a command-line argument: `-` is stdin, `http(s)://` a URL, anything else a path.
@@ -43,6 +78,7 @@ impl Source {
             Self::File(p) => p.display().to_string(),
             Self::Stdin => "stdin".into(),
             Self::Url(u) => u.clone(),
+            Self::Fd { name, .. } => name.clone(),
         }
     }
 }
@@ -172,18 +208,10 @@ pub fn open(
     cancel: &CancelToken,
     received: ByteCounter,
 ) -> Result<OpenedSource, InstallError> {
+    let err = |error| InstallError::Source { source_name: source.name(), error };
     let (stream, length) = match source {
-        Source::File(path) => {
-            let f = File::open(path).map_err(|error| InstallError::Source { source_name: source.name(), error })?;
-            let meta = f.metadata().ok();
-            let length = meta.as_ref().filter(|m| m.is_file()).map(|m| m.len());
-            let reader = io::BufReader::with_capacity(256 << 10, f);
-            // Pipes and character devices cannot seek: skipping reads through them.
-            match meta.is_some_and(|m| m.is_file() || m.file_type().is_block_device()) {
-                true => (Stream::File(reader), length),
-                false => (Stream::Pipe(Box::new(reader)), length),
-            }
-        }
+        Source::File(path) => file_stream(File::open(path).map_err(err)?, false).map_err(err)?,
+        Source::Fd { fd, .. } => file_stream(File::from(fd.0.try_clone().map_err(err)?), true).map_err(err)?,
         Source::Stdin => (Stream::Pipe(Box::new(io::stdin())), None),
         Source::Url(url) => {
             let r = HttpReader::open(url, http, cancel.clone(), received.clone())?;
@@ -193,6 +221,22 @@ pub fn open(
     };
     let reader = SourceReader { stream, received, hasher: None, skipped: false };
     Ok(OpenedSource { reader, length })
+}
+
+/// A stream over an open file: seekable when it is a regular file or a block device (`rewind`: start reading at
+/// its beginning, for a descriptor someone else opened), read-through otherwise (pipes, character devices).
+fn file_stream(mut f: File, rewind: bool) -> io::Result<(Stream, Option<u64>)> {
+    let meta = f.metadata()?;
+    let seekable = meta.is_file() || meta.file_type().is_block_device();
+    let length = meta.is_file().then_some(meta.len());
+    if rewind && seekable {
+        f.rewind()?;
+    }
+    let reader = io::BufReader::with_capacity(256 << 10, f);
+    Ok(match seekable {
+        true => (Stream::File(reader), length),
+        false => (Stream::Pipe(Box::new(reader)), length),
+    })
 }
 
 enum Stream {

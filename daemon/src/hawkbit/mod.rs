@@ -33,7 +33,7 @@ use reported::Reported;
 
 use crate::config::{ServerSettings, Settings};
 use crate::engine::{JobPhase, JobRecord, Outcome, Rejection};
-use crate::runtime::{Command, Handle, RemoteInstall, Status};
+use crate::runtime::{Command, Handle, InstallSettings, Status};
 
 /// The software-module part whose `.otter` artifact is ours.
 pub const PART: &str = "os";
@@ -599,7 +599,7 @@ impl Worker {
         self.handle.send(Command::InstallRemote {
             source: url,
             remote_id: id.to_owned(),
-            options: Box::new(RemoteInstall { http, expected_sha256 }),
+            options: Box::new(InstallSettings { http, expected_sha256, fd: None }),
             reply,
         });
         match rx.recv().unwrap_or_else(|_| Err(Rejection::NotNow("the daemon stopped".into()))) {
