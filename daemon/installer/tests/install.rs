@@ -258,25 +258,34 @@ fn payload_larger_than_declared() {
     assert_slot(&slot, &old, &f.image, SlotAfter::Invalidated);
 }
 
-#[test]
-fn chunk_decoding_to_more_than_declared() {
-    // The signed manifest says the first chunk is CHUNK bytes; its frame decodes to twice that.
-    let f = Fixture::new(IMAGE_LEN);
+/// The fixture's artifact with its first chunk's frame replaced by `frame`, the manifest's sizes adjusted and
+/// re-signed; with `sign_frame` the manifest also carries the frame's stored hash (a signed bad frame), else the
+/// original chunk's.
+fn replace_first_chunk(f: &Fixture, frame: Vec<u8>, sign_frame: bool) -> Vec<u8> {
     let mut e = entries(&f.artifact());
     let mut m = parse_manifest(&e[0].1);
-    let big = zstd::bulk::compress(&vec![7u8; 2 * CHUNK as usize], 3).unwrap();
     let p = &mut m.payloads[0];
     let old_first = p.chunks[0].stored_size as usize;
-    p.stored_size = p.stored_size - old_first as u64 + big.len() as u64;
-    p.chunks[0].stored_size = big.len() as u64;
-    // Signed as it is: the decoder's own guard must catch it.
-    p.chunks[0].stored_sha256 = Some(otter_artifact::Digest::of(&big));
-    let mut data = big;
+    p.stored_size = p.stored_size - old_first as u64 + frame.len() as u64;
+    p.chunks[0].stored_size = frame.len() as u64;
+    if sign_frame {
+        p.chunks[0].stored_sha256 = Some(otter_artifact::Digest::of(&frame));
+    }
+    let mut data = frame;
     data.extend_from_slice(&e[2].1[old_first..]);
     e[2].1 = data;
     e[0].1 = m.to_bytes();
     e[1].1 = f.sign(&e[0].1);
-    let (res, slot, old) = f.install_bytes(&assemble(&e));
+    assemble(&e)
+}
+
+#[test]
+fn chunk_decoding_to_more_than_declared() {
+    // The signed manifest says the first chunk is CHUNK bytes; its frame decodes to twice that.
+    let f = Fixture::new(IMAGE_LEN);
+    let big = zstd::bulk::compress(&vec![7u8; 2 * CHUNK as usize], 3).unwrap();
+    // Signed as it is: the decoder's own guard must catch it.
+    let (res, slot, old) = f.install_bytes(&replace_first_chunk(&f, big, true));
     assert!(matches!(artifact_error(res), ArtifactError::ChunkSizeMismatch { chunk: 0, .. }));
     assert_slot(&slot, &old, &f.image, SlotAfter::Invalidated);
 }
@@ -315,18 +324,7 @@ fn an_unsigned_frame_never_reaches_the_decoder() {
     // parses a byte of it (the decoder's own checks would report a size or window error instead).
     let f = Fixture::new(IMAGE_LEN);
     let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).unwrap();
-    let mut e = entries(&f.artifact());
-    let mut m = parse_manifest(&e[0].1);
-    let p = &mut m.payloads[0];
-    let old_first = p.chunks[0].stored_size as usize;
-    p.stored_size = p.stored_size - old_first as u64 + bomb.len() as u64;
-    p.chunks[0].stored_size = bomb.len() as u64;
-    let mut data = bomb;
-    data.extend_from_slice(&e[2].1[old_first..]);
-    e[2].1 = data;
-    e[0].1 = m.to_bytes();
-    e[1].1 = f.sign(&e[0].1);
-    let (res, slot, old) = f.install_bytes(&assemble(&e));
+    let (res, slot, old) = f.install_bytes(&replace_first_chunk(&f, bomb, false));
     assert!(matches!(artifact_error(res), ArtifactError::ChunkHashMismatch { chunk: 0, .. }));
     assert_slot(&slot, &old, &f.image, SlotAfter::Invalidated);
 }
