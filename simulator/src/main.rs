@@ -12,8 +12,10 @@
 //! the inactive slot, and reports `proceeding`, `downloaded` and — after the reboot and the health check —
 //! `closed`; the timeline shows the feedback the server received.
 //!
-//! Two scenarios: a good update (A → B, health check passes, committed) and a bad one (the new version's
-//! application is broken, the health check fails, B is marked bad and the device rolls back to A).
+//! Three scenarios: a good update (A → B, health check passes, committed); a bad one (the new version's
+//! application is broken, the health check fails, B is marked bad and the device rolls back to A); and a good one
+//! whose slow download is cut by a power failure half-way: after the restart the install continues from the
+//! chunks already in the slot (one HTTP `Range` request) and the update is committed.
 //!
 //! `otter-simulate [--work DIR]`; `otter-simulate check-health ROOT` is the health check the simulated device
 //! runs (it reads the booted slot's image).
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use otter_artifact::builder::{self, BuildOptions, ImageSource};
-use otter_ddi_server::{ActionSpec, ActionStatus, DdiServer};
+use otter_ddi_server::{ActionSpec, ActionStatus, DdiServer, Fault};
 use otterd::engine::Outcome;
 use otterd::fixture::{Device, DeviceSpec};
 use otterd::hawkbit::Poller;
@@ -61,11 +63,33 @@ fn make_rootfs(dir: &Path, version: &str, app_ok: bool) -> Result<PathBuf> {
     std::fs::create_dir_all(tree.join("etc"))?;
     std::fs::write(tree.join("etc/os-release"), format!("NAME=otter-sim\nVERSION_ID={version}\n"))?;
     std::fs::write(tree.join("etc/app.conf"), if app_ok { "status=ok\n" } else { "status=crashes-on-start\n" })?;
+    // The application: 6 MiB that do not compress, so the artifact has some weight (~6 MiB).
+    std::fs::create_dir_all(tree.join("usr/lib"))?;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ version.len() as u64;
+    let app: Vec<u8> = (0..6 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(tree.join("usr/lib/app.bin"), app)?;
     let img = dir.join(format!("rootfs-{version}.ext4"));
     let _ = std::fs::remove_file(&img);
     run(Process::new("truncate").arg("-s").arg("12M").arg(&img))?;
     run(Process::new("mkfs.ext4").args(["-q", "-F", "-L", "rootfs", "-d"]).arg(&tree).arg(&img))?;
     Ok(img)
+}
+
+/// The `chunks` count of the installer's resume record (docs/artifact-format.md, section 7).
+fn recorded_chunks(record: &Path) -> String {
+    let text = std::fs::read_to_string(record).unwrap_or_default();
+    text.split("\"chunks\":")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap_or("?")
+        .to_owned()
 }
 
 fn debugfs_cat(image: &Path, file: &str) -> Result<String> {
@@ -120,6 +144,14 @@ progress_interval = "1s"
 fn print_feedback(clock: &Clock, server: &DdiServer, seen: &mut usize) {
     let requests = server.requests();
     for r in requests.iter().skip(*seen) {
+        if r.path.contains("/artifacts/") {
+            let what = match r.header("range") {
+                Some(range) => format!("{range} (the rest of the file)"),
+                None => "the whole file".into(),
+            };
+            clock.say(format!("server -> artifact download: {what} [HTTP {}]", r.status));
+            continue;
+        }
         if !r.path.ends_with("/feedback") && !r.path.ends_with("/configData") {
             continue;
         }
@@ -148,14 +180,22 @@ fn print_feedback(clock: &Clock, server: &DdiServer, seen: &mut usize) {
     *seen = requests.len();
 }
 
-fn scenario(
-    title: &str,
-    dir: &Path,
-    exe: &Path,
-    artifact: &Path,
-    initial: &Path,
-    public_key: &Path,
-) -> Result<Outcome> {
+/// The inputs of one scenario.
+struct Scenario<'a> {
+    title: &'a str,
+    dir: PathBuf,
+    exe: &'a Path,
+    artifact: &'a Path,
+    initial: &'a Path,
+    public_key: &'a Path,
+    /// Serve the artifact slowly and cut the power during the first install, once the installer has recorded a
+    /// resume checkpoint.
+    power_cut: bool,
+}
+
+fn scenario(sc: Scenario<'_>) -> Result<Outcome> {
+    let Scenario { title, dir, exe, artifact, initial, public_key, power_cut } = sc;
+    let dir = dir.as_path();
     println!("\n=== {title} ===");
     let clock = Clock(Instant::now());
     let server = DdiServer::start()?;
@@ -173,6 +213,12 @@ fn scenario(
     let root = dir.join("root");
     let device = Device::create(&root, &device_spec(exe, &root, public_key, &server), Some(initial))?;
     let mut seen = 0;
+    // A slow link (~1.3 MB/s), so the power can fail in the middle of the download.
+    let mut cut_pending = power_cut;
+    if power_cut {
+        server.inject(Fault::SlowBody { piece: 64 << 10, delay: Duration::from_millis(50) });
+    }
+    let resume_record = root.join("var/lib/otter/install-resume.json");
     for boot in 1..=8 {
         let slot = otterd::sim::power_on(&device)?;
         clock.say(format!(
@@ -198,16 +244,38 @@ fn scenario(
         // Follow the device until it reboots or a job ends.
         let mut last_op = status.operation.clone();
         let mut last_percent = None;
+        let mut install_percent = None;
         let outcome = loop {
             print_feedback(&clock, &server, &mut seen);
             if let Ok(record) = finished.try_recv() {
-                break Some(record);
+                // An install cut off by the power failure: the server's action stays open and is installed again.
+                let cut_off =
+                    matches!(&record.outcome, Outcome::Failed { code, .. } if code == otterd::engine::INTERRUPTED);
+                if !cut_off {
+                    break Some(record);
+                }
+                clock.say(format!(
+                    "otterd: job {} was cut off by the power failure; the action is still open",
+                    record.job.id
+                ));
+            }
+            // The power failure: once a checkpoint is on disk, everything stops where it is.
+            if cut_pending && install_percent.is_some_and(|p| (40..90).contains(&p)) && resume_record.exists() {
+                cut_pending = false;
+                handle.send(otterd::runtime::Command::Stop);
+                break None;
             }
             let s = match watch.recv_timeout(Duration::from_millis(50)) {
                 Ok(s) => s,
                 Err(_) if loop_thread.is_finished() => break None,
                 Err(_) => continue,
             };
+            if let (Some(j), Some(p)) = (&s.job, &s.progress)
+                && j.phase == otterd::engine::JobPhase::Installing
+                && p.total > 0
+            {
+                install_percent = Some(p.percent());
+            }
             if let (Some(j), Some(p)) = (&s.job, &s.progress)
                 && j.phase == otterd::engine::JobPhase::Installing
                 && p.total > 0
@@ -287,6 +355,15 @@ fn scenario(
                 print_feedback(&clock, &server, &mut seen);
                 match loop_thread.join() {
                     Ok(RunEnd::Rebooted) => clock.say("reboot"),
+                    // Only the power failure above stops the loop from outside.
+                    Ok(RunEnd::Stopped) if power_cut => {
+                        clock.say(format!(
+                            "POWER FAILURE during the download; the installer's resume record says the first {} \
+                             chunks are verified and synced in slot B",
+                            recorded_chunks(&resume_record)
+                        ));
+                        server.clear_faults();
+                    }
                     Ok(RunEnd::Stopped) => bail!("otterd stopped unexpectedly"),
                     Err(_) => bail!("otterd panicked"),
                 }
@@ -331,28 +408,32 @@ fn main() -> Result<()> {
         artifacts.push(out);
     }
     let public = work.join("release.pub");
-    let good = scenario(
-        "scenario 1: update 1.0 -> 2.0, healthy: commit",
-        &work.join("good"),
-        &exe,
+    let sc = |title, dir: &str, artifact, power_cut| Scenario {
+        title,
+        dir: work.join(dir),
+        exe: &exe,
+        artifact,
+        initial: &v1,
+        public_key: &public,
+        power_cut,
+    };
+    let good = scenario(sc("scenario 1: update 1.0 -> 2.0, healthy: commit", "good", &artifacts[0], false))?;
+    let bad = scenario(sc("scenario 2: update 1.0 -> 2.1, application broken: rollback", "bad", &artifacts[1], false))?;
+    let cut = scenario(sc(
+        "scenario 3: update 1.0 -> 2.0 over a slow link, power failure mid-download: resume, commit",
+        "power-cut",
         &artifacts[0],
-        &v1,
-        &public,
-    )?;
-    let bad = scenario(
-        "scenario 2: update 1.0 -> 2.1, application broken: rollback",
-        &work.join("bad"),
-        &exe,
-        &artifacts[1],
-        &v1,
-        &public,
-    )?;
+        true,
+    ))?;
     println!();
-    match (&good, &bad) {
-        (Outcome::Committed, Outcome::RolledBack { .. }) => {
-            println!("ok: the healthy update was committed, the broken one rolled back");
+    match (&good, &bad, &cut) {
+        (Outcome::Committed, Outcome::RolledBack { .. }, Outcome::Committed) => {
+            println!(
+                "ok: the healthy update was committed, the broken one rolled back, the interrupted one resumed and \
+                 was committed"
+            );
             Ok(())
         }
-        _ => bail!("unexpected outcomes: {good:?}, {bad:?}"),
+        _ => bail!("unexpected outcomes: {good:?}, {bad:?}, {cut:?}"),
     }
 }

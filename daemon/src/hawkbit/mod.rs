@@ -194,6 +194,7 @@ impl Poller {
             failures: 0,
             last_progress: None,
             forced: HashSet::new(),
+            interrupted_told: HashSet::new(),
             pending_final: Vec::new(),
             inventory_sent: None,
             rng: seed(),
@@ -259,6 +260,9 @@ struct Worker {
     broker: ConfirmationBroker,
     /// The server's last valid `sleep`.
     sleep: Option<Duration>,
+    /// Jobs whose interruption the server was told about (the same record arrives at start-up twice: as the last
+    /// job and from the runtime's finished-job stream).
+    interrupted_told: HashSet<u64>,
     /// Consecutive failed polls.
     failures: u32,
     /// (action, when, percent) of the last progress feedback.
@@ -460,8 +464,12 @@ impl Worker {
         // A restart or power failure cut the install off: the action stays open and is installed again when the
         // server offers it next, continuing after the chunks already written.
         if interrupted(&record) {
-            let details = vec!["install interrupted by a restart; it continues where it stopped".into()];
-            self.feedback(&id, &Feedback::new(Execution::Proceeding, Finished::None, details));
+            // Told once, and not at all once the action is being installed again.
+            let reinstalling = self.status.job.as_ref().is_some_and(|j| j.remote_id.as_deref() == Some(id.as_str()));
+            if !reinstalling && self.interrupted_told.insert(record.job.id) {
+                let details = vec!["install interrupted by a restart; it continues where it stopped".into()];
+                self.feedback(&id, &Feedback::new(Execution::Proceeding, Finished::None, details));
+            }
             return;
         }
         if record.outcome == Outcome::Cancelled && r.cancel_accepted {
