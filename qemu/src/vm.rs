@@ -75,8 +75,10 @@ impl Qemu {
         self
     }
 
-    /// With a user-mode network (`-nic user`); off by default, which also keeps U-Boot from
-    /// trying DHCP and TFTP when the boot script fails.
+    /// With a user-mode network (`-nic user,model=virtio-net-pci`: the initramfs loads
+    /// `virtio_net`, the guest sees `eth0`; the host is 10.0.2.2 from the guest, and connections
+    /// to it reach the host's loopback); off by default, which also keeps U-Boot from trying DHCP
+    /// and TFTP when the boot script fails.
     pub fn network(mut self, on: bool) -> Self {
         self.network = on;
         self
@@ -118,9 +120,7 @@ impl Qemu {
             }
         }
         cmd.arg("-drive").arg(format!("file={},format=raw,if=virtio", disk.path().display()));
-        if !self.network {
-            cmd.arg("-nic").arg("none");
-        }
+        cmd.arg("-nic").arg(if self.network { "user,model=virtio-net-pci" } else { "none" });
         cmd.args(&self.extra_args);
         Ok(cmd)
     }
@@ -186,10 +186,22 @@ impl RunningVm {
     /// Waits until the console contains `needle`; the VM keeps running. A timeout or QEMU
     /// exiting first is an error ([`Error::Timeout`] with the console).
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<Console, Error> {
+        self.wait_until(&format!("{needle:?}"), timeout, |c| c.contains(needle))
+    }
+
+    /// Waits until `done` holds for the console so far (`what` describes it for the error); the
+    /// VM keeps running. A timeout or QEMU exiting first is an error ([`Error::Timeout`] with the
+    /// console).
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Console) -> bool,
+    ) -> Result<Console, Error> {
         let deadline = Instant::now() + timeout;
         loop {
             let console = self.console();
-            if console.contains(needle) {
+            if done(&console) {
                 return Ok(console);
             }
             let exited = self.child.try_wait().ok().flatten().is_some();
@@ -198,7 +210,7 @@ impl RunningVm {
                 return Err(Error::Timeout {
                     after: timeout,
                     console: format!(
-                        "{}\n[harness: waiting for {needle:?}; QEMU {}]",
+                        "{}\n[harness: waiting for {what}; QEMU {}]",
                         console.text(),
                         if exited { "exited" } else { "killed" }
                     ),
