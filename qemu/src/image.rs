@@ -222,6 +222,48 @@ impl DiskImage {
             .ok_or_else(|| Error::BadImage { path: self.path.clone(), reason: "no MBR partition table".to_owned() })
     }
 
+    /// Primary partition `number` (as in `/dev/vda<number>`).
+    pub fn partition(&self, number: u8) -> Result<Partition, Error> {
+        self.partitions()?
+            .into_iter()
+            .find(|p| p.number == number)
+            .ok_or_else(|| Error::BadImage { path: self.path.clone(), reason: format!("no partition {number}") })
+    }
+
+    /// The whole contents of partition `number` (e.g. 3 for slot B: what the guest sees as
+    /// `/dev/vda3`).
+    pub fn read_partition(&self, number: u8) -> Result<Vec<u8>, Error> {
+        use std::os::unix::fs::FileExt;
+        let p = self.partition(number)?;
+        let len = usize::try_from(p.size).map_err(|_| Error::BadImage {
+            path: self.path.clone(),
+            reason: format!("partition {number} is too large to read into memory"),
+        })?;
+        let mut data = vec![0u8; len];
+        fs::File::open(&self.path)
+            .and_then(|f| f.read_exact_at(&mut data, p.offset))
+            .map_err(|e| Error::io("read a partition of", &self.path, e))?;
+        Ok(data)
+    }
+
+    /// Writes `data` at the start of partition `number` (an image written to a slot, or zeros to
+    /// erase it); longer than the partition is an error.
+    pub fn write_partition(&self, number: u8, data: &[u8]) -> Result<(), Error> {
+        use std::os::unix::fs::FileExt;
+        let p = self.partition(number)?;
+        if data.len() as u64 > p.size {
+            return Err(Error::BadImage {
+                path: self.path.clone(),
+                reason: format!("{} bytes do not fit into partition {number} ({} bytes)", data.len(), p.size),
+            });
+        }
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .and_then(|f| f.write_all_at(data, p.offset))
+            .map_err(|e| Error::io("write a partition of", &self.path, e))
+    }
+
     /// The FAT boot partition: the one with the boot flag.
     pub fn boot_partition(&self) -> Result<Partition, Error> {
         self.partitions()?.into_iter().find(|p| p.bootable).ok_or_else(|| Error::BadImage {
