@@ -13,18 +13,24 @@
 //!   with a per-VM timeout; [`Qemu::spawn`] gives a [`RunningVm`] for tests that need to watch
 //!   the console while the guest runs.
 //! - [`tools`] checks that the host tools exist, so a missing package fails with its name.
+//! - For the end-to-end suite: [`guest`] builds otterd and copies it with its glibc libraries
+//!   into an overlay; [`HttpRelay`] lets the guest reach a test server on the host's loopback
+//!   (QEMU's user network, the host is `10.0.2.2`) with the server's links rewritten to match.
 //!
 //! Everything a test writes goes under [`work_dir`] (`target/qemu/`), never into the source tree.
 
 use std::path::PathBuf;
 
 mod error;
+pub mod guest;
 mod image;
+mod relay;
 pub mod tools;
 mod vm;
 
 pub use error::Error;
 pub use image::{BootFileCheckout, BuiltImage, DiskImage, ImageBuilder, Partition, UBOOT_ENV_SIZE, parse_mbr};
+pub use relay::{GUEST_HOST_ADDR, HttpRelay};
 pub use vm::{Console, Firmware, Qemu, RunningVm};
 
 /// The repository root (the workspace this crate lives in).
