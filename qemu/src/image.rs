@@ -264,6 +264,24 @@ impl DiskImage {
             .map_err(|e| Error::io("write a partition of", &self.path, e))
     }
 
+    /// Checks the FAT file system of partition `number` with `fsck.fat -n` (on a copy in
+    /// `scratch`; nothing is changed). `Ok(Ok(()))` when it finds nothing wrong but the dirty bit
+    /// Linux sets while the file system is mounted (what a power cut leaves behind);
+    /// `Ok(Err(report))` with fsck.fat's report otherwise.
+    pub fn check_fat(&self, number: u8, scratch: &Path) -> Result<Result<(), String>, Error> {
+        let copy = scratch.join(format!("partition-{number}.fsck"));
+        fs::write(&copy, self.read_partition(number)?).map_err(|e| Error::io("write", &copy, e))?;
+        let mut cmd = tools::command("fsck.fat", "dosfstools")?;
+        let out = cmd.arg("-n").arg(&copy).output().map_err(|e| Error::Command {
+            command: format!("{cmd:?}"),
+            status: "not started".to_owned(),
+            stderr: e.to_string(),
+        })?;
+        fs::remove_file(&copy).map_err(|e| Error::io("remove", &copy, e))?;
+        let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        Ok(if fat_report_is_clean(&report) { Ok(()) } else { Err(report.trim().to_owned()) })
+    }
+
     /// The FAT boot partition: the one with the boot flag.
     pub fn boot_partition(&self) -> Result<Partition, Error> {
         self.partitions()?.into_iter().find(|p| p.bootable).ok_or_else(|| Error::BadImage {
@@ -356,6 +374,19 @@ impl DiskImage {
     }
 }
 
+/// Whether an `fsck.fat -n` report lists no problem: only its banner, the dirty-bit notice
+/// (exit status 1 on its own) and the summary line.
+fn fat_report_is_clean(report: &str) -> bool {
+    report.lines().map(str::trim).all(|l| {
+        l.is_empty()
+            || l.starts_with("fsck.fat ")
+            || l.starts_with("Dirty bit is set.")
+            || l == "Automatically removing dirty bit."
+            || l == "Leaving filesystem unchanged."
+            || (l.contains(" files, ") && l.ends_with(" clusters"))
+    })
+}
+
 /// The last component of a boot-partition path (`grub/grubenv` → `grubenv`).
 fn file_name(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
@@ -418,6 +449,19 @@ mod tests {
         assert_eq!(parts[1].number, 2);
         assert!(!parts[1].bootable);
         assert_eq!(parts[1].offset, 34816 * 512);
+    }
+
+    #[test]
+    fn a_dirty_bit_alone_is_a_clean_fat() {
+        let dirty = "fsck.fat 4.2 (2021-01-31)\nDirty bit is set. Fs was not properly unmounted and some data may be \
+                     corrupt.\n Automatically removing dirty bit.\n\nLeaving filesystem unchanged.\n/tmp/p1.img: 4 \
+                     files, 13/8167 clusters\n";
+        assert!(fat_report_is_clean(dirty));
+        let broken = "fsck.fat 4.2 (2021-01-31)\n/uboot.env\n  Contains a free cluster (7). Assuming EOF.\n/uboot.env\n  \
+                      File size is 16384 bytes, cluster chain length is 0 bytes.\n  Truncating file to 0 bytes.\n\
+                      Checking for unused clusters.\nReclaimed 8 unused clusters (16384 bytes).\nLeaving filesystem \
+                      unchanged.\n/tmp/p1.img: 4 files, 5/8167 clusters\n";
+        assert!(!fat_report_is_clean(broken));
     }
 
     #[test]
