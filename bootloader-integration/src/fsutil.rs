@@ -30,9 +30,13 @@ pub(crate) enum ReplaceStop {
 }
 
 /// Replaces `path` with `bytes`: write `path.otter-new`, fsync it, rename it over `path`, fsync
-/// the directory. A power cut leaves either the old or the new file, never a mix: without the
-/// first fsync the rename could reach the disk before the data; without the last one the rename
-/// itself could be lost. Keeps the old file's permission bits.
+/// the file again and the directory. A power cut leaves either the old or the new file, never a
+/// mix: without the first fsync the rename could reach the disk before the data; without the last
+/// ones the rename itself could be lost. The second fsync of the file is for FAT (where U-Boot
+/// envs usually live): vfat keeps a file's metadata in its directory entry and writes that entry
+/// with the file's inode, which the directory fsync does not do; without it, a power cut after
+/// the next replace freed the old clusters left the entry pointing at free clusters — a broken
+/// FAT, found by the QEMU end-to-end power-cut test. Keeps the old file's permission bits.
 pub(crate) fn atomic_replace(path: &Path, bytes: &[u8], stop: ReplaceStop) -> Result<(), BootError> {
     let tmp = temp_path(path);
     let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644);
@@ -40,11 +44,11 @@ pub(crate) fn atomic_replace(path: &Path, bytes: &[u8], stop: ReplaceStop) -> Re
         OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(io_err(&tmp))?;
     f.write_all(bytes).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
-    drop(f);
     if stop == ReplaceStop::BeforeRename {
         return Ok(());
     }
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))?;
     sync_dir_of(path)
 }
 
