@@ -574,9 +574,8 @@ fn failed_health_check_rolls_back_to_the_old_slot() {
 /// on A continues the same action with one `Range` request past the chunks it had made durable,
 /// and the update completes.
 ///
-/// Fails today on the boot partition's FAT, which the cut leaves inconsistent: otter's env store
-/// does not make the renamed `uboot.env` durable on vfat (qemu/README.md, "Known issue"), so
-/// `qemu/run-tests` skips it unless asked for (`qemu/run-tests power_cut`).
+/// Right after the cut it also checks the boot partition's FAT, where otterd had replaced
+/// `uboot.env` seconds before (qemu/README.md, "What the power-cut test caught").
 #[test]
 #[ignore = "boots QEMU with otterd (about 90 s); run with qemu/run-tests"]
 fn power_cut_during_the_download_resumes_after_the_next_boot() {
@@ -622,7 +621,7 @@ fn power_cut_during_the_download_resumes_after_the_next_boot() {
     if let Err(report) = dev.disk.check_fat(1, &dev.dir).expect("run fsck.fat") {
         panic!(
             "the power cut left the FAT boot partition, which holds uboot.env, inconsistent \
-             (see \"Known issue\" in qemu/README.md):\n{report}\n{logs}"
+             (qemu/README.md: \"What the power-cut test caught\"):\n{report}\n{logs}"
         );
     }
     let (env, backend) = dev.env();
