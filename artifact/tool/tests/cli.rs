@@ -224,3 +224,32 @@ fn an_install_killed_mid_way_resumes_from_its_record() {
     assert_eq!(std::fs::read(d.path().join("slot.img")).unwrap(), image);
     assert!(!record.exists());
 }
+
+#[test]
+fn a_device_without_system_ca_certificates_still_installs_over_plain_http() {
+    use std::io::{Read as _, Write as _};
+    let d = setup();
+    create(d.path(), "old.key", "a.otter");
+    let artifact = std::fs::read(d.path().join("a.otter")).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/a.otter", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut req = [0u8; 4096];
+        let _ = conn.read(&mut req).unwrap();
+        write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", artifact.len()).unwrap();
+        conn.write_all(&artifact).unwrap();
+    });
+    // rustls finds the system's roots through these; pointing them at nothing is a device without ca-certificates.
+    std::fs::write(d.path().join("no-certs.pem"), "").unwrap();
+    std::fs::create_dir(d.path().join("no-certs")).unwrap();
+    let out = Command::new(BIN)
+        .current_dir(d.path())
+        .env("SSL_CERT_FILE", d.path().join("no-certs.pem"))
+        .env("SSL_CERT_DIR", d.path().join("no-certs"))
+        .args(["install", "--key", "old.pub", "--slot", "slot.img", &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(d.path().join("slot.img")).unwrap(), std::fs::read(d.path().join("rootfs.img")).unwrap());
+}

@@ -158,25 +158,62 @@ fn build_client(opts: &HttpOptions) -> Result<Client, InstallError> {
         let value = HeaderValue::from_str(v).map_err(|e| setup(&format!("header {k:?} value"), &e))?;
         headers.insert(name, value);
     }
-    let mut b = Client::builder()
-        .default_headers(headers)
-        .connect_timeout(opts.connect_timeout)
-        // The blocking client applies this to each connect, read and write wait, not to the whole body.
-        .timeout(opts.read_timeout)
-        .tls_backend_rustls();
-    if let Some(path) = &opts.ca_bundle {
-        let pem = std::fs::read(path).map_err(|e| setup(&format!("reading CA bundle {}", path.display()), &e))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| setup(&format!("parsing CA bundle {}", path.display()), &e))?;
-        b = b.tls_certs_only(certs);
-    }
-    if let Some(path) = &opts.client_identity {
-        let pem = std::fs::read(path).map_err(|e| setup(&format!("reading client identity {}", path.display()), &e))?;
-        let id = reqwest::Identity::from_pem(&pem)
-            .map_err(|e| setup(&format!("parsing client identity {}", path.display()), &e))?;
-        b = b.identity(id);
-    }
-    b.build().map_err(|e| setup("building the client", &e))
+    let base = || {
+        Client::builder()
+            .default_headers(headers.clone())
+            .connect_timeout(opts.connect_timeout)
+            // The blocking client applies this to each connect, read and write wait, not to the whole body.
+            .timeout(opts.read_timeout)
+    };
+    tls_client(base, opts.ca_bundle.as_deref(), opts.client_identity.as_deref()).map_err(InstallError::HttpSetup)
+}
+
+/// Builds an HTTP client with its TLS trust and identity. A CA bundle replaces the system's roots. Without one the
+/// system's roots are trusted; a device that has none (no CA certificates installed) still gets a client, with an
+/// empty trust store: plain `http://` works, and `https://` fails at connect (unknown issuer) until a CA bundle is
+/// configured — instead of no client at all, which used to stop even a plain-http update server from working.
+pub fn tls_client(
+    base: impl Fn() -> reqwest::blocking::ClientBuilder,
+    ca_bundle: Option<&Path>,
+    client_identity: Option<&Path>,
+) -> Result<Client, String> {
+    init_tls();
+    let roots = match ca_bundle {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| format!("reading CA bundle {}: {e}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("parsing CA bundle {}: {e}", path.display()))?;
+            Some(certs)
+        }
+        None => None,
+    };
+    let identity = match client_identity {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| format!("reading client identity {}: {e}", path.display()))?;
+            Some(
+                reqwest::Identity::from_pem(&pem)
+                    .map_err(|e| format!("parsing client identity {}: {e}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let build = |roots: Option<Vec<reqwest::Certificate>>| {
+        let mut b = base().tls_backend_rustls();
+        if let Some(certs) = roots {
+            b = b.tls_certs_only(certs);
+        }
+        if let Some(id) = &identity {
+            b = b.identity(id.clone());
+        }
+        b.build()
+    };
+    let fallback = roots.is_none();
+    build(roots)
+        .or_else(|system| match fallback {
+            true => build(Some(Vec::new())).map_err(|_| error_chain(&system)),
+            false => Err(error_chain(&system)),
+        })
+        .map_err(|e| format!("building the client: {e}"))
 }
 
 /// Counts the bytes a source delivered (for progress and for checking resume efficiency).

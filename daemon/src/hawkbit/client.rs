@@ -78,25 +78,18 @@ impl DdiClient {
             v.set_sensitive(true);
             headers.insert(AUTHORIZATION, v);
         }
-        let mut b = Client::builder()
-            .default_headers(headers)
-            .connect_timeout(settings.timeout)
-            .timeout(settings.timeout)
-            .tls_backend_rustls();
-        if let Some(path) = &settings.ca_bundle {
-            let pem = std::fs::read(path).map_err(|e| setup(format!("reading CA bundle {}: {e}", path.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| setup(format!("parsing CA bundle {}: {e}", path.display())))?;
-            b = b.tls_certs_only(certs);
-        }
-        if let Some(path) = &settings.client_identity {
-            let pem =
-                std::fs::read(path).map_err(|e| setup(format!("reading client identity {}: {e}", path.display())))?;
-            let id = reqwest::Identity::from_pem(&pem)
-                .map_err(|e| setup(format!("parsing client identity {}: {e}", path.display())))?;
-            b = b.identity(id);
-        }
-        let client = b.build().map_err(|e| setup(chain(&e)))?;
+        let base = || {
+            Client::builder()
+                .default_headers(headers.clone())
+                .connect_timeout(settings.timeout)
+                .timeout(settings.timeout)
+        };
+        let client = otter_installer::source::tls_client(
+            base,
+            settings.ca_bundle.as_deref(),
+            settings.client_identity.as_deref(),
+        )
+        .map_err(setup)?;
         let base = format!("{}/{}/controller/v1/{}", settings.url, settings.tenant, settings.controller_id);
         Ok(Self { base, client, auth, settings: settings.clone() })
     }
