@@ -1,8 +1,11 @@
 //! Disk images: building the base image and working on a test's copy of it.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use otter_bootloader::uboot::{FwEnvConfig, UBootBackend, UBootEnv, UBootScheme};
 
 use crate::tools::{self, run};
 use crate::{Error, repo_root, work_dir};
@@ -421,6 +424,42 @@ impl BootFileCheckout {
     /// Copies the host copy back onto the image's boot partition.
     pub fn commit(&self) -> Result<(), Error> {
         self.image.put_boot_file(&self.path, &self.name)
+    }
+
+    /// otter's `FwEnvConfig` for the host copy (parsed from [`BootFileCheckout::fw_env_config`]).
+    pub fn fw_config(&self) -> Result<FwEnvConfig, String> {
+        let text = fs::read_to_string(&self.config).map_err(|e| format!("reading {}: {e}", self.config.display()))?;
+        FwEnvConfig::parse(&text).map_err(|e| format!("otter cannot parse {}: {e}", self.config.display()))
+    }
+
+    /// otter's U-Boot backend on the host copy, with its lock file at `lock` (the default one is
+    /// under /var/lock).
+    pub fn backend(&self, scheme: UBootScheme, lock: &Path) -> Result<UBootBackend, String> {
+        UBootBackend::open(&self.fw_config()?, scheme, Some(lock)).map_err(|e| format!("otter opens uboot.env: {e}"))
+    }
+
+    /// The host copy of `uboot.env` read twice, with otter's codec and with libubootenv's
+    /// `fw_printenv`, which must see the same variables; also otter's backend on it, for state
+    /// checks.
+    pub fn checked_env(
+        &self,
+        scheme: UBootScheme,
+        lock: &Path,
+    ) -> Result<(BTreeMap<String, String>, UBootBackend), String> {
+        let bytes = fs::read(&self.path).map_err(|e| format!("reading {}: {e}", self.path.display()))?;
+        if bytes.len() != UBOOT_ENV_SIZE {
+            return Err(format!("uboot.env has {} bytes, not {UBOOT_ENV_SIZE}", bytes.len()));
+        }
+        let decoded = UBootEnv::from_bytes(&bytes, false).map_err(|e| format!("otter's codec: {e}"))?;
+        let otter: BTreeMap<String, String> = decoded
+            .iter()
+            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()))
+            .collect();
+        let fw = tools::fw_printenv(&self.config).map_err(|e| format!("fw_printenv: {e}"))?;
+        if otter != fw {
+            return Err(format!("otter's codec and fw_printenv disagree: {otter:?} vs {fw:?}"));
+        }
+        Ok((otter, self.backend(scheme, lock)?))
     }
 }
 

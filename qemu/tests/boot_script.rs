@@ -81,8 +81,7 @@ impl Rig {
     fn daemon<R>(&self, f: impl FnOnce(&mut UBootBackend) -> R) -> R {
         let co = self.disk.checkout_boot_file("uboot.env", &self.dir.join("env")).expect("checkout");
         assert!(co.exists(), "{}: no uboot.env on the boot partition", self.name);
-        let mut backend = UBootBackend::open(&self.fw_config(co.fw_env_config()), SCHEME, Some(&self.lock()))
-            .expect("otter opens uboot.env");
+        let mut backend = co.backend(SCHEME, &self.lock()).unwrap_or_else(|e| panic!("{}: {e}", self.name));
         let r = f(&mut backend);
         backend.store().expect("otter stores uboot.env");
         co.commit().expect("copy uboot.env back");
@@ -110,26 +109,7 @@ impl Rig {
     fn env(&self) -> (BTreeMap<String, String>, UBootBackend) {
         let co = self.disk.checkout_boot_file("uboot.env", &self.dir.join("env")).expect("checkout");
         assert!(co.exists(), "{}: no uboot.env on the boot partition", self.name);
-
-        let bytes = std::fs::read(co.path()).expect("read uboot.env");
-        assert_eq!(bytes.len(), UBOOT_ENV_SIZE, "{}: uboot.env has the wrong size", self.name);
-        let decoded = UBootEnv::from_bytes(&bytes, false).expect("otter's codec decodes uboot.env");
-        let otter: BTreeMap<String, String> = decoded
-            .iter()
-            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()))
-            .collect();
-
-        let fw = tools::fw_printenv(co.fw_env_config()).expect("fw_printenv reads uboot.env");
-        assert_eq!(otter, fw, "{}: otter's codec and fw_printenv disagree", self.name);
-
-        let backend = UBootBackend::open(&self.fw_config(co.fw_env_config()), SCHEME, Some(&self.lock()))
-            .expect("otter opens uboot.env");
-        (otter, backend)
-    }
-
-    fn fw_config(&self, path: &Path) -> FwEnvConfig {
-        let text = std::fs::read_to_string(path).expect("read fw_env.config");
-        FwEnvConfig::parse(&text).expect("otter parses fw_env.config")
+        co.checked_env(SCHEME, &self.lock()).unwrap_or_else(|e| panic!("{}: {e}", self.name))
     }
 
     /// otter's lock file, inside the test directory (the default one is under /var/lock).

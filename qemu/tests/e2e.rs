@@ -26,12 +26,11 @@ use std::time::{Duration, Instant};
 
 use otter_artifact::builder::{self, BuildOptions, ImageSource};
 use otter_artifact::{Compression, Manifest};
-use otter_bootloader::uboot::{FwEnvConfig, UBootBackend, UBootEnv, UBootScheme};
+use otter_bootloader::uboot::{UBootBackend, UBootScheme};
 use otter_bootloader::{BootBackend, Slot, SlotState};
 use otter_ddi_server::{ActionSpec, ActionStatus, DdiServer, Fault};
 use otter_qemu_tests::{
-    Console, DiskImage, HttpRelay, ImageBuilder, Qemu, RunningVm, UBOOT_ENV_SIZE, guest, test_dir, tools, vars,
-    work_dir,
+    Console, DiskImage, HttpRelay, ImageBuilder, Qemu, RunningVm, guest, test_dir, tools, vars, work_dir,
 };
 use serde_json::Value;
 
@@ -387,20 +386,7 @@ impl Device {
     fn env(&self) -> (BTreeMap<String, String>, UBootBackend) {
         let co = self.disk.checkout_boot_file("uboot.env", &self.dir.join("env")).expect("checkout uboot.env");
         assert!(co.exists(), "{}: no uboot.env on the boot partition", self.name);
-        let bytes = std::fs::read(co.path()).expect("read uboot.env");
-        assert_eq!(bytes.len(), UBOOT_ENV_SIZE, "{}: uboot.env has the wrong size", self.name);
-        let decoded = UBootEnv::from_bytes(&bytes, false).expect("otter's codec decodes uboot.env");
-        let otter: BTreeMap<String, String> = decoded
-            .iter()
-            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()))
-            .collect();
-        let fw = tools::fw_printenv(co.fw_env_config()).expect("fw_printenv reads uboot.env");
-        assert_eq!(otter, fw, "{}: otter's codec and fw_printenv disagree", self.name);
-        let text = std::fs::read_to_string(co.fw_env_config()).expect("read fw_env.config");
-        let config = FwEnvConfig::parse(&text).expect("otter parses fw_env.config");
-        let backend = UBootBackend::open(&config, SCHEME, Some(&self.dir.join("fw_printenv.lock")))
-            .expect("otter opens uboot.env");
-        (otter, backend)
+        co.checked_env(SCHEME, &self.dir.join("fw_printenv.lock")).unwrap_or_else(|e| panic!("{}: {e}", self.name))
     }
 
     /// The action on the server.
