@@ -1,7 +1,6 @@
 //! Persisted engine state: one JSON file in the state directory, replaced atomically.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::engine::Persisted;
@@ -74,25 +73,13 @@ impl StateStore {
         }
     }
 
-    /// Writes the state atomically: temp file, fsync, rename over the old file, fsync the directory. A power cut
-    /// at any point leaves either the old or the new state, complete.
+    /// Writes the state atomically ([`otter_installer::durable::replace`]): a power cut at any point leaves
+    /// either the old or the new state, complete.
     pub fn save(&self, state: &Persisted) -> Result<(), StateError> {
         let path = self.path();
-        let tmp = self.dir.join(format!("{STATE_FILE}.new"));
-        let io = |p: &Path| {
-            let p = p.to_owned();
-            move |source| StateError::Io { path: p, source }
-        };
         let mut bytes = serde_json::to_vec_pretty(state).expect("state serialises");
         bytes.push(b'\n');
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&bytes).map_err(io(&tmp))?;
-        // Without this fsync the rename could reach the disk before the data, leaving an empty state file.
-        f.sync_all().map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        // Makes the rename itself durable.
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
-        Ok(())
+        otter_installer::durable::replace(&path, &bytes).map_err(|source| StateError::Io { path, source })
     }
 }
 

@@ -12,8 +12,7 @@
 //! continues from the first chunk that does not match, skipping the source forward to it (a seek, or an HTTP
 //! `Range` request). A stale, foreign or tampered record therefore only costs the read-back.
 
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use otter_artifact::{Digest, Payload};
@@ -59,18 +58,9 @@ impl Record {
         serde_json::from_slice::<Self>(&text).ok().filter(|r| r.format == FORMAT)
     }
 
-    /// Replaces the record at `path` atomically and durably (write a temporary file, sync, rename, sync the
-    /// directory).
+    /// Replaces the record at `path` atomically and durably ([`crate::durable::replace`]).
     pub fn store(&self, path: &Path) -> io::Result<()> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let mut f = File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec(self).map_err(io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        crate::durable::replace(path, &serde_json::to_vec(self).map_err(io::Error::other)?)
     }
 
     /// Removes the record at `path`, if there is one.

@@ -3,8 +3,7 @@
 //! acknowledged it) nor repeats one the server already took.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -79,14 +78,8 @@ impl Reported {
 
     fn save(&self) -> std::io::Result<()> {
         fs::create_dir_all(&self.dir)?;
-        let path = self.dir.join(REPORTED_FILE);
-        let tmp = self.dir.join(format!("{REPORTED_FILE}.new"));
-        let mut f = File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(&self.data).expect("serialisable"))?;
-        // Data before rename, rename before the directory sync: a power cut leaves the old or the new file.
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        File::open(&self.dir)?.sync_all()
+        let bytes = serde_json::to_vec_pretty(&self.data).expect("serialisable");
+        otter_installer::durable::replace(&self.dir.join(REPORTED_FILE), &bytes)
     }
 }
 
