@@ -276,7 +276,7 @@ pub struct Runtime {
     last_digest: Option<String>,
     /// Download settings that came with the install request being handled (D-Bus options or the server's); the
     /// install starts within that request, once the target is marked bad, and takes them.
-    install_options: Option<InstallSettings>,
+    install_settings: Option<InstallSettings>,
     halted: bool,
     tick: Duration,
 }
@@ -375,7 +375,7 @@ impl Runtime {
             install: None,
             health_cancel: None,
             last_digest: None,
-            install_options: None,
+            install_settings: None,
             halted: false,
             tick,
         };
@@ -445,16 +445,16 @@ impl Runtime {
         let now = self.platform.now();
         match msg {
             Msg::Command(Command::Install { source, automatic, remote_id, settings, reply }) => {
-                self.install_options = settings.map(|s| *s);
+                self.install_settings = settings.map(|s| *s);
                 let result = self.request(Event::InstallRequested { source, automatic, remote_id, now });
-                self.install_options = None;
+                self.install_settings = None;
                 let _ = reply.send(result.map(|()| self.engine.job().map_or(0, |j| j.id)));
             }
             Msg::Command(Command::InstallRemote { source, remote_id, options, reply }) => {
-                self.install_options = Some(*options);
+                self.install_settings = Some(*options);
                 let event = Event::InstallRequested { source, automatic: true, remote_id: Some(remote_id), now };
                 let result = self.request(event);
-                self.install_options = None;
+                self.install_settings = None;
                 let _ = reply.send(result.map(|()| self.engine.job().map_or(0, |j| j.id)));
             }
             Msg::Command(Command::Cancel { reply }) => {
@@ -701,7 +701,7 @@ impl Runtime {
         // An install cut off by a power failure or a restart continues from here when the same artifact comes
         // again (the server retries the deployment, or the user re-runs the install).
         req.resume_file = Some(self.settings.state_dir.join("install-resume.json"));
-        if let Some(options) = self.install_options.take() {
+        if let Some(options) = self.install_settings.take() {
             req.http = options.http;
             req.expected_sha256 = options.expected_sha256;
             if let Some(fd) = options.fd {

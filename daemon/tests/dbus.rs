@@ -552,6 +552,9 @@ fn install_fd_takes_pipes_and_refuses_what_it_cannot_read() {
     let wo = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(s.dir.path().join("w")).unwrap();
     let err = call(wo.as_fd(), &[]).unwrap_err();
     assert!(err.contains("writing only"), "{err}");
+    let dir = std::fs::File::open(s.dir.path()).unwrap();
+    let err = call(dir.as_fd(), &[]).unwrap_err();
+    assert!(err.contains("is a directory"), "{err}");
     let artifact = std::fs::File::open(&s.artifact).unwrap();
     let err = call(artifact.as_fd(), &[("tls-ca", "/x")]).unwrap_err();
     assert!(err.contains("unknown option"), "{err}");

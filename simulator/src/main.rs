@@ -82,16 +82,6 @@ fn make_rootfs(dir: &Path, version: &str, app_ok: bool) -> Result<PathBuf> {
     Ok(img)
 }
 
-/// The `chunks` count of the installer's resume record (docs/artifact-format.md, section 7).
-fn recorded_chunks(record: &Path) -> String {
-    let text = std::fs::read_to_string(record).unwrap_or_default();
-    text.split("\"chunks\":")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .unwrap_or("?")
-        .to_owned()
-}
-
 fn debugfs_cat(image: &Path, file: &str) -> Result<String> {
     let out = Process::new("debugfs").arg("-R").arg(format!("cat {file}")).arg(image).output()?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -360,7 +350,9 @@ fn scenario(sc: Scenario<'_>) -> Result<Outcome> {
                         clock.say(format!(
                             "POWER FAILURE during the download; the installer's resume record says the first {} \
                              chunks are verified and synced in slot B",
-                            recorded_chunks(&resume_record)
+                            otter_installer::resume::Record::load(&resume_record)
+                                .and_then(|r| r.payloads.first().map(|p| p.chunks.to_string()))
+                                .unwrap_or_else(|| "?".into())
                         ));
                         server.clear_faults();
                     }

@@ -462,11 +462,7 @@ impl HttpReader {
             if self.cancel.sleep(backoff) {
                 return Err(io::Error::other(Cancelled));
             }
-            let mut req = self.client.get(&self.url).header(RANGE, format!("bytes={}-", self.position));
-            if let Some(v) = &self.validator {
-                req = req.header(IF_RANGE, v.clone());
-            }
-            let resp = match req.send() {
+            let resp = match self.range_request(self.position) {
                 Ok(r) => r,
                 Err(e) => {
                     // Could not even reconnect: counts as another attempt.
@@ -511,6 +507,15 @@ impl HttpReader {
 }
 
 impl HttpReader {
+    /// Asks for the body from byte `from` on, only if it is still the same entity (`If-Range` with the validator).
+    fn range_request(&self, from: u64) -> reqwest::Result<Response> {
+        let mut req = self.client.get(&self.url).header(RANGE, format!("bytes={from}-"));
+        if let Some(v) = &self.validator {
+            req = req.header(IF_RANGE, v.clone());
+        }
+        req.send()
+    }
+
     /// Continues the body `n` bytes further on: one `Range` request from the new position (with `If-Range`). A
     /// server that answers with the whole body (no range support) is read through to the position instead; a
     /// changed entity is `SourceChanged`.
@@ -520,11 +525,7 @@ impl HttpReader {
         }
         let target = self.position + n;
         self.response = None;
-        let mut req = self.client.get(&self.url).header(RANGE, format!("bytes={target}-"));
-        if let Some(v) = &self.validator {
-            req = req.header(IF_RANGE, v.clone());
-        }
-        let resp = req.send().map_err(|e| io::Error::other(error_chain(&e)))?;
+        let resp = self.range_request(target).map_err(|e| io::Error::other(error_chain(&e)))?;
         match resp.status().as_u16() {
             206 if content_range_start(&resp) == Some(target) => {
                 self.response = Some(resp);
