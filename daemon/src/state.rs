@@ -73,13 +73,13 @@ impl StateStore {
         }
     }
 
-    /// Writes the state atomically ([`otter_installer::durable::replace`]): a power cut at any point leaves
+    /// Writes the state atomically ([`otter_common::durable::replace`]): a power cut at any point leaves
     /// either the old or the new state, complete.
     pub fn save(&self, state: &Persisted) -> Result<(), StateError> {
         let path = self.path();
         let mut bytes = serde_json::to_vec_pretty(state).expect("state serialises");
         bytes.push(b'\n');
-        otter_installer::durable::replace(&path, &bytes).map_err(|source| StateError::Io { path, source })
+        otter_common::durable::replace(&path, &bytes).map_err(|source| StateError::Io { path, source })
     }
 }
 

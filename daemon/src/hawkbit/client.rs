@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use otter_installer::source::error_chain as chain;
+use otter_common::error_chain as chain;
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
 use serde::Serialize;
@@ -63,7 +63,7 @@ pub struct DdiClient {
 impl DdiClient {
     /// Builds the client (reads the CA bundle and client identity).
     pub fn new(settings: &ServerSettings) -> Result<Self, DdiError> {
-        otter_installer::source::init_tls();
+        otter_common::http::init_tls();
         let setup = |what: String| DdiError::Setup(what);
         let auth = match &settings.auth {
             ServerAuth::TargetToken(t) => Some(format!("TargetToken {t}")),
@@ -84,12 +84,9 @@ impl DdiClient {
                 .connect_timeout(settings.timeout)
                 .timeout(settings.timeout)
         };
-        let client = otter_installer::source::tls_client(
-            base,
-            settings.ca_bundle.as_deref(),
-            settings.client_identity.as_deref(),
-        )
-        .map_err(setup)?;
+        let client =
+            otter_common::http::tls_client(base, settings.ca_bundle.as_deref(), settings.client_identity.as_deref())
+                .map_err(setup)?;
         let base = format!("{}/{}/controller/v1/{}", settings.url, settings.tenant, settings.controller_id);
         Ok(Self { base, client, auth, settings: settings.clone() })
     }

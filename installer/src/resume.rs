@@ -58,9 +58,9 @@ impl Record {
         serde_json::from_slice::<Self>(&text).ok().filter(|r| r.format == FORMAT)
     }
 
-    /// Replaces the record at `path` atomically and durably ([`crate::durable::replace`]).
+    /// Replaces the record at `path` atomically and durably ([`otter_common::durable::replace`]).
     pub fn store(&self, path: &Path) -> io::Result<()> {
-        crate::durable::replace(path, &serde_json::to_vec(self).map_err(io::Error::other)?)
+        otter_common::durable::replace(path, &serde_json::to_vec(self).map_err(io::Error::other)?)
     }
 
     /// Removes the record at `path`, if there is one.

@@ -15,7 +15,6 @@
 //! An install that stops part-way (power cut, killed process, lost connection) can continue later from the chunks
 //! it had made durable, when the request names a resume record (see [`resume`]).
 
-pub mod durable;
 mod error;
 pub mod resume;
 pub mod slot;

@@ -12,6 +12,8 @@ use std::time::Duration;
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{CONTENT_RANGE, ETAG, HeaderMap, HeaderName, HeaderValue, IF_RANGE, LAST_MODIFIED, RANGE};
 
+use otter_common::error_chain;
+
 use crate::CancelToken;
 use crate::error::InstallError;
 
@@ -144,13 +146,8 @@ impl Default for HttpOptions {
     }
 }
 
-/// Installs the process-wide rustls crypto provider (ring) once; later calls are no-ops.
-pub fn init_tls() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 fn build_client(opts: &HttpOptions) -> Result<Client, InstallError> {
-    init_tls();
+    otter_common::http::init_tls();
     let setup = |what: &str, e: &dyn std::fmt::Display| InstallError::HttpSetup(format!("{what}: {e}"));
     let mut headers = HeaderMap::new();
     for (k, v) in &opts.headers {
@@ -165,55 +162,8 @@ fn build_client(opts: &HttpOptions) -> Result<Client, InstallError> {
             // The blocking client applies this to each connect, read and write wait, not to the whole body.
             .timeout(opts.read_timeout)
     };
-    tls_client(base, opts.ca_bundle.as_deref(), opts.client_identity.as_deref()).map_err(InstallError::HttpSetup)
-}
-
-/// Builds an HTTP client with its TLS trust and identity. A CA bundle replaces the system's roots. Without one the
-/// system's roots are trusted; a device that has none (no CA certificates installed) still gets a client, with an
-/// empty trust store: plain `http://` works, and `https://` fails at connect (unknown issuer) until a CA bundle is
-/// configured — instead of no client at all, which used to stop even a plain-http update server from working.
-pub fn tls_client(
-    base: impl Fn() -> reqwest::blocking::ClientBuilder,
-    ca_bundle: Option<&Path>,
-    client_identity: Option<&Path>,
-) -> Result<Client, String> {
-    init_tls();
-    let roots = match ca_bundle {
-        Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| format!("reading CA bundle {}: {e}", path.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("parsing CA bundle {}: {e}", path.display()))?;
-            Some(certs)
-        }
-        None => None,
-    };
-    let identity = match client_identity {
-        Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| format!("reading client identity {}: {e}", path.display()))?;
-            Some(
-                reqwest::Identity::from_pem(&pem)
-                    .map_err(|e| format!("parsing client identity {}: {e}", path.display()))?,
-            )
-        }
-        None => None,
-    };
-    let build = |roots: Option<Vec<reqwest::Certificate>>| {
-        let mut b = base().tls_backend_rustls();
-        if let Some(certs) = roots {
-            b = b.tls_certs_only(certs);
-        }
-        if let Some(id) = &identity {
-            b = b.identity(id.clone());
-        }
-        b.build()
-    };
-    let fallback = roots.is_none();
-    build(roots)
-        .or_else(|system| match fallback {
-            true => build(Some(Vec::new())).map_err(|_| error_chain(&system)),
-            false => Err(error_chain(&system)),
-        })
-        .map_err(|e| format!("building the client: {e}"))
+    otter_common::http::tls_client(base, opts.ca_bundle.as_deref(), opts.client_identity.as_deref())
+        .map_err(InstallError::HttpSetup)
 }
 
 /// Counts the bytes a source delivered (for progress and for checking resume efficiency).
@@ -564,18 +514,6 @@ fn validator(resp: &Response) -> Option<HeaderValue> {
         .filter(|v| !v.as_bytes().starts_with(b"W/"))
         .or_else(|| resp.headers().get(LAST_MODIFIED))
         .cloned()
-}
-
-/// An error and all its causes on one line, `outer: inner: innermost` (reqwest hides the useful part in causes).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 impl Read for HttpReader {

@@ -1,0 +1,21 @@
+//! The few mechanisms every otter crate shares, each written once:
+//!
+//! - [`durable`]: replacing a file so a power cut leaves the old or the new one, never a mix.
+//! - [`http`] (feature `http`): the HTTP client with its TLS trust and identity.
+//! - [`error_chain`]: an error and its sources on one line.
+
+pub mod durable;
+#[cfg(feature = "http")]
+pub mod http;
+
+/// An error and all its causes on one line, `outer: inner: innermost` (reqwest hides the useful part in causes).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
