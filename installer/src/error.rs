@@ -96,6 +96,15 @@ pub enum InstallError {
         /// Digest of the bytes received, hex.
         actual: String,
     },
+    /// The source delivered nothing for [`crate::InstallRequest::stall_timeout`] (a stalled connection that could
+    /// not be resumed, a slow-loris server, a pipe whose writer never writes).
+    #[error("{source_name}: no data for {seconds} s; giving up")]
+    Stalled {
+        /// The file, `-`, descriptor name or URL (redacted).
+        source_name: String,
+        /// How long nothing arrived.
+        seconds: u64,
+    },
     /// The install was cancelled.
     #[error("install cancelled")]
     Cancelled,
@@ -117,6 +126,7 @@ impl InstallError {
             Self::NoTarget { .. } => "no-target",
             Self::Refused { .. } => "previously-failed",
             Self::StreamHashMismatch { .. } => "stream-hash-mismatch",
+            Self::Stalled { .. } => "stalled",
             Self::Cancelled => "cancelled",
         }
     }

@@ -103,7 +103,13 @@ pub struct InstallRequest {
     /// Least time between two resume checkpoints; each one syncs the slot and rewrites the record. A fast local
     /// install finishes before the first; a slow download loses at most about this much work to a power cut.
     pub checkpoint_interval: Duration,
+    /// Longest time the source may deliver no byte at all before the install fails as
+    /// [`InstallError::Stalled`] (HTTP: after the resumes it allows; a pipe or descriptor: at once).
+    pub stall_timeout: Duration,
 }
+
+/// Default [`InstallRequest::stall_timeout`]: 2 minutes.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl InstallRequest {
     /// A request with default HTTP options, no identical-chunk skipping and automatic threading.
@@ -120,6 +126,7 @@ impl InstallRequest {
             expected_sha256: None,
             resume_file: None,
             checkpoint_interval: Duration::from_secs(2),
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
 }
