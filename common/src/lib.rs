@@ -2,11 +2,13 @@
 //!
 //! - [`durable`]: replacing a file so a power cut leaves the old or the new one, never a mix.
 //! - [`http`] (feature `http`): the HTTP client with its TLS trust and identity.
+//! - [`redact`]: URLs without their secrets (userinfo, pre-signed query strings) for logs, status and history.
 //! - [`error_chain`]: an error and its sources on one line.
 
 pub mod durable;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod redact;
 
 /// An error and all its causes on one line, `outer: inner: innermost` (reqwest hides the useful part in causes).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
