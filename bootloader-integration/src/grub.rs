@@ -193,8 +193,10 @@ impl EnvVars for GrubEnv {
 /// The GRUB environment block as a [`BootBackend`], with RAUC's `ORDER`/`x_OK`/`x_TRY` scheme
 /// ([`GrubScheme`]): a trial gets exactly one boot.
 ///
-/// [`BootBackend::store`] replaces the file atomically (temp file, fsync, rename, fsync dir).
-/// GRUB finds the file through the filesystem at every boot, so a new inode is fine. A block
+/// [`BootBackend::store`] replaces the file durably ([`otter_common::durable`]: exclusive temp
+/// file, fsync, rename, fsync file and dir). GRUB finds the file through the filesystem at every
+/// boot, so a new inode is fine. A symlinked grubenv is written through: the file it points to is
+/// replaced and the link stays. A block
 /// without the header is an error and is never overwritten.
 #[derive(Debug)]
 pub struct GrubBackend {
@@ -268,7 +270,7 @@ impl BootBackend for GrubBackend {
             return Ok(());
         }
         let bytes = self.env.to_bytes().map_err(|reason| BootError::GrubEnv { path: self.path.clone(), reason })?;
-        fsutil::atomic_replace(&self.path, &bytes, ReplaceStop::Never)?;
+        fsutil::replace_file(&self.path, &bytes, ReplaceStop::Never)?;
         self.dirty = false;
         Ok(())
     }

@@ -126,6 +126,26 @@ pub enum BootError {
         #[source]
         source: io::Error,
     },
+    /// Another process held the environment lock for longer than the backend waits
+    /// ([`uboot::DEFAULT_LOCK_WAIT`]); nothing was read or written. Try again later (code `env-locked`).
+    #[error("env-locked: {path} is held by another process (waited {waited:?}); nothing was written")]
+    EnvLocked {
+        /// The lock file.
+        path: PathBuf,
+        /// How long the backend waited.
+        waited: std::time::Duration,
+    },
+    /// The lock file is not one otter can trust (a symlink, not a regular file, owned by another user).
+    #[error("refusing lock file {path}: {reason}")]
+    LockFile {
+        /// The lock file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Replacing an env file failed; the old file is still in place.
+    #[error(transparent)]
+    Replace(#[from] otter_common::durable::ReplaceError),
     /// `fw_env.config` is malformed.
     #[error("invalid fw_env.config {path}: line {line}: {message}")]
     Config {

@@ -134,3 +134,20 @@ fn backend_store_is_atomic_and_seen_by_grub_editenv() {
     backend.reload().unwrap();
     assert_eq!(backend.slot_state(Slot::B), SlotState::Trying { attempts_left: 0 });
 }
+
+#[test]
+fn a_symlinked_grubenv_is_written_through() {
+    // Some images keep the block on the ESP and link /boot/grub/grubenv to it; GRUB reads the target.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("esp")).unwrap();
+    let target = dir.path().join("esp/grubenv");
+    editenv(&target, &["create"]);
+    editenv(&target, &["set", "ORDER=A B", "A_OK=1", "B_OK=1", "A_TRY=0", "B_TRY=0"]);
+    let link = dir.path().join("grubenv");
+    std::os::unix::fs::symlink("esp/grubenv", &link).unwrap();
+    let mut backend = GrubBackend::open(&link).unwrap();
+    backend.set_try_next(Slot::B).unwrap();
+    backend.store().unwrap();
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
+    assert!(editenv(&target, &["list"]).contains("ORDER=B A"), "{}", editenv(&target, &["list"]));
+}

@@ -296,3 +296,32 @@ fn config_from_disk_matches_the_tools() {
     provision(&config, &sample(), 0xFF).unwrap();
     assert_eq!(fw_printenv(&files.config_path), env_pairs(&sample()));
 }
+
+#[test]
+fn a_symlinked_env_file_is_written_through_so_u_boot_sees_the_switch() {
+    // /boot/uboot.env -> firmware/uboot.env: U-Boot reads the file on the FAT partition, fw_setenv writes through
+    // the link; otter must too, and leave the link in place.
+    let files = EnvFiles::new(Layout::SingleFile, SIZE);
+    let dir = files.dir.path();
+    std::fs::create_dir(dir.join("firmware")).unwrap();
+    std::fs::rename(&files.copies[0], dir.join("firmware/uboot.env")).unwrap();
+    std::os::unix::fs::symlink("firmware/uboot.env", &files.copies[0]).unwrap();
+    provision(&files.config(), &sample(), 0).unwrap();
+    // What the bootloader reads: the target itself.
+    let target_config = dir.join("target.config");
+    std::fs::write(&target_config, format!("{} 0x0 {SIZE:#x}\n", dir.join("firmware/uboot.env").display())).unwrap();
+
+    let mut backend = UBootBackend::open(&files.config(), UBootScheme::default(), Some(files.lock.as_path())).unwrap();
+    backend.set_try_next(Slot::B).unwrap();
+    backend.store().unwrap();
+    assert!(std::fs::symlink_metadata(&files.copies[0]).unwrap().file_type().is_symlink(), "the link was replaced");
+    let seen = fw_printenv(&target_config);
+    assert!(seen.contains(&("BOOT_ORDER".to_owned(), "B A".to_owned())), "the target never saw the switch: {seen:?}");
+    assert_eq!(fw_printenv(&files.config_path), seen);
+    // And fw_setenv through the link is seen by otter, both ways still one file.
+    fw_setenv(&files.config_path, "bootdelay", "5");
+    backend.reload().unwrap();
+    assert_eq!(backend.env().get("bootdelay"), Some("5"));
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join("firmware")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers, ["uboot.env"]);
+}

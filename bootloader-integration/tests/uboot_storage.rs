@@ -5,7 +5,7 @@ mod common;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{EnvFiles, Layout, env_pairs, fw_printenv, fw_setenv, tool};
+use common::{EnvFiles, Layout, as_nobody, env_pairs, fw_printenv, fw_setenv, nobody_dir, run, tool};
 use otter_bootloader::uboot::{
     DEFAULT_LOCK_PATH, EnvStorage, FlagScheme, Interruption, UBootBackend, UBootEnv, UBootScheme, next_flags, provision,
 };
@@ -193,7 +193,7 @@ fn single_file_store_is_an_atomic_replace() {
     let leftovers: Vec<_> = std::fs::read_dir(files.dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.contains("otter-new"))
+        .filter(|n| n.ends_with(".tmp") || n.contains("otter-new"))
         .collect();
     assert!(leftovers.is_empty(), "temp file left behind: {leftovers:?}");
     assert_eq!(std::fs::metadata(&files.copies[0]).unwrap().len(), SIZE as u64);
@@ -226,11 +226,23 @@ struct HeldLock(Child);
 
 impl HeldLock {
     fn take(path: &std::path::Path) -> Self {
-        let marker = tempfile::NamedTempFile::new().unwrap().into_temp_path();
-        std::fs::remove_file(&marker).unwrap();
+        Self::take_with(Command::new(tool("flock", "util-linux")), path)
+    }
+
+    /// The lock taken by the unprivileged user `nobody`: the local attacker.
+    fn take_as_nobody(path: &std::path::Path) -> Self {
+        Self::take_with(as_nobody(&[tool("flock", "util-linux").to_str().unwrap()]), path)
+    }
+
+    fn take_with(mut flock: Command, path: &std::path::Path) -> Self {
+        // The marker in a directory every user may write (the holder may be `nobody`).
+        let marker_dir = tempfile::tempdir().unwrap();
+        common::let_nobody_traverse(marker_dir.path());
+        std::fs::set_permissions(marker_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+        let marker = marker_dir.path().join("taken");
         // --no-fork: flock execs the shell, which execs sleep, so killing the child releases
         // the lock (a forked sleep would keep holding it).
-        let child = Command::new(tool("flock", "util-linux"))
+        let child = flock
             .arg("--no-fork")
             .arg(path)
             .args(["sh", "-c", "touch \"$0\" && exec sleep 60"])
@@ -242,6 +254,7 @@ impl HeldLock {
             assert!(Instant::now() < deadline, "flock child never took {}", path.display());
             std::thread::sleep(Duration::from_millis(10));
         }
+        drop(marker_dir);
         HeldLock(child)
     }
 }
@@ -307,4 +320,107 @@ fn character_devices_are_refused() {
     let config = otter_bootloader::uboot::FwEnvConfig::parse("/dev/null 0 0x2000\n").unwrap();
     let err = EnvStorage::open(&config).unwrap_err();
     assert!(err.to_string().contains("not supported"), "{err}");
+}
+
+/// Runs `f` on a thread and gives its result, or `None` if it is still running after `bound` (a hang).
+fn within<T: Send + 'static>(bound: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(bound).ok()
+}
+
+/// A lock file as an older otter or libubootenv left it: root's, world-readable and -writable.
+fn legacy_lock_file(files: &EnvFiles) {
+    std::fs::write(&files.lock, b"").unwrap();
+    std::fs::set_permissions(&files.lock, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    common::let_nobody_traverse(files.dir.path());
+}
+
+#[test]
+fn a_lock_held_by_another_user_is_env_locked_within_the_bound_and_nothing_is_written() {
+    let files = EnvFiles::new(Layout::RedundantFiles, SIZE);
+    provision(&files.config(), &old_env(), 0).unwrap();
+    let mut backend = UBootBackend::open(&files.config(), UBootScheme::default(), Some(files.lock.as_path())).unwrap();
+    backend.set_try_next(Slot::B).unwrap();
+    legacy_lock_file(&files);
+    let held = HeldLock::take_as_nobody(&files.lock);
+    let before = files.snapshot();
+    let config = files.config();
+    let lock = files.lock.clone();
+    let started = Instant::now();
+    // A blocking flock would never return while nobody holds the lock.
+    let (store, open) = within(Duration::from_secs(60), move || {
+        let store = backend.store();
+        let open =
+            UBootBackend::open_with_lock_wait(&config, UBootScheme::default(), Some(&lock), Duration::from_secs(1));
+        (store, open.map(|_| ()))
+    })
+    .expect("the backend waited for the lock without bound");
+    let elapsed = started.elapsed();
+    assert!(matches!(store, Err(BootError::EnvLocked { .. })), "{store:?}");
+    assert!(store.unwrap_err().to_string().contains("env-locked"));
+    assert!(
+        matches!(open, Err(BootError::EnvLocked { ref waited, .. }) if *waited == Duration::from_secs(1)),
+        "{open:?}"
+    );
+    assert!(elapsed >= otter_bootloader::uboot::DEFAULT_LOCK_WAIT, "gave up after {elapsed:?}");
+    assert_eq!(files.snapshot(), before, "wrote without the lock");
+    drop(held);
+}
+
+#[test]
+fn a_symlink_planted_at_the_lock_path_is_refused_and_its_target_survives() {
+    let files = EnvFiles::new(Layout::RedundantFiles, SIZE);
+    provision(&files.config(), &old_env(), 0).unwrap();
+    // A root-only file the attacker wants truncated, and a lock directory the attacker can write.
+    let victim = files.dir.path().join("shadow");
+    std::fs::write(&victim, b"root:precious:19000:0:99999:7:::\n").unwrap();
+    std::fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let lock_dir = nobody_dir(files.dir.path(), "lock");
+    let lock = lock_dir.join("fw_printenv.lock");
+    run(&mut as_nobody(&["ln", "-s", victim.to_str().unwrap(), lock.to_str().unwrap()]));
+    let err = UBootBackend::open(&files.config(), UBootScheme::default(), Some(&lock)).unwrap_err();
+    assert!(matches!(err, BootError::LockFile { .. }), "{err:?}");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root:precious:19000:0:99999:7:::\n");
+}
+
+#[test]
+fn a_lock_file_planted_by_another_user_or_not_a_file_is_refused() {
+    let files = EnvFiles::new(Layout::RedundantFiles, SIZE);
+    provision(&files.config(), &old_env(), 0).unwrap();
+    let lock_dir = nobody_dir(files.dir.path(), "lock");
+    // Owned by the attacker: whoever owns it can hold it (or chmod it open again) whenever they like.
+    let lock = lock_dir.join("fw_printenv.lock");
+    run(&mut as_nobody(&["touch", lock.to_str().unwrap()]));
+    let err = UBootBackend::open(&files.config(), UBootScheme::default(), Some(&lock)).unwrap_err();
+    assert!(matches!(err, BootError::LockFile { .. }), "{err:?}");
+    // A FIFO: opening it for writing would block until a reader comes.
+    let fifo = lock_dir.join("fifo.lock");
+    run(&mut as_nobody(&["mkfifo", "-m", "0666", fifo.to_str().unwrap()]));
+    let config = files.config();
+    let err = within(Duration::from_secs(30), move || {
+        UBootBackend::open(&config, UBootScheme::default(), Some(&fifo)).map(|_| ())
+    })
+    .expect("opening a FIFO at the lock path hung");
+    assert!(matches!(err, Err(BootError::LockFile { .. })), "{err:?}");
+}
+
+#[test]
+fn the_lock_file_is_owner_only_so_other_users_cannot_even_open_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let files = EnvFiles::new(Layout::RedundantFiles, SIZE);
+    provision(&files.config(), &old_env(), 0).unwrap();
+    UBootBackend::open(&files.config(), UBootScheme::default(), Some(&files.lock)).unwrap();
+    assert_eq!(std::fs::metadata(&files.lock).unwrap().permissions().mode() & 0o777, 0o600);
+    // A world-writable one from an older otter or libubootenv is made owner-only at the next lock.
+    legacy_lock_file(&files);
+    UBootBackend::open(&files.config(), UBootScheme::default(), Some(&files.lock)).unwrap();
+    assert_eq!(std::fs::metadata(&files.lock).unwrap().permissions().mode() & 0o777, 0o600);
+    let out = as_nobody(&[tool("flock", "util-linux").to_str().unwrap(), "-n", files.lock.to_str().unwrap(), "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "nobody could take the lock");
 }

@@ -19,6 +19,9 @@ pub enum StateError {
         /// The error.
         source: std::io::Error,
     },
+    /// Replacing the state file failed; the old state is still there (see [`otter_common::durable`]).
+    #[error(transparent)]
+    Save(#[from] otter_common::durable::ReplaceError),
     /// The state file does not parse; it was moved aside to `moved_to`.
     #[error("state file {path} is corrupt ({reason}); moved it to {moved_to} and started from an idle state")]
     Corrupt {
@@ -79,7 +82,7 @@ impl StateStore {
         let path = self.path();
         let mut bytes = serde_json::to_vec_pretty(state).expect("state serialises");
         bytes.push(b'\n');
-        otter_common::durable::replace(&path, &bytes).map_err(|source| StateError::Io { path, source })
+        Ok(otter_common::durable::replace(&path, &bytes)?)
     }
 }
 
@@ -116,7 +119,8 @@ mod tests {
         let (loaded, err) = s.load();
         assert!(err.is_none());
         assert_eq!(loaded, p);
-        assert!(!d.path().join("state/state.json.new").exists());
+        let names: Vec<_> = fs::read_dir(d.path().join("state")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["state.json"], "no temp file is left behind");
     }
 
     #[test]

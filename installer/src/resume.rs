@@ -60,7 +60,7 @@ impl Record {
 
     /// Replaces the record at `path` atomically and durably ([`otter_common::durable::replace`]).
     pub fn store(&self, path: &Path) -> io::Result<()> {
-        otter_common::durable::replace(path, &serde_json::to_vec(self).map_err(io::Error::other)?)
+        Ok(otter_common::durable::replace(path, &serde_json::to_vec(self).map_err(io::Error::other)?)?)
     }
 
     /// Removes the record at `path`, if there is one.

@@ -21,6 +21,11 @@ use crate::{BootBackend, BootError, Slot, SlotState, fsutil};
 /// [`UBootBackend::open`] on a device so the tools and otter never interleave.
 pub const DEFAULT_LOCK_PATH: &str = "/var/lock/fw_printenv.lock";
 
+/// How long [`UBootBackend`] waits for the lock file before giving up with [`BootError::EnvLocked`]. Long enough
+/// for any `fw_setenv` (milliseconds), short enough that the engine loop stays responsive (systemd's watchdog
+/// fires after 30 s, its stop timeout is 30 s). 5 seconds.
+pub const DEFAULT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Boots a trial gets unless configured otherwise (as RAUC's script).
 pub const DEFAULT_ATTEMPTS: u32 = 3;
 
@@ -118,6 +123,7 @@ impl EnvVars for Recorder<'_> {
 pub struct UBootBackend {
     storage: EnvStorage,
     lock_path: PathBuf,
+    lock_wait: std::time::Duration,
     scheme: SchemeImpl,
     env: UBootEnv,
     changes: Vec<Change>,
@@ -125,12 +131,23 @@ pub struct UBootBackend {
 
 impl UBootBackend {
     /// Opens the environment described by `config` and reads it, holding the flock on
-    /// `lock_path` (`None`: [`DEFAULT_LOCK_PATH`]) while reading.
+    /// `lock_path` (`None`: [`DEFAULT_LOCK_PATH`]) while reading; waits at most [`DEFAULT_LOCK_WAIT`] for it.
     pub fn open(config: &FwEnvConfig, scheme: UBootScheme, lock_path: Option<&Path>) -> Result<Self, BootError> {
+        Self::open_with_lock_wait(config, scheme, lock_path, DEFAULT_LOCK_WAIT)
+    }
+
+    /// [`UBootBackend::open`] waiting at most `lock_wait` for the lock, here and in every later
+    /// [`BootBackend::store`] and [`BootBackend::reload`].
+    pub fn open_with_lock_wait(
+        config: &FwEnvConfig,
+        scheme: UBootScheme,
+        lock_path: Option<&Path>,
+        lock_wait: std::time::Duration,
+    ) -> Result<Self, BootError> {
         let scheme = SchemeImpl::new(scheme)?;
         let storage = EnvStorage::open(config)?;
         let lock_path = lock_path.unwrap_or(Path::new(DEFAULT_LOCK_PATH)).to_owned();
-        let mut backend = Self { storage, lock_path, scheme, env: UBootEnv::new(), changes: Vec::new() };
+        let mut backend = Self { storage, lock_path, lock_wait, scheme, env: UBootEnv::new(), changes: Vec::new() };
         backend.reload()?;
         Ok(backend)
     }
@@ -185,7 +202,7 @@ impl BootBackend for UBootBackend {
         if self.changes.is_empty() {
             return Ok(());
         }
-        let _lock = fsutil::lock(&self.lock_path)?;
+        let _lock = fsutil::lock(&self.lock_path, self.lock_wait)?;
         let loaded = self.storage.read()?;
         let mut env = loaded.env.clone();
         for change in &self.changes {
@@ -204,7 +221,7 @@ impl BootBackend for UBootBackend {
     }
 
     fn reload(&mut self) -> Result<(), BootError> {
-        let _lock = fsutil::lock(&self.lock_path)?;
+        let _lock = fsutil::lock(&self.lock_path, self.lock_wait)?;
         let loaded = self.storage.read()?;
         self.env = loaded.env;
         self.changes.clear();

@@ -146,11 +146,12 @@ impl EnvStorage {
     /// Stores `env` as the new current copy; `loaded` is what [`EnvStorage::read`] returned
     /// under the same lock. Redundant: writes the non-current copy (flag + 1, or active) and
     /// fsyncs it; on NOR then clears the old copy's flag. Single copy in a whole regular file
-    /// (`uboot.env` on FAT): atomic replace (temp, fsync, rename, fsync dir) rather than
-    /// libubootenv's in-place write, because a power cut in the middle of an in-place write
-    /// leaves a copy failing its CRC, and U-Boot then boots with its built-in default
-    /// environment, losing the A/B state; U-Boot looks the file up by name, so a new inode is
-    /// fine. Single copy at an offset or on a device: in place, then fsync — that cannot be
+    /// (`uboot.env` on FAT): durable replace ([`otter_common::durable`]: exclusive temp file,
+    /// fsync, rename, fsync file and dir) rather than libubootenv's in-place write, because a
+    /// power cut in the middle of an in-place write leaves a copy failing its CRC, and U-Boot
+    /// then boots with its built-in default environment, losing the A/B state; U-Boot looks the
+    /// file up by name, so a new inode is fine. A symlink at the configured path is written
+    /// through (the file it points to is replaced, the link stays), as `fw_setenv` does. Single copy at an offset or on a device: in place, then fsync — that cannot be
     /// atomic, so use a redundant pair on raw storage.
     pub fn store(&self, env: &UBootEnv, loaded: &Loaded) -> Result<Loaded, BootError> {
         self.store_inner(env, loaded, None)?;
@@ -194,7 +195,7 @@ impl EnvStorage {
                     None => ReplaceStop::Never,
                     Some(_) => ReplaceStop::BeforeRename,
                 };
-                return fsutil::atomic_replace(&copy.path, &bytes, replace_stop);
+                return fsutil::replace_file(&copy.path, &bytes, replace_stop);
             }
             let bytes = match stop {
                 Some(Interruption::MidFirstCopy) => &bytes[..bytes.len() / 2],

@@ -153,3 +153,26 @@ impl EnvFiles {
         self.copies.iter().map(|p| std::fs::read(p).unwrap()).collect()
     }
 }
+
+/// Runs `args` as the unprivileged user `nobody` (group `nogroup`, no supplementary groups): the local attacker.
+pub fn as_nobody(args: &[&str]) -> Command {
+    let mut c = Command::new(tool("setpriv", "util-linux"));
+    c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"]).args(args);
+    c
+}
+
+/// Lets `nobody` reach into `dir` (a root-only temp dir) without being able to write there.
+pub fn let_nobody_traverse(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A directory inside `parent` owned and writable by `nobody` (a lock or output directory the attacker can
+/// plant names in).
+pub fn nobody_dir(parent: &Path, name: &str) -> PathBuf {
+    let_nobody_traverse(parent);
+    let d = parent.join(name);
+    std::fs::create_dir(&d).unwrap();
+    std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+    d
+}

@@ -79,7 +79,7 @@ impl Reported {
     fn save(&self) -> std::io::Result<()> {
         fs::create_dir_all(&self.dir)?;
         let bytes = serde_json::to_vec_pretty(&self.data).expect("serialisable");
-        otter_common::durable::replace(&self.dir.join(REPORTED_FILE), &bytes)
+        Ok(otter_common::durable::replace(&self.dir.join(REPORTED_FILE), &bytes)?)
     }
 }
 
