@@ -12,6 +12,7 @@ use otter_artifact::builder::{self, BuildOptions, ImageSource};
 use otter_artifact::keys::{self, KeyId};
 use otter_artifact::manifest::{self, Compression};
 use otter_artifact::{ArtifactReader, Keyring, Limits, Policy};
+use otter_common::durable::Replacement;
 use otter_installer::{CancelToken, HttpOptions, InstallRequest, Phase, Progress, Source, Target};
 
 #[derive(Parser)]
@@ -194,23 +195,18 @@ fn open_input(file: &str) -> Result<Box<dyn Read>> {
     })
 }
 
-/// Writes `OUT` through `OUT.tmp` + fsync + rename, so a failure never leaves a half-written artifact.
-fn write_atomically<T>(out: &Path, f: impl FnOnce(&mut io::BufWriter<File>) -> Result<T>) -> Result<T> {
-    let mut tmp = out.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let mut w = io::BufWriter::with_capacity(1 << 20, file);
-    let result = f(&mut w).and_then(|t| {
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, out).with_context(|| format!("cannot rename to {}", out.display()))?;
-        Ok(t)
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+/// Writes `OUT` through [`otter_common::durable::Replacement`]: a temp file with a random name created
+/// exclusively next to `OUT` (a link or file planted there is never written through), fsynced and renamed over
+/// `OUT`, so a failure never leaves a half-written artifact and `OUT` keeps its mode.
+fn write_atomically<T>(out: &Path, f: impl FnOnce(&mut io::BufWriter<Replacement>) -> Result<T>) -> Result<T> {
+    let replacement = Replacement::create(out)?;
+    let mut w = io::BufWriter::with_capacity(1 << 20, replacement);
+    let t = f(&mut w)?;
+    // Dropped on an error above, the replacement removes its temp file and leaves `OUT` alone.
+    let replacement =
+        w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("cannot write {}", out.display()))?;
+    replacement.commit()?;
+    Ok(t)
 }
 
 fn run(cli: Cli) -> Result<()> {

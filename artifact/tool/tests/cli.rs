@@ -253,3 +253,42 @@ fn a_device_without_system_ca_certificates_still_installs_over_plain_http() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read(d.path().join("slot.img")).unwrap(), std::fs::read(d.path().join("rootfs.img")).unwrap());
 }
+
+/// Runs `args` as the unprivileged user `nobody`: the local attacker.
+fn as_nobody(args: &[&str]) {
+    let status = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args(args)
+        .status()
+        .expect("setpriv (util-linux) runs");
+    assert!(status.success(), "as nobody: {args:?}");
+}
+
+#[test]
+fn links_planted_at_the_output_temp_name_are_never_written_through() {
+    let d = setup();
+    // An output directory the attacker can write (a shared build or /tmp-like directory without the sticky
+    // protections), next to a root-only file they want overwritten.
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let victim = d.path().join("shadow");
+    std::fs::write(&victim, b"root:precious\n").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out_dir = d.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    std::os::unix::fs::chown(&out_dir, Some(65534), Some(65534)).unwrap();
+    for name in ["x.otter.tmp", "x.otter.new", "y.otter.tmp"] {
+        as_nobody(&["ln", "-s", victim.to_str().unwrap(), out_dir.join(name).to_str().unwrap()]);
+    }
+    create(d.path(), "old.key", "out/x.otter");
+    ok(d.path(), &["sign", "--key", "new.key", "out/x.otter", "-o", "out/y.otter"]);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root:precious\n", "root wrote through a planted link");
+    ok(d.path(), &["verify", "--key", "new.pub", "out/y.otter"]);
+    // An existing output keeps its mode.
+    std::fs::set_permissions(out_dir.join("x.otter"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    create(d.path(), "old.key", "out/x.otter");
+    assert_eq!(std::fs::metadata(out_dir.join("x.otter")).unwrap().permissions().mode() & 0o777, 0o640);
+    let mut names: Vec<String> =
+        std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["x.otter", "x.otter.new", "x.otter.tmp", "y.otter", "y.otter.tmp"], "no temp file left");
+}
