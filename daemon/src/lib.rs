@@ -8,6 +8,7 @@
 //! - [`sim`]: simulated power-ons of a [`fixture`] device (the U-Boot boot script's slot choice on the env file).
 //! - [`hawkbit`]: the Eclipse hawkBit DDI client (polling, deployments, feedback, inventory).
 //! - [`dbus`]: the `io.otter.Updater1` D-Bus service in front of the runtime.
+//! - [`secrets`]: files holding the server's token must be owner-only.
 //! - [`fixture`]: a simulated device root (file-backed slots, U-Boot env file) for tests and demos.
 
 pub mod config;
@@ -18,5 +19,6 @@ pub mod hawkbit;
 pub mod health;
 pub mod notify;
 pub mod runtime;
+pub mod secrets;
 pub mod sim;
 pub mod state;

@@ -73,9 +73,17 @@ fn main() -> ExitCode {
 
 fn run(root: &std::path::Path, command: &str, bus: Option<otterd::dbus::Bus>) -> Result<ExitCode> {
     let settings = otterd::config::load(root).context("invalid configuration")?;
+    // Before anything talks to the server: a token others can read is refused, plain http warned about.
+    let warnings = otterd::secrets::check(&settings).context("invalid configuration")?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
     match command {
         "--check-config" => {
             let files: Vec<String> = settings.files.iter().map(|p| p.display().to_string()).collect();
+            for w in &warnings {
+                eprintln!("otterd: warning: {w}");
+            }
             println!("configuration ok ({})", files.join(", "));
             Ok(ExitCode::SUCCESS)
         }
@@ -95,9 +103,14 @@ fn run(root: &std::path::Path, command: &str, bus: Option<otterd::dbus::Bus>) ->
         }
         _ => {
             let signals = block_termination_signals()?;
+            // Listening from here on: a stop request while start-up waits (e.g. for the bootloader env lock) is
+            // answered too.
+            let started = std::sync::Arc::new(std::sync::OnceLock::new());
+            stop_on_signal(signals, started.clone());
             let mut dbus_options = bus.map(|b| otterd::dbus::Options::new(b, &settings));
             let server_settings = settings.clone();
             let (runtime, handle) = Runtime::start(settings, Box::new(SystemPlatform)).map_err(anyhow::Error::msg)?;
+            let _ = started.set(handle.clone());
             // The hawkBit poller subscribes before `run`, so it hears the result of a trial boot.
             let _poller = match &server_settings.server {
                 Some(_) => {
@@ -116,7 +129,6 @@ fn run(root: &std::path::Path, command: &str, bus: Option<otterd::dbus::Bus>) ->
                 Some(o) => Some(otterd::dbus::Service::start(handle.clone(), o).context("cannot serve the D-Bus API")?),
                 None => None,
             };
-            stop_on_signal(signals, handle.clone());
             runtime.run();
             Ok(ExitCode::SUCCESS)
         }
@@ -135,11 +147,37 @@ fn block_termination_signals() -> Result<nix::sys::signal::SigSet> {
     Ok(set)
 }
 
-fn stop_on_signal(signals: nix::sys::signal::SigSet, handle: otterd::runtime::Handle) {
+/// How long an orderly stop may take before otterd exits anyway: less than the unit's `TimeoutStopSec=30s`, so
+/// the daemon always stops on its own, whatever the loop is waiting for. An exit at any point is safe (every
+/// write is power-cut safe), only less tidy. 20 seconds.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Exit status when the loop did not stop within [`STOP_GRACE`] or a second signal came.
+const EXIT_FORCED_STOP: i32 = 3;
+
+/// Turns the first SIGTERM/SIGINT into an orderly `Stop` of the loop once `started` holds its handle (before that,
+/// nothing has started that needs stopping: exits at once); if the loop has not ended [`STOP_GRACE`] later, or a
+/// second signal comes, exits at once.
+fn stop_on_signal(
+    signals: nix::sys::signal::SigSet,
+    started: std::sync::Arc<std::sync::OnceLock<otterd::runtime::Handle>>,
+) {
     std::thread::spawn(move || {
+        let Ok(sig) = signals.wait() else { return };
+        let Some(handle) = started.get() else {
+            tracing::info!("{sig} during start-up: exiting");
+            std::process::exit(0);
+        };
+        tracing::info!("{sig}: stopping");
+        handle.send(otterd::runtime::Command::Stop);
+        std::thread::spawn(|| {
+            std::thread::sleep(STOP_GRACE);
+            tracing::error!("the engine did not stop within {STOP_GRACE:?}; exiting now");
+            std::process::exit(EXIT_FORCED_STOP);
+        });
         if let Ok(sig) = signals.wait() {
-            tracing::info!("{sig}: stopping");
-            handle.send(otterd::runtime::Command::Stop);
+            tracing::warn!("{sig} again: exiting now");
+            std::process::exit(EXIT_FORCED_STOP);
         }
     });
 }

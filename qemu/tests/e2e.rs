@@ -120,7 +120,9 @@ mount -t vfat /dev/vda1 /mnt/boot || echo "OTTER-E2E-ERROR=cannot mount the boot
 mount -t ext4 /dev/vda4 /data || echo "OTTER-E2E-ERROR=cannot mount the data partition"
 state=/data/otter
 mkdir -p "$state" /etc/otter/conf.d
-cp /mnt/boot/otter-e2e.toml /etc/otter/conf.d/90-site.toml || echo "OTTER-E2E-ERROR=no site config"
+# The site config holds the server token: owner-only, or otterd refuses it.
+site=/etc/otter/conf.d/90-site.toml
+(cp /mnt/boot/otter-e2e.toml "$site" && chmod 600 "$site") || echo "OTTER-E2E-ERROR=no site config"
 echo "OTTER-E2E-VERSION=$(cat /etc/otter-e2e/version)"
 NO_COLOR=1 otterd --no-dbus run &
 pid=$!
