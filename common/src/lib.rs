@@ -1,6 +1,7 @@
 //! The few mechanisms every otter crate shares, each written once:
 //!
-//! - [`durable`]: replacing a file so a power cut leaves the old or the new one, never a mix.
+//! - [`durable`]: replacing a file so a power cut leaves the old or the new one, never a mix, and nothing planted
+//!   next to it (a link at a temp name) is written through.
 //! - [`http`] (feature `http`): the HTTP client with its TLS trust and identity.
 //! - [`redact`]: URLs without their secrets (userinfo, pre-signed query strings) for logs, status and history.
 //! - [`error_chain`]: an error and its sources on one line.
