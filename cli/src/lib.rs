@@ -112,6 +112,7 @@ pub fn describe(e: &ApiError) -> String {
         ApiError::Busy(m) => format!("busy: {}", m.trim_start_matches("busy: ")),
         ApiError::NotNow(m) => format!("not now: {m}"),
         ApiError::NotAuthorized(m) => format!("not authorized: {m}"),
+        ApiError::LimitExceeded(m) => format!("limit exceeded: {m}"),
         ApiError::InvalidArgument(m) => format!("invalid argument: {m}"),
         ApiError::InvalidArtifact(m) => format!("invalid artifact: {m}"),
         ApiError::NoServer(m) => format!("no update server: {m}"),
