@@ -925,3 +925,18 @@ fn only_root_may_make_otterd_read_a_file() {
         as_member(&otterctl_bin()).args(["--address", &s.bus.address, "install"]).arg(&s.artifact).output().unwrap();
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
 }
+
+// --- otterctl and a closed pipe --------------------------------------------------------------------------------------
+
+#[test]
+fn otterctl_ends_quietly_when_its_reader_closed_the_pipe() {
+    let s = Setup::new("manual");
+    for args in [&["history"][..], &["--json", "history"], &["status"], &["slots"], &["--json", "slots"]] {
+        // Like `otterctl history | head -0`: the reader is gone before otterctl writes a byte.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = s.otterctl_cmd(args).stdout(writer).stderr(Stdio::piped()).output().unwrap();
+        assert_eq!(text(&out.stderr), "", "{args:?}: no panic, no error message");
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+    }
+}
