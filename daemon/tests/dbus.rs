@@ -926,6 +926,84 @@ fn only_root_may_make_otterd_read_a_file() {
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
 }
 
+// --- The shipped policy, the interface and the docs agree ----------------------------------------------------------
+
+/// The methods of the checked-in introspection XML.
+fn xml_methods() -> Vec<String> {
+    let xml = std::fs::read_to_string(XML_FILE).unwrap();
+    xml.split("<method name=\"").skip(1).map(|m| m[..m.find('"').unwrap()].to_owned()).collect()
+}
+
+/// The `io.otter.Updater1` methods the policy file opens to everybody (its `context="default"` policy).
+fn policy_open_methods() -> Vec<String> {
+    let policy =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/io.otter.Updater1.conf"))
+            .unwrap();
+    let default = &policy[policy.find(r#"<policy context="default">"#).expect("a default policy")..];
+    let default = &default[..default.find("</policy>").unwrap()];
+    default
+        .lines()
+        .filter(|l| l.contains("<allow") && l.contains(r#"send_interface="io.otter.Updater1""#))
+        .map(|l| {
+            let m = &l[l.find("send_member=\"").expect("an allow names its member") + 13..];
+            m[..m.find('"').unwrap()].to_owned()
+        })
+        .collect()
+}
+
+/// The method table of docs/dbus-api.md: method name and its "who" column.
+fn documented_methods() -> Vec<(String, String)> {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dbus-api.md")).unwrap();
+    let table = &doc[doc.find("## Methods").unwrap()..doc.find("## Properties").unwrap()];
+    table
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let name = cells[1].trim_start_matches('`');
+            (name[..name.find('(').unwrap()].to_owned(), cells[2].to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn the_policy_file_the_interface_and_the_docs_name_the_same_methods_and_callers() {
+    let mut methods = xml_methods();
+    methods.sort();
+    let mut documented: Vec<String> = documented_methods().into_iter().map(|(m, _)| m).collect();
+    documented.sort();
+    assert_eq!(documented, methods, "docs/dbus-api.md documents other methods than api/io.otter.Updater1.xml");
+    let mut open = policy_open_methods();
+    open.sort();
+    for m in &open {
+        assert!(methods.contains(m), "the policy opens {m}, which the interface does not have");
+    }
+    let mut everyone: Vec<String> =
+        documented_methods().into_iter().filter(|(_, who)| who == "everyone").map(|(m, _)| m).collect();
+    everyone.sort();
+    assert_eq!(open, everyone, "the policy file opens other methods to everybody than docs/dbus-api.md says");
+}
+
+#[test]
+fn the_policy_file_opens_exactly_the_documented_methods_to_everybody() {
+    assert!(nix::unistd::Uid::effective().is_root(), "this test switches to nobody and needs root");
+    let s = Setup::build("manual", "", true);
+    let everyone: Vec<String> =
+        documented_methods().into_iter().filter(|(_, who)| who == "everyone").map(|(m, _)| m).collect();
+    for method in xml_methods() {
+        let out = Command::new(tool("setpriv", "util-linux"))
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+            .arg(tool("busctl", "systemd"))
+            .arg(format!("--address={}", s.bus.address))
+            .args(["call", "io.otter.Updater1", "/io/otter/Updater1", "io.otter.Updater1", &method])
+            .output()
+            .unwrap();
+        let denied = text(&out.stderr).to_lowercase().contains("access denied");
+        // Methods open to everybody reach otterd (which may still answer with an error, e.g. NoServer).
+        assert_eq!(denied, !everyone.contains(&method), "{method}: {}", text(&out.stderr));
+    }
+}
+
 // --- otterctl and a closed pipe --------------------------------------------------------------------------------------
 
 #[test]
