@@ -45,8 +45,11 @@ pub enum Error {
     /// The request does not apply now (no job to cancel, nothing awaits a reboot, an inhibitor is held, the
     /// device cannot update).
     NotNow(String),
-    /// The caller is neither root nor a member of the `otter` group.
+    /// The caller is neither root nor a member of the `otter` group, or passed an option only root may pass
+    /// (`tls-ca`, `tls-cert`: options that make otterd read a file), or a file path only root may have otterd open.
     NotAuthorized(String),
+    /// The caller holds as many inhibitors as one caller may (or otterd holds as many as it takes in all).
+    LimitExceeded(String),
     /// An argument is malformed (unknown state or slot name, relative path, unknown option).
     InvalidArgument(String),
     /// The artifact cannot be installed (reported by `Completed` and `LastError` once verification ran).

@@ -16,6 +16,37 @@ use otter_api::{Error as ApiError, HistoryEntry, SlotInfo, Updater1Proxy};
 use serde_json::json;
 use zbus::zvariant::Value;
 
+/// `println!` that hands back the write error instead of panicking: stdout may be a pipe its reader closed
+/// (`otterctl history | head`), and [`is_closed_pipe`] lets `main` end quietly then.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(anyhow::Error::from)
+    }};
+}
+
+/// `eprintln!` that never panics (stderr may be a closed pipe too; there is nowhere left to report that).
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that never panics.
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+/// Whether `e` comes from writing to a pipe whose reader is gone (`otterctl history | head`): not an error to
+/// report, the reader has all it wanted.
+pub fn is_closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
 /// Exit code: the job failed or was rolled back, or a call failed.
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code: bad usage (clap's own).
@@ -112,6 +143,7 @@ pub fn describe(e: &ApiError) -> String {
         ApiError::Busy(m) => format!("busy: {}", m.trim_start_matches("busy: ")),
         ApiError::NotNow(m) => format!("not now: {m}"),
         ApiError::NotAuthorized(m) => format!("not authorized: {m}"),
+        ApiError::LimitExceeded(m) => format!("limit exceeded: {m}"),
         ApiError::InvalidArgument(m) => format!("invalid argument: {m}"),
         ApiError::InvalidArtifact(m) => format!("invalid artifact: {m}"),
         ApiError::NoServer(m) => format!("no update server: {m}"),
@@ -175,12 +207,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let list = proxy.get_confirmations().await.map_err(api)?;
             if json {
                 let v: Vec<_> = list.iter().map(|(a, v)| json!({ "action": a, "version": v })).collect();
-                println!("{}", serde_json::Value::from(v));
+                outln!("{}", serde_json::Value::from(v))?;
             } else if list.is_empty() {
-                println!("no update waits for consent");
+                outln!("no update waits for consent")?;
             } else {
                 for (action, version) in &list {
-                    println!("action {action}: version {version} waits for consent");
+                    outln!("action {action}: version {version} waits for consent")?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -194,9 +226,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let slot = if slot.len() == 1 { slot.to_uppercase() } else { slot };
             let marked = proxy.mark(&state, &slot).await.map_err(api)?;
             if json {
-                println!("{}", json!({ "slot": marked, "state": state }));
+                outln!("{}", json!({ "slot": marked, "state": state }))?;
             } else {
-                println!("slot {marked} marked {state}");
+                outln!("slot {marked} marked {state}")?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -209,9 +241,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
 fn simple(r: Result<(), ApiError>, json: bool, done: &str) -> Result<ExitCode> {
     r.map_err(api)?;
     if json {
-        println!("{}", json!({ "ok": true }));
+        outln!("{}", json!({ "ok": true }))?;
     } else {
-        println!("{done}");
+        outln!("{done}")?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -238,31 +270,31 @@ async fn status(p: &Updater1Proxy<'_>, json: bool) -> Result<ExitCode> {
             "last_error": last_error,
             "inhibitors": inhibitors,
         });
-        println!("{v}");
+        outln!("{v}")?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("operation:    {operation}");
+    outln!("operation:    {operation}")?;
     if operation == "installing" {
-        println!(
+        outln!(
             "progress:     {}% ({} of {}, {})",
             progress.percent,
             bytes(progress.bytes_done),
             bytes(progress.bytes_total),
             progress.message
-        );
+        )?;
     }
-    println!("booted slot:  {}", or_unknown(&booted));
-    println!("next boot:    {}", or_unknown(&primary));
+    outln!("booted slot:  {}", or_unknown(&booted))?;
+    outln!("next boot:    {}", or_unknown(&primary))?;
     if pending {
-        println!("reboot:       pending");
+        outln!("reboot:       pending")?;
     }
-    println!("compatible:   {compatible}");
-    println!("otterd:       {version}");
+    outln!("compatible:   {compatible}")?;
+    outln!("otterd:       {version}")?;
     if !last_error.code.is_empty() {
-        println!("last error:   {}: {}", last_error.code, last_error.message);
+        outln!("last error:   {}: {}", last_error.code, last_error.message)?;
     }
     for i in &inhibitors {
-        println!("inhibited by: {} ({})", i.who, i.why);
+        outln!("inhibited by: {} ({})", i.who, i.why)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -275,7 +307,7 @@ async fn slots(p: &Updater1Proxy<'_>, json: bool) -> Result<ExitCode> {
     let slots: Vec<SlotInfo> =
         p.get_slots().await.map_err(api)?.into_iter().map(|(name, d)| SlotInfo::from_dbus(name, &d)).collect();
     if json {
-        println!("{}", serde_json::to_string(&slots)?);
+        outln!("{}", serde_json::to_string(&slots)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     for s in &slots {
@@ -289,7 +321,7 @@ async fn slots(p: &Updater1Proxy<'_>, json: bool) -> Result<ExitCode> {
         if let Some(a) = s.attempts_left {
             notes.push(format!("{a} attempts left"));
         }
-        println!("{}  {:<7} {}  {}", s.name, s.state, s.device, notes.join(", "));
+        outln!("{}  {:<7} {}  {}", s.name, s.state, s.device, notes.join(", "))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -297,16 +329,16 @@ async fn slots(p: &Updater1Proxy<'_>, json: bool) -> Result<ExitCode> {
 async fn history(p: &Updater1Proxy<'_>, json: bool) -> Result<ExitCode> {
     let jobs: Vec<HistoryEntry> = p.get_history().await.map_err(api)?.iter().map(HistoryEntry::from_dbus).collect();
     if json {
-        println!("{}", serde_json::to_string(&jobs)?);
+        outln!("{}", serde_json::to_string(&jobs)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     if jobs.is_empty() {
-        println!("no finished jobs");
+        outln!("no finished jobs")?;
     }
     for j in &jobs {
         let version = if j.version.is_empty() { "?" } else { &j.version };
         let detail = if j.message.is_empty() { String::new() } else { format!(": {}", j.message) };
-        println!("job {:>3}  {} -> {}  {:<11} {version}  {}{detail}", j.id, j.from, j.target, j.result, j.source);
+        outln!("job {:>3}  {} -> {}  {:<11} {version}  {}{detail}", j.id, j.from, j.target, j.result, j.source)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -357,9 +389,9 @@ async fn install(
     let id = otter_api::job_id(&job.as_ref()).unwrap_or(0);
     if no_wait {
         if json {
-            println!("{}", json!({ "job": id, "path": job.as_str() }));
+            outln!("{}", json!({ "job": id, "path": job.as_str() }))?;
         } else {
-            println!("job {id} started");
+            outln!("job {id} started")?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -375,24 +407,24 @@ async fn install(
                 bar.finish();
                 let (result, code, message) = (args.result.to_owned(), args.code.to_owned(), args.message.to_owned());
                 if json {
-                    println!("{}", json!({ "job": id, "result": result, "code": code, "message": message }));
+                    outln!("{}", json!({ "job": id, "result": result, "code": code, "message": message }))?;
                 }
                 return Ok(match result.as_str() {
                     "installed" | "committed" => {
                         if !json {
-                            println!("job {id} {result}: {message}");
+                            outln!("job {id} {result}: {message}")?;
                         }
                         ExitCode::SUCCESS
                     }
                     "cancelled" => {
                         if !json {
-                            eprintln!("otterctl: job {id} cancelled");
+                            errln!("otterctl: job {id} cancelled");
                         }
                         ExitCode::from(EXIT_CANCELLED)
                     }
                     _ => {
                         if !json {
-                            eprintln!("otterctl: job {id} {result}: {code}: {message}");
+                            errln!("otterctl: job {id} {result}: {code}: {message}");
                         }
                         ExitCode::from(EXIT_FAILED)
                     }
@@ -407,7 +439,7 @@ async fn install(
             change = progress.next() => {
                 let Some(change) = change else { return Err(anyhow!("lost the connection to otterd")) };
                 if let Ok(pr) = change.get().await {
-                    bar.update(&pr);
+                    bar.update(&pr)?;
                 }
             }
         }
@@ -430,9 +462,9 @@ impl Bar {
         Self { tty, enabled, origin: None, last_percent: None, last_message: String::new(), drawn: false }
     }
 
-    fn update(&mut self, p: &otter_api::Progress) {
+    fn update(&mut self, p: &otter_api::Progress) -> Result<()> {
         if !self.enabled || p.message.is_empty() {
-            return;
+            return Ok(());
         }
         if p.bytes_total > 0 && self.origin.is_none() {
             self.origin = Some((Instant::now(), p.bytes_done));
@@ -450,7 +482,7 @@ impl Bar {
         if self.tty {
             let width = 30usize;
             let filled = (p.percent.min(100) as usize * width) / 100;
-            eprint!(
+            err!(
                 "\r[{}{}] {:>3}%  {} / {}  {}  ETA {}  {:<10}",
                 "#".repeat(filled),
                 "-".repeat(width - filled),
@@ -464,21 +496,22 @@ impl Bar {
             let _ = std::io::stderr().flush();
             self.drawn = true;
         } else if self.last_percent != Some(p.percent) || self.last_message != p.message {
-            println!(
+            outln!(
                 "{:>3}% {} of {} ({}, {rate_s}, ETA {eta_s})",
                 p.percent,
                 bytes(p.bytes_done),
                 bytes(p.bytes_total),
                 p.message
-            );
+            )?;
         }
         self.last_percent = Some(p.percent);
         self.last_message.clone_from(&p.message);
+        Ok(())
     }
 
     fn finish(&mut self) {
         if self.drawn {
-            eprintln!();
+            errln!();
             self.drawn = false;
         }
     }

@@ -9,14 +9,18 @@ fn main() -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("otterctl: cannot start: {e}");
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "otterctl: cannot start: {e}");
             return ExitCode::FAILURE;
         }
     };
     match rt.block_on(otterctl::run(cli)) {
         Ok(code) => code,
+        // The reader of our output went away (`otterctl history | head`): it has what it wanted.
+        Err(e) if otterctl::is_closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("otterctl: {e:#}");
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "otterctl: {e:#}");
             ExitCode::from(otterctl::EXIT_FAILED)
         }
     }

@@ -311,17 +311,46 @@ fn rejected(r: Rejection) -> Error {
     }
 }
 
+/// Most inhibitors one caller (one uid, whatever the number of its connections) may hold at once. An inhibitor
+/// costs otterd a descriptor (the pipe's read end) and a watching thread; without a cap one `otter`-group member
+/// holding a thousand exhausted the daemon's descriptors and a bootloader store failed for want of one.
+pub const MAX_INHIBITORS_PER_CALLER: usize = 16;
+/// Most inhibitors otterd holds at once, all callers together (bounds the descriptors and threads they cost well
+/// below the default limit of 1024 open files, whoever the callers are).
+pub const MAX_INHIBITORS: usize = 64;
+
+/// One held inhibitor.
+struct Held {
+    uid: u32,
+    who: String,
+    why: String,
+}
+
 /// Inhibitors held, by id; each has a thread waiting for its pipe to close.
 #[derive(Default)]
 struct Inhibitors {
     next: u64,
-    held: BTreeMap<u64, (String, String)>,
+    held: BTreeMap<u64, Held>,
 }
 
 impl Inhibitors {
     /// Tells the loop who holds inhibitors now (called with the lock held, so the loop sees changes in order).
     fn publish(&self, handle: &Handle) {
-        handle.send(Command::SetInhibitors(self.held.values().cloned().collect()));
+        handle.send(Command::SetInhibitors(self.held.values().map(|h| (h.who.clone(), h.why.clone())).collect()));
+    }
+
+    /// Refuses one more inhibitor for `uid` when it or otterd as a whole is at its cap.
+    fn check_room(&self, uid: u32) -> Result<(), Error> {
+        let of_caller = self.held.values().filter(|h| h.uid == uid).count();
+        if of_caller >= MAX_INHIBITORS_PER_CALLER {
+            return Err(Error::LimitExceeded(format!(
+                "uid {uid} already holds {of_caller} inhibitors (at most {MAX_INHIBITORS_PER_CALLER} per caller)"
+            )));
+        }
+        if self.held.len() >= MAX_INHIBITORS {
+            return Err(Error::LimitExceeded(format!("otterd already holds {MAX_INHIBITORS} inhibitors")));
+        }
+        Ok(())
     }
 }
 
@@ -330,6 +359,12 @@ struct Caller {
     uid: u32,
     pid: Option<u32>,
     sender: String,
+}
+
+impl Caller {
+    fn is_root(&self) -> bool {
+        self.uid == 0
+    }
 }
 
 impl std::fmt::Display for Caller {
@@ -424,10 +459,20 @@ mod iface {
             source: String,
             options: HashMap<String, OwnedValue>,
         ) -> Result<OwnedObjectPath, Error> {
-            self.authorize(conn, &hdr, "Install").await?;
-            let settings = install_options(options)?;
+            let caller = self.authorize(conn, &hdr, "Install").await?;
+            let settings = install_options(options, &caller)?;
             let is_url = source.starts_with("http://") || source.starts_with("https://");
             if !is_url {
+                // otterd would open the path as root: a member of the group could probe for or feed it any file
+                // on the device. Members pass the file itself (InstallFd), opened with their own rights.
+                if !caller.is_root() {
+                    tracing::warn!("refused Install of a file path from {caller}: only root may name a path");
+                    return Err(Error::NotAuthorized(format!(
+                        "only root may have otterd open a file path (caller uid {}); pass the file with InstallFd \
+                         (otterctl install FILE does)",
+                        caller.uid
+                    )));
+                }
                 let path = Path::new(&source);
                 if !path.is_absolute() {
                     return Err(Error::InvalidArgument(format!("{source:?} is neither an absolute path nor a URL")));
@@ -626,17 +671,15 @@ mod iface {
                 return Err(Error::InvalidArgument("say why updates are inhibited".into()));
             }
             let caller = self.authorize(conn, &hdr, "Inhibit").await?;
+            // The check and the insertion happen under one lock, so concurrent calls cannot overshoot the caps.
+            let mut inh = self.inhibitors.lock().unwrap_or_else(|e| e.into_inner());
+            inh.check_room(caller.uid).inspect_err(|e| tracing::warn!("refused Inhibit from {caller}: {e}"))?;
             // The caller gets the write end of a pipe; the read end sees EOF once every copy of it is closed (the
-            // holder exited or closed it), like logind's inhibitor fds.
+            // holder exited or closed it), like logind's inhibitor fds. Both ends are close-on-exec, so nothing
+            // otterd spawns keeps an inhibitor alive.
             let (mut reader, writer) = std::io::pipe().map_err(|e| Error::Failed(format!("pipe: {e}")))?;
-            let id = {
-                let mut inh = self.inhibitors.lock().unwrap_or_else(|e| e.into_inner());
-                inh.next += 1;
-                let id = inh.next;
-                inh.held.insert(id, (caller.to_string(), why));
-                inh.publish(&self.handle);
-                id
-            };
+            inh.next += 1;
+            let id = inh.next;
             let (inhibitors, handle) = (self.inhibitors.clone(), self.handle.clone());
             std::thread::Builder::new()
                 .name("otterd-inhibitor".into())
@@ -645,12 +688,15 @@ mod iface {
                     // Anything written is ignored; only EOF (or an error) releases the inhibitor.
                     while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
                     let mut inh = inhibitors.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some((who, why)) = inh.held.remove(&id) {
-                        tracing::info!("inhibitor released: {who} ({why})");
+                    if let Some(h) = inh.held.remove(&id) {
+                        tracing::info!("inhibitor released: {} ({})", h.who, h.why);
                     }
                     inh.publish(&handle);
                 })
                 .map_err(|e| Error::Failed(format!("cannot watch the inhibitor: {e}")))?;
+            inh.held.insert(id, Held { uid: caller.uid, who: caller.to_string(), why });
+            inh.publish(&self.handle);
+            drop(inh);
             Ok(OwnedFd::from(std::os::fd::OwnedFd::from(writer)))
         }
 
@@ -728,9 +774,6 @@ mod iface {
     }
 }
 
-/// Reads `Install` options, named as RAUC's `InstallBundle` names them: `http-headers` (`as`, "Name: value"),
-/// `tls-ca` (`s`, a PEM CA bundle to trust instead of the system roots) and `tls-cert` (`s`, a PEM file with the
-/// client certificate and its key). Any other key is an error rather than silently ignored.
 /// Refuses a descriptor the daemon could not read an artifact from: opened write-only, or a directory.
 fn check_readable(fd: &std::os::fd::OwnedFd) -> Result<(), Error> {
     let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)
@@ -746,13 +789,43 @@ fn check_readable(fd: &std::os::fd::OwnedFd) -> Result<(), Error> {
     }
 }
 
-fn install_options(options: HashMap<String, OwnedValue>) -> Result<Option<Box<InstallSettings>>, Error> {
+/// Reads `Install` options, named as RAUC's `InstallBundle` names them: `http-headers` (`as`, "Name: value"),
+/// `tls-ca` (`s`, a PEM CA bundle to trust instead of the system roots) and `tls-cert` (`s`, a PEM file with the
+/// client certificate and its key). Any other key is an error rather than silently ignored.
+///
+/// `tls-ca` and `tls-cert` make otterd read a file with its own (root) rights, and `tls-cert` makes it present
+/// whatever key that file holds to a server the caller chose: only root may pass them ([`Error::NotAuthorized`]
+/// for anyone else), and only as regular files of at most [`MAX_TLS_FILE`] bytes (`/dev/zero` would be read until
+/// memory runs out).
+fn install_options(
+    options: HashMap<String, OwnedValue>,
+    caller: &Caller,
+) -> Result<Option<Box<InstallSettings>>, Error> {
     if options.is_empty() {
         return Ok(None);
     }
     let mut http = otter_installer::HttpOptions::default();
-    let string = |key: &str, v: OwnedValue| {
-        String::try_from(v).map_err(|_| Error::InvalidArgument(format!("option {key:?} must be a string")))
+    let file = |key: &str, v: OwnedValue| -> Result<PathBuf, Error> {
+        if !caller.is_root() {
+            tracing::warn!("refused option {key:?} from {caller}: only root may pass it");
+            return Err(Error::NotAuthorized(format!(
+                "only root may pass option {key:?}: it makes otterd read a file (caller uid {})",
+                caller.uid
+            )));
+        }
+        let path = PathBuf::from(
+            String::try_from(v).map_err(|_| Error::InvalidArgument(format!("option {key:?} must be a string")))?,
+        );
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() && m.len() <= MAX_TLS_FILE => Ok(path),
+            Ok(m) if m.is_file() => Err(Error::InvalidArgument(format!(
+                "option {key:?}: {} has {} bytes (at most {MAX_TLS_FILE})",
+                path.display(),
+                m.len()
+            ))),
+            Ok(_) => Err(Error::InvalidArgument(format!("option {key:?}: {} is not a regular file", path.display()))),
+            Err(e) => Err(Error::InvalidArgument(format!("option {key:?}: {}: {e}", path.display()))),
+        }
     };
     for (key, value) in options {
         match key.as_str() {
@@ -767,10 +840,45 @@ fn install_options(options: HashMap<String, OwnedValue>) -> Result<Option<Box<In
                     http.headers.push((name.trim().to_owned(), v.trim().to_owned()));
                 }
             }
-            "tls-ca" => http.ca_bundle = Some(std::path::PathBuf::from(string(&key, value)?)),
-            "tls-cert" => http.client_identity = Some(std::path::PathBuf::from(string(&key, value)?)),
+            "tls-ca" => http.ca_bundle = Some(file(&key, value)?),
+            "tls-cert" => http.client_identity = Some(file(&key, value)?),
             other => return Err(Error::InvalidArgument(format!("unknown option {other:?}"))),
         }
     }
     Ok(Some(Box::new(InstallSettings { http, ..Default::default() })))
+}
+
+/// Largest `tls-ca` / `tls-cert` file otterd reads: 1 MiB (a CA bundle of a few hundred certificates).
+pub const MAX_TLS_FILE: u64 = 1 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(uid: u32) -> Held {
+        Held { uid, who: format!("uid {uid}"), why: "test".into() }
+    }
+
+    #[test]
+    fn inhibitors_are_capped_per_caller_and_in_all() {
+        let mut inh = Inhibitors::default();
+        for id in 0..MAX_INHIBITORS_PER_CALLER as u64 {
+            inh.check_room(1000).unwrap();
+            inh.held.insert(id, held(1000));
+        }
+        assert!(matches!(inh.check_room(1000), Err(Error::LimitExceeded(m)) if m.contains("per caller")));
+        // Other callers fill the rest, up to the total.
+        let mut id = 100;
+        for uid in 2000.. {
+            if inh.held.len() == MAX_INHIBITORS {
+                break;
+            }
+            inh.check_room(uid).unwrap();
+            for _ in 0..MAX_INHIBITORS_PER_CALLER.min(MAX_INHIBITORS - inh.held.len()) {
+                inh.held.insert(id, held(uid));
+                id += 1;
+            }
+        }
+        assert!(matches!(inh.check_room(0), Err(Error::LimitExceeded(m)) if m.contains("otterd already holds")));
+    }
 }

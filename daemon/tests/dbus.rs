@@ -694,3 +694,330 @@ fn the_policy_file_lets_everyone_read_and_only_root_or_group_otter_call() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("no update in progress"), "{}", text(&out.stderr));
 }
+
+// --- Per-caller limits: what a member of group `otter` may do without breaking otterd (issue 10, item 11) ---------
+
+/// The member of group `otter` the limit tests run as: a real user whose primary group is `otter` (both created
+/// once if missing, as an image would create them), so otterd's group check accepts it from the group database.
+const MEMBER: &str = "otter-member";
+
+fn ensure_otter_member() {
+    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        assert!(nix::unistd::Uid::effective().is_root(), "creating the otter group member needs root");
+        // Other test binaries may create them at the same time: retry while the passwd/group lock is taken.
+        for _ in 0..50 {
+            let _ = Command::new(tool("groupadd", "passwd")).args(["-f", "-r", "otter"]).output();
+            if Command::new("id").arg(MEMBER).output().is_ok_and(|o| o.status.success()) {
+                return;
+            }
+            let _ = Command::new(tool("useradd", "passwd"))
+                .args(["-r", "-M", "-N", "-g", "otter", "-d", "/nonexistent", "-s", "/usr/sbin/nologin", MEMBER])
+                .output();
+            if Command::new("id").arg(MEMBER).output().is_ok_and(|o| o.status.success()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("cannot create user {MEMBER} in group otter");
+    });
+}
+
+/// `program args…` as [`MEMBER`], with its groups from the group database.
+fn as_member(program: &Path) -> Command {
+    ensure_otter_member();
+    let mut c = Command::new(tool("setpriv", "util-linux"));
+    c.args([&format!("--reuid={MEMBER}"), "--regid=otter", "--init-groups", "--"]).arg(program);
+    c
+}
+
+impl Setup {
+    fn otterd_pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.otterd.as_ref().unwrap().child.id() as i32)
+    }
+
+    /// Descriptors otterd has open now.
+    fn otterd_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.otterd_pid())).unwrap().count()
+    }
+
+    /// Calls `InstallFd(fd, {})` as root with the API crate's proxy; returns the job path.
+    fn install_fd(&self, fd: std::os::fd::BorrowedFd<'_>) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let conn = zbus::connection::Builder::address(self.bus.address.as_str()).unwrap().build().await.unwrap();
+            let proxy = otter_api::Updater1Proxy::new(&conn).await.unwrap();
+            let options = std::collections::HashMap::from([("name", zbus::zvariant::Value::from("a silent fifo"))]);
+            proxy.install_fd(zbus::zvariant::Fd::from(fd), options).await.unwrap().to_string()
+        })
+    }
+
+    /// Waits (generously) until the status' operation is `op`.
+    fn wait_operation(&self, op: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let st = self.status_json();
+            if st["operation"] == op {
+                return;
+            }
+            assert!(Instant::now() < deadline, "operation did not become {op} within {limit:?}: {st}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn inhibitor_count(&self) -> usize {
+        self.status_json()["inhibitors"].as_array().map_or(0, Vec::len)
+    }
+}
+
+/// A FIFO opened read-write, as a caller can pass it to `InstallFd`: otterd's read never sees EOF (the descriptor
+/// is itself a writer) and no byte ever comes.
+fn silent_fifo(dir: &Path) -> std::fs::File {
+    let path = dir.join("silent.fifo");
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap()
+}
+
+#[test]
+fn install_fd_of_a_read_write_fifo_is_cancelled_and_otterd_stays_responsive() {
+    let s = Setup::new("manual");
+    let fifo = silent_fifo(s.dir.path());
+    let job = s.install_fd(fifo.as_fd());
+    assert!(job.starts_with("/io/otter/Updater1/job/"), "{job}");
+    s.wait_operation("installing", Duration::from_secs(20));
+    let out = s.otterctl(&["cancel"]);
+    assert!(out.status.success(), "cancel: {}", text(&out.stderr));
+    // The install used to sit in a blocking read of the FIFO, deaf to the cancel, "installing" for ever.
+    s.wait_operation("idle", Duration::from_secs(30));
+    let history: Value = serde_json::from_slice(&s.otterctl(&["history", "--json"]).stdout).unwrap();
+    assert_eq!(history[0]["result"], "cancelled", "{history}");
+    assert_eq!(history[0]["source"], "a silent fifo", "{history}");
+    // otterd takes the next job.
+    let out = s.otterctl(&["install", s.artifact.to_str().unwrap()]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+}
+
+#[test]
+fn sigterm_stops_otterd_while_it_installs_from_a_silent_fifo() {
+    let mut s = Setup::new("manual");
+    let fifo = silent_fifo(s.dir.path());
+    s.install_fd(fifo.as_fd());
+    s.wait_operation("installing", Duration::from_secs(20));
+    nix::sys::signal::kill(s.otterd_pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    // otterd.service gives it TimeoutStopSec=30s before SIGKILL.
+    let child = &mut s.otterd.as_mut().unwrap().child;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "otterd did not stop within 30 s of SIGTERM during an install from a FIFO");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "otterd exited with {status}");
+}
+
+#[test]
+fn an_otter_group_member_holds_at_most_16_inhibitors_and_cannot_exhaust_otterds_descriptors() {
+    let s = Setup::new("manual");
+    let before = s.otterd_fds();
+    // Each holder is an `otterctl inhibit -- cat` that keeps its inhibitor until its stdin closes.
+    let hold = |why: &str| {
+        as_member(&otterctl_bin())
+            .args(["--address", &s.bus.address, "inhibit", "--why", why, "--", "cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut holders = Vec::new();
+    for i in 0..otterd::dbus::MAX_INHIBITORS_PER_CALLER {
+        holders.push(hold(&format!("holder {i}")));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while s.inhibitor_count() < i + 1 {
+            assert!(Instant::now() < deadline, "inhibitor {i} of the member was not taken");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // One more (and many more) from the same user are refused with the named error, at no descriptor's cost.
+    for i in 0..24 {
+        let out = as_member(&otterctl_bin())
+            .args(["--address", &s.bus.address, "inhibit", "--why", &format!("one too many {i}"), "--", "true"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "inhibitor {} beyond the cap was granted", 16 + i);
+        assert!(text(&out.stderr).starts_with("otterctl: limit exceeded: "), "{}", text(&out.stderr));
+    }
+    let out = as_member(&tool("dbus-send", "dbus"))
+        .arg(format!("--bus={}", s.bus.address))
+        .args(["--print-reply", "--dest=io.otter.Updater1", "/io/otter/Updater1", "io.otter.Updater1.Inhibit"])
+        .arg("string:why not")
+        .output()
+        .unwrap();
+    assert!(text(&out.stderr).contains("io.otter.Updater1.Error.LimitExceeded"), "{}", text(&out.stderr));
+    assert_eq!(s.inhibitor_count(), otterd::dbus::MAX_INHIBITORS_PER_CALLER);
+    let held = s.otterd_fds();
+    assert!(
+        held <= before + otterd::dbus::MAX_INHIBITORS_PER_CALLER + 4,
+        "otterd went from {before} to {held} descriptors"
+    );
+    // The cap is per caller: root still gets one, and otterd still answers.
+    let out = s.otterctl(&["inhibit", "--why", "root's turn", "--", "true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(s.otterctl(&["slots"]).status.success());
+    // Released when the holders end.
+    for mut h in holders {
+        drop(h.stdin.take());
+        wait_output(h, Duration::from_secs(30));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.inhibitor_count() > 0 {
+        assert!(Instant::now() < deadline, "inhibitors not released");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = as_member(&otterctl_bin())
+        .args(["--address", &s.bus.address, "inhibit", "--why", "after the release", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn only_root_may_make_otterd_read_a_file() {
+    let s = Setup::new("manual");
+    // A file only root can read, like the device's TLS key.
+    let secret = s.dir.path().join("device-key.pem");
+    std::fs::write(&secret, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let secret = secret.to_str().unwrap();
+    let url = "https://127.0.0.1:9/update.otter";
+    for option in ["--tls-ca", "--tls-cert"] {
+        let out = as_member(&otterctl_bin())
+            .args(["--address", &s.bus.address, "install", option, secret, url])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{option}");
+        let err = text(&out.stderr);
+        assert!(err.starts_with("otterctl: not authorized: "), "{option}: {err}");
+        assert!(err.contains(option.trim_start_matches("--")), "{option}: {err}");
+    }
+    // An independent client gets the named error; a file path is refused to members too (they pass the file).
+    let out = as_member(&tool("busctl", "systemd"))
+        .arg(format!("--address={}", s.bus.address))
+        .args(["call", "io.otter.Updater1", "/io/otter/Updater1", "io.otter.Updater1", "Install", "sa{sv}", url])
+        .args(["1", "tls-ca", "s", "/dev/zero"])
+        .output()
+        .unwrap();
+    assert!(text(&out.stderr).contains("only root may pass option \"tls-ca\""), "{}", text(&out.stderr));
+    let out = as_member(&tool("busctl", "systemd"))
+        .arg(format!("--address={}", s.bus.address))
+        .args(["call", "io.otter.Updater1", "/io/otter/Updater1", "io.otter.Updater1", "Install", "sa{sv}"])
+        .arg(&s.artifact)
+        .arg("0")
+        .output()
+        .unwrap();
+    assert!(text(&out.stderr).contains("only root may have otterd open a file path"), "{}", text(&out.stderr));
+    assert_eq!(s.status_json()["operation"], "idle", "nothing started");
+    assert_eq!(s.otterctl(&["history", "--json"]).stdout, b"[]\n", "no job ran");
+    // Root may, but only regular files (a directory, a FIFO or /dev/zero is refused before anything reads it).
+    let out = s.otterctl(&["install", "--tls-ca", s.dir.path().to_str().unwrap(), url]);
+    assert!(text(&out.stderr).contains("is not a regular file"), "{}", text(&out.stderr));
+    // A member installs by passing the file it opened itself.
+    let out =
+        as_member(&otterctl_bin()).args(["--address", &s.bus.address, "install"]).arg(&s.artifact).output().unwrap();
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+}
+
+// --- The shipped policy, the interface and the docs agree ----------------------------------------------------------
+
+/// The methods of the checked-in introspection XML.
+fn xml_methods() -> Vec<String> {
+    let xml = std::fs::read_to_string(XML_FILE).unwrap();
+    xml.split("<method name=\"").skip(1).map(|m| m[..m.find('"').unwrap()].to_owned()).collect()
+}
+
+/// The `io.otter.Updater1` methods the policy file opens to everybody (its `context="default"` policy).
+fn policy_open_methods() -> Vec<String> {
+    let policy =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/io.otter.Updater1.conf"))
+            .unwrap();
+    let default = &policy[policy.find(r#"<policy context="default">"#).expect("a default policy")..];
+    let default = &default[..default.find("</policy>").unwrap()];
+    default
+        .lines()
+        .filter(|l| l.contains("<allow") && l.contains(r#"send_interface="io.otter.Updater1""#))
+        .map(|l| {
+            let m = &l[l.find("send_member=\"").expect("an allow names its member") + 13..];
+            m[..m.find('"').unwrap()].to_owned()
+        })
+        .collect()
+}
+
+/// The method table of docs/dbus-api.md: method name and its "who" column.
+fn documented_methods() -> Vec<(String, String)> {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dbus-api.md")).unwrap();
+    let table = &doc[doc.find("## Methods").unwrap()..doc.find("## Properties").unwrap()];
+    table
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let name = cells[1].trim_start_matches('`');
+            (name[..name.find('(').unwrap()].to_owned(), cells[2].to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn the_policy_file_the_interface_and_the_docs_name_the_same_methods_and_callers() {
+    let mut methods = xml_methods();
+    methods.sort();
+    let mut documented: Vec<String> = documented_methods().into_iter().map(|(m, _)| m).collect();
+    documented.sort();
+    assert_eq!(documented, methods, "docs/dbus-api.md documents other methods than api/io.otter.Updater1.xml");
+    let mut open = policy_open_methods();
+    open.sort();
+    for m in &open {
+        assert!(methods.contains(m), "the policy opens {m}, which the interface does not have");
+    }
+    let mut everyone: Vec<String> =
+        documented_methods().into_iter().filter(|(_, who)| who == "everyone").map(|(m, _)| m).collect();
+    everyone.sort();
+    assert_eq!(open, everyone, "the policy file opens other methods to everybody than docs/dbus-api.md says");
+}
+
+#[test]
+fn the_policy_file_opens_exactly_the_documented_methods_to_everybody() {
+    assert!(nix::unistd::Uid::effective().is_root(), "this test switches to nobody and needs root");
+    let s = Setup::build("manual", "", true);
+    let everyone: Vec<String> =
+        documented_methods().into_iter().filter(|(_, who)| who == "everyone").map(|(m, _)| m).collect();
+    for method in xml_methods() {
+        let out = Command::new(tool("setpriv", "util-linux"))
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+            .arg(tool("busctl", "systemd"))
+            .arg(format!("--address={}", s.bus.address))
+            .args(["call", "io.otter.Updater1", "/io/otter/Updater1", "io.otter.Updater1", &method])
+            .output()
+            .unwrap();
+        let denied = text(&out.stderr).to_lowercase().contains("access denied");
+        // Methods open to everybody reach otterd (which may still answer with an error, e.g. NoServer).
+        assert_eq!(denied, !everyone.contains(&method), "{method}: {}", text(&out.stderr));
+    }
+}
+
+// --- otterctl and a closed pipe --------------------------------------------------------------------------------------
+
+#[test]
+fn otterctl_ends_quietly_when_its_reader_closed_the_pipe() {
+    let s = Setup::new("manual");
+    for args in [&["history"][..], &["--json", "history"], &["status"], &["slots"], &["--json", "slots"]] {
+        // Like `otterctl history | head -0`: the reader is gone before otterctl writes a byte.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = s.otterctl_cmd(args).stdout(writer).stderr(Stdio::piped()).output().unwrap();
+        assert_eq!(text(&out.stderr), "", "{args:?}: no panic, no error message");
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+    }
+}

@@ -300,7 +300,7 @@ fn install_once(
         manifest_digest: digest.get(),
     };
     progress(&report(Phase::Connecting, 0, 0, None));
-    let opened = source::open(&req.source, &req.http, cancel, received.clone())?;
+    let opened = source::open_with_stall_timeout(&req.source, &req.http, cancel, received.clone(), req.stall_timeout)?;
     let length = opened.length;
     progress(&report(Phase::Verifying, 0, 0, length));
     let mut stream = opened.reader;

@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -188,18 +188,35 @@ pub struct OpenedSource {
     pub length: Option<u64>,
 }
 
-/// Opens `source`. For URLs this sends the first request and checks its status.
+/// Opens `source`. For URLs this sends the first request and checks its status. A source that is a pipe, FIFO,
+/// socket or character device (stdin, a descriptor, a path) is read by a [`PipeReader`] that stalls after
+/// [`crate::DEFAULT_STALL_TIMEOUT`] (see [`open_with_stall_timeout`]).
 pub fn open(
     source: &Source,
     http: &HttpOptions,
     cancel: &CancelToken,
     received: ByteCounter,
 ) -> Result<OpenedSource, InstallError> {
+    open_with_stall_timeout(source, http, cancel, received, crate::DEFAULT_STALL_TIMEOUT)
+}
+
+/// Like [`open`]; a pipe, FIFO, socket or character device is read by a [`PipeReader`]: every wait checks
+/// `cancel`, and a read that gets nothing for `stall_timeout` fails as [`InstallError::Stalled`].
+pub fn open_with_stall_timeout(
+    source: &Source,
+    http: &HttpOptions,
+    cancel: &CancelToken,
+    received: ByteCounter,
+    stall_timeout: Duration,
+) -> Result<OpenedSource, InstallError> {
     let err = |error| InstallError::Source { source_name: source.name(), error };
+    let pipe = |f: File| PipeReader::new(f, source.name(), cancel.clone(), stall_timeout);
     let (stream, length) = match source {
-        Source::File(path) => file_stream(File::open(path).map_err(err)?, false).map_err(err)?,
-        Source::Fd { fd, .. } => file_stream(File::from(fd.0.try_clone().map_err(err)?), true).map_err(err)?,
-        Source::Stdin => (Stream::Pipe(Box::new(io::stdin())), None),
+        Source::File(path) => file_stream(open_path(path).map_err(err)?, false, pipe).map_err(err)?,
+        Source::Fd { fd, .. } => file_stream(File::from(fd.0.try_clone().map_err(err)?), true, pipe).map_err(err)?,
+        Source::Stdin => {
+            file_stream(File::from(io::stdin().as_fd().try_clone_to_owned().map_err(err)?), false, pipe).map_err(err)?
+        }
         Source::Url(url) => {
             let r = HttpReader::open(url, http, cancel.clone(), received.clone())?;
             let length = r.length;
@@ -210,20 +227,112 @@ pub fn open(
     Ok(OpenedSource { reader, length })
 }
 
+/// Opens a path for reading without blocking in `open(2)`: a FIFO opened plainly waits there for a writer, where
+/// no cancel can reach it. `O_NONBLOCK` has no effect on reading regular files and block devices.
+fn open_path(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)
+}
+
 /// A stream over an open file: seekable when it is a regular file or a block device (`rewind`: start reading at
-/// its beginning, for a descriptor someone else opened), read-through otherwise (pipes, character devices).
-fn file_stream(mut f: File, rewind: bool) -> io::Result<(Stream, Option<u64>)> {
+/// its beginning, for a descriptor someone else opened), read through a [`PipeReader`] otherwise (pipes, FIFOs,
+/// sockets, character devices).
+fn file_stream(
+    mut f: File,
+    rewind: bool,
+    pipe: impl FnOnce(File) -> io::Result<PipeReader>,
+) -> io::Result<(Stream, Option<u64>)> {
     let meta = f.metadata()?;
     let seekable = meta.is_file() || meta.file_type().is_block_device();
     let length = meta.is_file().then_some(meta.len());
-    if rewind && seekable {
+    if !seekable {
+        let reader = io::BufReader::with_capacity(256 << 10, pipe(f)?);
+        return Ok((Stream::Pipe(Box::new(reader)), None));
+    }
+    if rewind {
         f.rewind()?;
     }
-    let reader = io::BufReader::with_capacity(256 << 10, f);
-    Ok(match seekable {
-        true => (Stream::File(reader), length),
-        false => (Stream::Pipe(Box::new(reader)), length),
-    })
+    Ok((Stream::File(io::BufReader::with_capacity(256 << 10, f)), length))
+}
+
+/// Longest single wait of a [`PipeReader`] before it checks its cancel token again: 200 ms.
+const PIPE_POLL_SLICE: Duration = Duration::from_millis(200);
+
+/// Reads a descriptor that may never deliver (a pipe whose writer stays silent, a FIFO opened read-write by the
+/// caller, a socket) without ever blocking for long: the descriptor is switched to non-blocking and each wait is a
+/// `poll()` of at most [`PIPE_POLL_SLICE`], after which the cancel token is checked. A read that gets no byte for
+/// the stall timeout fails as [`InstallError::Stalled`]. The descriptor's original flags are restored on drop (it
+/// may be shared with the caller, or be this process's stdin).
+pub struct PipeReader {
+    file: File,
+    name: String,
+    cancel: CancelToken,
+    stall_timeout: Duration,
+    /// The status flags to put back, when they were changed.
+    restore: Option<nix::fcntl::OFlag>,
+}
+
+impl PipeReader {
+    /// Wraps `file` (named `name` in errors); fails only when its flags cannot be read or set.
+    pub fn new(file: File, name: String, cancel: CancelToken, stall_timeout: Duration) -> io::Result<Self> {
+        use nix::fcntl::{FcntlArg, OFlag, fcntl};
+        let flags = OFlag::from_bits_retain(fcntl(&file, FcntlArg::F_GETFL)?);
+        // Non-blocking even after poll() said "readable": whoever else holds the descriptor (the caller) may drain
+        // it first, and a blocking read would then wait for a writer that may never come.
+        let restore = match flags.contains(OFlag::O_NONBLOCK) {
+            true => None,
+            false => {
+                fcntl(&file, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+                Some(flags)
+            }
+        };
+        Ok(Self { file, name, cancel, stall_timeout, restore })
+    }
+}
+
+impl Drop for PipeReader {
+    fn drop(&mut self) {
+        if let Some(flags) = self.restore {
+            let _ = nix::fcntl::fcntl(&self.file, nix::fcntl::FcntlArg::F_SETFL(flags));
+        }
+    }
+}
+
+impl Read for PipeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        // Only time spent waiting inside this call counts: between calls the consumer may be busy (a slow slot).
+        let start = std::time::Instant::now();
+        loop {
+            if self.cancel.is_cancelled() {
+                return Err(io::Error::other(Cancelled));
+            }
+            // poll() before read(): a FIFO that no writer has opened yet reads as EOF at once, but polls as
+            // "nothing yet" until a writer comes (and as readable or hung up once one came).
+            let waited = start.elapsed();
+            let Some(left) = self.stall_timeout.checked_sub(waited).filter(|l| !l.is_zero()) else {
+                return Err(io::Error::other(ResumeExhausted(InstallError::Stalled {
+                    source_name: self.name.clone(),
+                    seconds: waited.as_secs(),
+                })));
+            };
+            let slice = PollTimeout::try_from(left.min(PIPE_POLL_SLICE)).unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, slice) {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
+            }
+            match self.file.read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 enum Stream {
@@ -344,7 +453,8 @@ impl std::fmt::Display for SourceChangedMarker {
 }
 impl std::error::Error for SourceChangedMarker {}
 
-/// Raised through `io::Error` when the connection could not be resumed.
+/// Raised through `io::Error` when the connection could not be resumed, or a source stalled: carries the install
+/// error the read ended with.
 #[derive(Debug)]
 pub(crate) struct ResumeExhausted(pub InstallError);
 
