@@ -433,7 +433,7 @@ fn server_sha256_mismatch_fails_and_leaves_the_slot_invalid() {
     let b = r.boot();
     let record = b.until_finished(|| r.action_done(id));
     match &record.outcome {
-        Outcome::Failed { code, .. } => assert_eq!(code, "stream-hash-mismatch"),
+        Outcome::Failed { code, .. } => assert_eq!(code, "digest-mismatch"),
         o => panic!("{o:?}"),
     }
     assert_eq!(r.server.action(id).unwrap().status, ActionStatus::Closed { success: false });

@@ -15,7 +15,7 @@ impl Worker {
         let id =
             action_id(href).ok_or_else(|| DdiError::Malformed { url: href.into(), message: "no action id".into() })?;
         if self.reported.get(&id).closed {
-            tracing::debug!("hawkbit: action {id} already reported closed");
+            self.offered_again(&id);
             return Ok(());
         }
         self.status = self.handle.status();
@@ -44,11 +44,36 @@ impl Worker {
         self.start(&id, href, &d)
     }
 
-    fn fail(&mut self, id: &str, details: Vec<String>) {
+    /// The server offers an action this device already closed (a server that reuses action ids, or one that lost
+    /// the final feedback): answer with the same final feedback again, so the server's view converges.
+    fn offered_again(&mut self, id: &str) {
+        match self.reported.get(id).final_feedback {
+            Some(f) => {
+                tracing::info!(
+                    "hawkbit: the server offers action {id} again, which this device closed ({:?}); sending its final \
+                     feedback again",
+                    f.status.result.finished
+                );
+                if let Err(e) = self.client.deployment_feedback(id, &f) {
+                    tracing::warn!("hawkbit: resending the final feedback of action {id}: {e}");
+                }
+            }
+            None => tracing::warn!(
+                "hawkbit: the server offers action {id} again, which this device closed; no final feedback is stored \
+                 for it (the server had said it was gone), so nothing is resent"
+            ),
+        }
+    }
+
+    pub(super) fn fail(&mut self, id: &str, details: Vec<String>) {
+        let details: Vec<String> = details.iter().map(|d| otter_common::redact::text(d)).collect();
         tracing::error!("hawkbit: action {id} failed: {}", details.join("; "));
         let f = Feedback::new(Execution::Closed, Finished::Failure, details);
         match self.client.deployment_feedback(id, &f) {
-            Ok(()) | Err(DdiError::Gone { .. }) => self.reported.update(id, |r| r.closed = true),
+            Ok(()) | Err(DdiError::Gone { .. }) => self.reported.update(id, |r| {
+                r.closed = true;
+                r.final_feedback = Some(f);
+            }),
             Err(e) => tracing::warn!("hawkbit: reporting failure of action {id}: {e}"),
         }
     }
@@ -65,38 +90,57 @@ impl Worker {
             self.fail(id, vec![format!("artifact {} has no download link", artifact.filename)]);
             return Ok(());
         };
-        let expected_sha256 = match artifact.hashes.sha256.as_deref().map(parse_sha256) {
-            Some(Some(h)) => Some(h),
-            Some(None) => {
-                self.fail(id, vec![format!("artifact {} has an invalid sha256", artifact.filename)]);
+        // Only an http(s) link is downloaded; a path or `file:` link would make the daemon read local files.
+        let https_only = self.client.download_options().https_only;
+        if let Err(e) = otter_installer::source::parse_link(&url, https_only) {
+            self.fail(id, vec![format!("artifact {}: {e} ({})", artifact.filename, e.code())]);
+            return Ok(());
+        }
+        let announced = match announced(chunk, artifact) {
+            Ok(a) => a,
+            Err(m) => {
+                self.fail(id, vec![m]);
                 return Ok(());
             }
-            None => {
-                tracing::warn!("hawkbit: artifact {} has no sha256; relying on the signature", artifact.filename);
-                None
-            }
         };
+        if announced.sha256.is_none() {
+            tracing::warn!("hawkbit: artifact {} has no sha256", artifact.filename);
+        }
         if dep.download == HandlingType::Skip {
             tracing::info!("hawkbit: action {id}: download skipped for now");
             return Ok(());
         }
         let window_closed = dep.maintenance_window == Some(MaintenanceWindow::Unavailable);
         if dep.update == HandlingType::Skip || window_closed {
-            return self.download_only(id, artifact, &url, expected_sha256, window_closed);
+            return self.download_only(id, artifact, &url, announced, window_closed);
         }
         let mut http = self.client.download_options();
-        let (client, href_owned, filename) = (self.client.clone(), href.to_owned(), artifact.filename.clone());
-        // A pre-signed link expired: the deployment again, for a fresh link to the same file.
+        let (client, href_owned) = (self.client.clone(), href.to_owned());
+        let (chunk_bound, artifact_bound) = (chunk.clone(), artifact.clone());
+        // A pre-signed link expired: the deployment again, for a fresh link to the same file. A deployment that
+        // now names another file (name, size, hashes or version) gives no link: the action is bound to the
+        // artifact it started with.
         http.refresh = Some(otter_installer::UrlRefresh::new(move || {
             let d = client.deployment(&href_owned).ok()?;
-            let (_, a) = d.deployment.artifact(PART).filter(|(_, a)| a.filename == filename)?;
-            a.url().map(str::to_owned)
+            let (c, a) = d.deployment.artifact(PART)?;
+            let same = c.version == chunk_bound.version
+                && a.filename == artifact_bound.filename
+                && a.size == artifact_bound.size
+                && a.hashes == artifact_bound.hashes;
+            if !same {
+                tracing::warn!("hawkbit: the deployment now names another artifact; not following its link");
+            }
+            same.then(|| a.url().map(str::to_owned)).flatten()
         }));
+        http.announced = announced;
+        // The download is bound to this artifact: a file that changes behind the URL fails the action instead of
+        // installing whatever the server serves now.
+        http.pin_entity = true;
         let (reply, rx) = mpsc::channel();
         self.handle.send(Command::InstallRemote {
             source: url,
             remote_id: id.to_owned(),
-            options: Box::new(InstallSettings { http, expected_sha256, fd: None }),
+            options: Box::new(InstallSettings { http, expected_sha256: None, fd: None }),
             reply,
         });
         match rx.recv().unwrap_or_else(|_| Err(Rejection::NotNow("the daemon stopped".into()))) {
@@ -111,7 +155,7 @@ impl Worker {
                     "downloading {} ({} {}, {} bytes) into slot {target}",
                     artifact.filename, chunk.name, chunk.version, artifact.size
                 )];
-                self.last_progress = None;
+                self.last_progress = Some((id.to_owned(), std::time::Instant::now(), 0));
                 self.feedback(id, &Feedback::new(Execution::Proceeding, Finished::None, details).progress(0, 100));
             }
             Err(Rejection::Busy { id: job, .. }) => tracing::info!("hawkbit: action {id} waits for job {job}"),
@@ -127,7 +171,7 @@ impl Worker {
         id: &str,
         artifact: &model::Artifact,
         url: &str,
-        expected: Option<[u8; 32]>,
+        announced: otter_installer::Announced,
         window_closed: bool,
     ) -> Result<(), DdiError> {
         if self.reported.get(id).downloaded {
@@ -140,12 +184,20 @@ impl Worker {
             vec![format!("{why}: downloading {}", artifact.filename)],
         );
         self.feedback(id, &f);
-        match verify_download(&self.client, url, expected) {
+        let checked: Vec<&str> = [
+            ("sha1", announced.sha1.is_some()),
+            ("md5", announced.md5.is_some()),
+            ("sha256", announced.sha256.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(n, given)| given.then_some(n))
+        .collect();
+        match verify_download(&self.client, url, announced) {
             Ok(n) => {
                 let details = vec![format!(
                     "{why}: {} downloaded ({n} bytes){}; not installed",
                     artifact.filename,
-                    if expected.is_some() { ", sha256 verified" } else { "" }
+                    if checked.is_empty() { String::new() } else { format!(", {} verified", checked.join(", ")) }
                 )];
                 if self.feedback(id, &Feedback::new(Execution::Downloaded, Finished::None, details)) {
                     self.reported.update(id, |r| r.downloaded = true);
@@ -199,37 +251,38 @@ impl Worker {
     }
 }
 
-fn parse_sha256(hex_text: &str) -> Option<[u8; 32]> {
-    hex::decode(hex_text.trim()).ok()?.try_into().ok()
+/// What the deployment says about our artifact, for the installer to enforce: size, every hash the server gives
+/// (DDI: sha1, md5, sha256), and the version the manifest must carry.
+fn announced(chunk: &model::Chunk, artifact: &model::Artifact) -> Result<otter_installer::Announced, String> {
+    fn digest<const N: usize>(name: &str, file: &str, hex_text: Option<&str>) -> Result<Option<[u8; N]>, String> {
+        hex_text
+            .map(|h| {
+                hex::decode(h.trim())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| format!("artifact {file} has an invalid {name}: {h:?}"))
+            })
+            .transpose()
+    }
+    let f = &artifact.filename;
+    Ok(otter_installer::Announced {
+        // DDI always sends a size; 0 (absent) cannot be a valid artifact, so it is taken as "not announced".
+        size: (artifact.size > 0).then_some(artifact.size),
+        sha1: digest("sha1", f, artifact.hashes.sha1.as_deref())?,
+        md5: digest("md5", f, artifact.hashes.md5.as_deref())?,
+        sha256: digest("sha256", f, artifact.hashes.sha256.as_deref())?,
+        version: (!chunk.version.is_empty()).then(|| chunk.version.clone()),
+    })
 }
 
-/// Downloads `url` to nowhere, hashing it; returns its length.
-fn verify_download(client: &DdiClient, url: &str, expected: Option<[u8; 32]>) -> Result<u64, String> {
-    use sha2::Digest as _;
-    use std::io::Read as _;
-    let opts = client.download_options();
+/// Downloads `url` to nowhere; the installer's HTTP source enforces the announced size and hashes. Returns the
+/// length.
+fn verify_download(client: &DdiClient, url: &str, announced: otter_installer::Announced) -> Result<u64, String> {
+    let opts = otter_installer::HttpOptions { announced, pin_entity: true, ..client.download_options() };
     let cancel = otter_installer::CancelToken::new();
     let counter = otter_installer::source::ByteCounter::default();
     let mut src = otter_installer::source::open(&otter_installer::Source::Url(url.to_owned()), &opts, &cancel, counter)
         .map_err(|e| e.to_string())?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 64 << 10];
-    let mut total = 0u64;
-    loop {
-        let n = src.reader.read(&mut buf).map_err(|e| format!("reading {url}: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    let actual: [u8; 32] = hasher.finalize().into();
-    match expected {
-        Some(e) if e != actual => Err(format!(
-            "sha256 of the downloaded artifact is {}, the server announced {}",
-            hex::encode(actual),
-            hex::encode(e)
-        )),
-        _ => Ok(total),
-    }
+    std::io::copy(&mut src.reader, &mut std::io::sink())
+        .map_err(|e| otter_common::redact::text(&format!("reading {url}: {e}")))
 }

@@ -12,7 +12,7 @@ use super::inventory;
 use super::model::{self, ConfigData, Execution, Feedback, Finished, Mode};
 use super::reported::Reported;
 use super::trigger::Trigger;
-use crate::config::{ServerSettings, Settings};
+use crate::config::{ServerAuth, ServerSettings, Settings};
 use crate::engine::{JobPhase, JobRecord, Outcome};
 use crate::runtime::{Command, Handle, Status};
 
@@ -47,12 +47,27 @@ pub(super) struct Worker {
 
 /// How often the runtime's progress is looked at while a server job runs (200 ms).
 const FOLLOW_TICK: Duration = Duration::from_millis(200);
+/// A progress feedback goes out at least every this many progress intervals while an install runs, moving or not.
+const PROGRESS_HEARTBEAT: u32 = 6;
 /// Poll interval before the server told one, and after a garbage `sleep` (5 minutes).
 const DEFAULT_SLEEP: Duration = Duration::from_secs(300);
 
 impl Worker {
     pub(super) fn run(&mut self, trigger: &Trigger) {
-        tracing::info!("hawkbit: polling {} as {}", self.server.url, self.server.controller_id);
+        tracing::info!(
+            "hawkbit: polling {} as {}",
+            otter_common::redact::url(&self.server.url),
+            self.server.controller_id
+        );
+        if self.server.url.starts_with("http://")
+            && matches!(self.server.auth, ServerAuth::TargetToken(_) | ServerAuth::GatewayToken(_))
+        {
+            tracing::warn!(
+                "hawkbit: the server token goes over plain http to {}: anyone on the network can read it and act as \
+                 this device (or, with a gateway token, as every device of the tenant); use https",
+                otter_common::redact::url(&self.server.url)
+            );
+        }
         // A result that ended before this start (trial boot assessed while offline, crash before reporting).
         if let Some(last) = self.status.last.clone() {
             self.final_result(last);
@@ -150,16 +165,23 @@ impl Worker {
             JobPhase::Installing => {
                 let Some(p) = self.status.progress else { return };
                 let percent = p.percent();
+                // Progress when it moved, and a heartbeat when it did not (a slow or stalled download that is
+                // being resumed): the server sees the device is still at it.
+                let heartbeat = self.server.progress_interval.saturating_mul(PROGRESS_HEARTBEAT);
                 let due = match &self.last_progress {
-                    Some((a, at, pc)) if *a == id => at.elapsed() >= self.server.progress_interval && percent > *pc,
-                    _ => p.total > 0,
+                    Some((a, at, pc)) if *a == id => {
+                        let since = at.elapsed();
+                        (since >= self.server.progress_interval && percent > *pc) || since >= heartbeat
+                    }
+                    _ => true,
                 };
                 if due {
                     let details = vec![format!(
-                        "writing slot {}: {percent}% ({} of {} KiB verified and written)",
+                        "writing slot {}: {percent}% ({} of {} KiB verified and written, {} KiB received)",
                         job.target,
                         p.bytes_written >> 10,
-                        p.total >> 10
+                        p.total >> 10,
+                        p.bytes_read >> 10
                     )];
                     self.last_progress = Some((id.clone(), Instant::now(), percent));
                     let f = Feedback::new(Execution::Proceeding, Finished::None, details).progress(percent, 100);
@@ -260,14 +282,27 @@ impl Worker {
                 ],
             ),
             Outcome::Failed { code, message } => {
-                (Finished::Failure, vec![format!("install failed ({code}): {message}"), "device unchanged".into()])
+                let mut details = vec![format!("install failed ({code}): {message}"), "device unchanged".into()];
+                // The engine's record carries the installer's code; this one needs words for the operator.
+                if code == "artifact-replaced" || code == "version-mismatch" {
+                    details.push(
+                        "the action is failed, not restarted: it is bound to the artifact it was assigned with; \
+                         assign the update again to install what the server serves now"
+                            .into(),
+                    );
+                }
+                (Finished::Failure, details)
             }
             Outcome::Cancelled => (Finished::Failure, vec!["cancelled on the device; device unchanged".into()]),
         };
+        let details = details.iter().map(|d| otter_common::redact::text(d)).collect();
         let f = Feedback::new(Execution::Closed, finished, details);
         match self.client.deployment_feedback(&id, &f) {
             Ok(()) | Err(DdiError::Gone { .. }) => {
-                self.reported.update(&id, |r| r.closed = true);
+                self.reported.update(&id, |r| {
+                    r.closed = true;
+                    r.final_feedback = Some(f);
+                });
                 self.pending_final.retain(|p| p.job.remote_id.as_deref() != Some(id.as_str()));
                 // The installed version changed: let the server see it.
                 self.inventory_sent = None;
