@@ -699,6 +699,28 @@ mod tests {
     }
 
     #[test]
+    fn server_download_keys_are_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let server = "[server]\nurl = \"https://hb.example\"\ncontroller_id = \"gw-1\"\nauth = \"none\"\n";
+        write(d.path(), "etc/otter/otter.toml", &format!("{MINIMAL}{server}"));
+        let s = load(d.path()).unwrap().server.unwrap();
+        assert!(!s.allow_insecure_downloads, "plain http links are refused by default");
+        assert_eq!(s.stall_timeout, Duration::from_secs(120));
+        write(
+            d.path(),
+            "etc/otter/conf.d/20.toml",
+            "[server]\nstall_timeout = \"5s\"\nallow_insecure_downloads = true\n",
+        );
+        let s = load(d.path()).unwrap().server.unwrap();
+        assert_eq!((s.stall_timeout, s.allow_insecure_downloads), (Duration::from_secs(5), true));
+        for bad in ["0s", "500ms", "2h"] {
+            write(d.path(), "etc/otter/conf.d/20.toml", &format!("[server]\nstall_timeout = \"{bad}\"\n"));
+            let e = load(d.path()).unwrap_err().to_string();
+            assert!(e.contains("server.stall_timeout"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn layers_override_in_order() {
         let d = tempfile::tempdir().unwrap();
         write(d.path(), "usr/lib/otter/otter.toml", &format!("{MINIMAL}[reboot]\npolicy = \"manual\"\n"));

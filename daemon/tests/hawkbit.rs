@@ -754,3 +754,122 @@ fn the_version_the_action_names_must_be_the_artifacts_and_a_closed_action_offere
     assert_eq!(again.last().unwrap(), &final_feedback, "the same final feedback");
     assert_eq!(b.handle.status().last.unwrap().job.id, record.job.id, "nothing installed again");
 }
+
+#[test]
+fn action_links_outside_the_servers_origin_are_not_followed() {
+    let r = rig(Opts::default());
+    let elsewhere = DdiServer::start().unwrap();
+    elsewhere.add_target("dev1", None);
+    r.server.set_action_link_base(Some(&elsewhere.url()));
+    let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
+    let b = r.boot();
+    wait_for("a few polls", || {
+        r.server.requests_to("/controller/v1/dev1").iter().filter(|q| q.path.ends_with("dev1")).count() >= 3
+    });
+    assert!(elsewhere.requests().is_empty(), "the device followed a foreign link: {:?}", elsewhere.requests());
+    assert!(b.handle.status().job.is_none());
+    // Once the links are the server's own again, the action goes ahead.
+    r.server.set_action_link_base(None);
+    wait_for("the install to start", || !r.server.action(id).unwrap().feedback.is_empty());
+}
+
+/// An HTTPS DDI server with a private CA; returns it and the CA's PEM.
+fn tls_server() -> (DdiServer, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let tls = TlsSetup { cert_pem: server_cert.pem(), key_pem: server_key.serialize_pem(), client_ca_pem: None };
+    (DdiServer::start_tls(&tls).unwrap(), ca.pem())
+}
+
+#[test]
+fn an_https_server_cannot_send_the_device_to_a_plain_http_link_unless_allowed() {
+    for allow in [false, true] {
+        let (server, ca) = tls_server();
+        let r = rig(Opts {
+            server: Some(server),
+            server_extra: format!(
+                "auth = \"target-token\"\ntoken = \"tok-1\"\nca_bundle = \"/etc/otter/ca.pem\"\n\
+                 allow_insecure_downloads = {allow}\n"
+            ),
+            ..Opts::default()
+        });
+        std::fs::write(r.device.root.join("etc/otter/ca.pem"), &ca).unwrap();
+        let plain = DdiServer::start().unwrap();
+        plain.add_target("dev1", None);
+        plain.add_artifact("update-2.0.otter", r.artifact.clone());
+        let mut spec = ActionSpec::new("update-2.0.otter", "2.0");
+        spec.link_override = Some(format!(
+            "{}/DEFAULT/controller/v1/dev1/softwaremodules/1/artifacts/update-2.0.otter?sig=0",
+            plain.url()
+        ));
+        let id = r.server.create_action("dev1", spec);
+        if allow {
+            r.boot().until_reboot();
+            assert!(!plain.requests_to("/artifacts/").is_empty(), "allowed: downloaded over http");
+            assert!(plain.requests().iter().all(|q| q.header("authorization").is_none()), "without the token");
+        } else {
+            let _b = r.boot();
+            wait_for("the action to fail", || r.action_done(id));
+            let details = last_details(&r, id);
+            assert!(details.contains("insecure-link"), "{details}");
+            assert!(plain.requests().is_empty(), "the http link was never requested");
+        }
+    }
+}
+
+/// Everything logged in this test process (installed once; tests look for their own lines).
+fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        #[derive(Clone)]
+        struct W(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for W {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let w = W(logs.clone());
+        let _ = tracing_subscriber::fmt().with_ansi(false).with_writer(move || w.clone()).try_init();
+        logs
+    })
+    .clone()
+}
+
+#[test]
+fn a_token_over_plain_http_is_warned_about_and_urls_in_logs_are_redacted() {
+    let logs = captured_logs();
+    let r = rig(Opts::default());
+    let mut spec = ActionSpec::new("update-2.0.otter", "2.0");
+    spec.sha256_override = Some("cd".repeat(32));
+    let id = r.server.create_action("dev1", spec);
+    let b = r.boot();
+    let record = b.until_finished(|| r.action_done(id));
+    assert_eq!(failed_code(&record), "digest-mismatch");
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let url = r.server.url();
+    assert!(
+        text.lines().any(|l| l.contains("WARN") && l.contains("plain http") && l.contains(&url)),
+        "no warning about the token over http to {url}"
+    );
+    // The artifact link's query (its signature) is not in any line about this server.
+    // The hawkBit client's and the installer's lines (the runtime's own log line is the runtime's to redact).
+    let ours = |l: &&str| l.contains("otterd::hawkbit") || l.contains("otter_installer");
+    let leaks: Vec<&str> = text.lines().filter(ours).filter(|l| l.contains(&url) && l.contains("sig=")).collect();
+    assert!(leaks.is_empty(), "a link query was logged: {leaks:#?}");
+    assert!(!last_details(&r, id).contains("sig="), "{}", last_details(&r, id));
+}

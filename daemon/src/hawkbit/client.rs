@@ -50,6 +50,14 @@ pub enum DdiError {
         /// The parser's message.
         message: String,
     },
+    /// A link in a DDI answer points outside the server's own origin: following it would send the token there.
+    #[error("{url}: link outside the server's origin {origin}; not followed")]
+    ForeignLink {
+        /// The link (redacted).
+        url: String,
+        /// The configured server's origin.
+        origin: String,
+    },
     /// The body is larger than any DDI document should be.
     #[error("{url}: answer larger than {limit} bytes; not read")]
     TooLarge {
@@ -94,6 +102,8 @@ impl DdiClient {
         let base = || {
             Client::builder()
                 .default_headers(headers.clone())
+                // DDI resources are not redirected; a redirect would take the token along to wherever it points.
+                .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(settings.timeout)
                 .timeout(settings.timeout)
         };
@@ -140,9 +150,13 @@ impl DdiClient {
         }
     }
 
-    /// GETs a JSON document, reading at most [`MAX_JSON`] + 1 bytes of it.
+    /// GETs a JSON document, reading at most [`MAX_JSON`] + 1 bytes of it. Links from the server's answers are
+    /// followed only on the server's own origin (they carry the token).
     fn get<T: DeserializeOwned>(&self, url: &str) -> Result<T, DdiError> {
         use std::io::Read as _;
+        if !same_origin(url, &self.settings.url) {
+            return Err(DdiError::ForeignLink { url: redact::url(url), origin: redact::url(&self.settings.url) });
+        }
         let r = self.check(url, self.client.get(url).send())?;
         let mut bytes = Vec::new();
         r.take(MAX_JSON + 1)
@@ -198,6 +212,14 @@ impl DdiClient {
     }
 }
 
+/// Whether `url` has the origin (scheme, host, port) of `server`.
+pub fn same_origin(url: &str, server: &str) -> bool {
+    match (reqwest::Url::parse(url), reqwest::Url::parse(server)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin() && a.origin().is_tuple(),
+        _ => false,
+    }
+}
+
 /// The action id in a `deploymentBase/{id}`, `cancelAction/{id}` or `confirmationBase/{id}` link.
 pub fn action_id(href: &str) -> Option<String> {
     let path = href.split(['?', '#']).next()?;
@@ -207,6 +229,18 @@ pub fn action_id(href: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn links_are_followed_only_on_the_servers_origin() {
+        let server = "https://hb.example:8443";
+        assert!(super::same_origin("https://hb.example:8443/T/controller/v1/d/deploymentBase/5", server));
+        assert!(!super::same_origin("https://evil.example:8443/T/controller/v1/d/deploymentBase/5", server));
+        assert!(!super::same_origin("http://hb.example:8443/x", server), "another scheme");
+        assert!(!super::same_origin("https://hb.example/x", server), "another port");
+        assert!(!super::same_origin("/etc/shadow", server));
+        assert!(!super::same_origin("file:///etc/shadow", server));
+        assert!(super::same_origin("https://hb.example/x", "https://hb.example:443"), "default port");
+    }
+
     #[test]
     fn action_ids_from_links() {
         assert_eq!(super::action_id("https://hb/T/controller/v1/d/deploymentBase/5?c=-21"), Some("5".into()));

@@ -12,8 +12,10 @@ use crate::runtime::{Command, InstallSettings};
 
 impl Worker {
     pub(super) fn deployment(&mut self, href: &str) -> Result<(), DdiError> {
-        let id =
-            action_id(href).ok_or_else(|| DdiError::Malformed { url: href.into(), message: "no action id".into() })?;
+        let id = action_id(href).ok_or_else(|| DdiError::Malformed {
+            url: otter_common::redact::url(href),
+            message: "no action id".into(),
+        })?;
         if self.reported.get(&id).closed {
             self.offered_again(&id);
             return Ok(());

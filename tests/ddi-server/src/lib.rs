@@ -247,6 +247,9 @@ struct State {
     requests: Vec<Request>,
     link_generation: u32,
     expired_status: u16,
+    /// Base URL of the action links in poll answers instead of the server's own (a hostile or misconfigured
+    /// server pointing the device elsewhere).
+    action_link_base: Option<String>,
 }
 
 /// TLS settings for [`DdiServer::start_tls`].
@@ -435,6 +438,12 @@ impl DdiServer {
         let mut s = lock(&self.state);
         s.link_generation += 1;
         s.expired_status = status;
+    }
+
+    /// Makes the poll's action links (`deploymentBase`...) point to `base` (e.g. another server's URL) instead of
+    /// this server; `None` restores them.
+    pub fn set_action_link_base(&self, base: Option<&str>) {
+        lock(&self.state).action_link_base = base.map(str::to_owned);
     }
 
     /// Adds a fault.
@@ -779,7 +788,11 @@ fn route(state: &Mutex<State>, req: &Request, base: &str) -> (Reply, Slow, After
                     ActionStatus::Canceling => ("cancelAction", "cancelAction"),
                     _ => ("deploymentBase", "deploymentBase"),
                 };
-                links.insert(name.into(), json!({"href": format!("{me}/{kind}/{}?c={}", a.id, a.generation)}));
+                let link_me = match &s.action_link_base {
+                    Some(b) => format!("{b}/{}/controller/v1/{target}", s.tenant),
+                    None => me.clone(),
+                };
+                links.insert(name.into(), json!({"href": format!("{link_me}/{kind}/{}?c={}", a.id, a.generation)}));
             }
             if t.config_requested {
                 links.insert("configData".into(), json!({"href": format!("{me}/configData")}));
