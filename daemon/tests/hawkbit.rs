@@ -731,7 +731,10 @@ fn an_artifact_replaced_behind_the_same_url_fails_the_action_instead_of_installi
     let record = b.until_finished(|| r.action_done(id));
     assert_eq!(failed_code(&record), "artifact-replaced");
     assert_eq!(r.server.action(id).unwrap().status, ActionStatus::Closed { success: false });
-    assert!(last_details(&r, id).contains("not restarted"), "{}", last_details(&r, id));
+    let details = last_details(&r, id);
+    assert!(details.contains("not restarted"), "{details}");
+    let other_size = r.other_artifact.len();
+    assert!(details.contains(&format!("now names update-2.0.otter version 2.0 ({other_size} bytes)")), "{details}");
     assert!(r.slot_head(Slot::B).iter().all(|&x| x == 0), "slot B holds no valid image");
 }
 

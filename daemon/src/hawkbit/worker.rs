@@ -290,6 +290,16 @@ impl Worker {
                          assign the update again to install what the server serves now"
                             .into(),
                     );
+                    // What the deployment names now, for the operator (read again, not acted on).
+                    let href = format!("{}/deploymentBase/{id}", self.client.base_url());
+                    if let Ok(d) = self.client.deployment(&href)
+                        && let Some((c, a)) = d.deployment.artifact(super::PART)
+                    {
+                        details.push(format!(
+                            "the deployment now names {} version {} ({} bytes)",
+                            a.filename, c.version, a.size
+                        ));
+                    }
                 }
                 (Finished::Failure, details)
             }
