@@ -315,3 +315,29 @@ fn urls_in_errors_lose_their_secrets() {
     assert!(!shown.contains("topsecret") && !shown.contains("pw"), "{shown}");
     assert!(!Source::Url(url).name().contains("topsecret"));
 }
+
+#[test]
+fn a_slow_but_steady_download_is_not_a_stall() {
+    let f = Fixture::new(256 << 10);
+    let artifact = Arc::new(f.artifact());
+    let server = {
+        let artifact = artifact.clone();
+        ScriptedServer::start(move |_, _, conn| {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", artifact.len());
+            if conn.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            // 8 KiB every 100 ms: slow, but well above 4 KiB per stall timeout.
+            for piece in artifact.chunks(8 << 10) {
+                if conn.write_all(piece).and_then(|()| conn.flush()).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let http = HttpOptions { stall_timeout: Duration::from_secs(1), max_resumes: 0, ..HttpOptions::default() };
+    let (result, _, _) = install_url(&f, &format!("{}/a.otter", server.base), http);
+    result.unwrap();
+    assert_eq!(server.heads().len(), 1, "one connection, never resumed");
+}

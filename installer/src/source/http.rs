@@ -28,8 +28,8 @@ use super::{ByteCounter, Cancelled, ResumeExhausted, SourceChangedMarker};
 use crate::CancelToken;
 use crate::error::{DigestAlgorithm, InstallError};
 
-/// Fewer bytes than this within one [`HttpOptions::stall_timeout`] is a stall (a slow-loris server sending a byte a
-/// second is no download): 4 KiB.
+/// Fewer bytes than this within one [`HttpOptions::stall_timeout`] of waiting for the network is a stall (a
+/// slow-loris server sending a byte a second is no download): 4 KiB.
 pub const STALL_MIN_BYTES: u64 = 4 << 10;
 /// Redirects followed for one request.
 const MAX_REDIRECTS: usize = 8;
@@ -253,8 +253,9 @@ pub struct HttpReader {
     received: ByteCounter,
     /// Digests of everything delivered from byte 0 on; `None` once a range was skipped (no whole-file digest).
     hashers: Option<Hashers>,
-    /// Start of the current stall window and the bytes received in it.
-    window: (Instant, u64),
+    /// Time spent waiting for the network since the last progress, and the bytes received in it. Only the time
+    /// inside reads counts: a caller that is slow to read (a slow slot) is not a stalled server.
+    window: (Duration, u64),
     /// The last connection was given up as stalled (so running out of resumes is [`InstallError::Stalled`]).
     stalled: bool,
 }
@@ -285,7 +286,7 @@ impl HttpReader {
             resumes: 0,
             received,
             hashers: Hashers::new(&opts.announced),
-            window: (Instant::now(), 0),
+            window: (Duration::ZERO, 0),
             stalled: false,
         };
         let source_error = |url: &str, message: String| InstallError::Source {
@@ -319,7 +320,7 @@ impl HttpReader {
         // Only a strong ETag or a Last-Modified date is a valid If-Range validator.
         r.validator = validator(&resp);
         r.response = Some(resp);
-        r.window = (Instant::now(), 0);
+        r.window = (Duration::ZERO, 0);
         Ok(r)
     }
 
@@ -402,7 +403,7 @@ impl HttpReader {
                         return Err(self.changed());
                     }
                     self.response = Some(resp);
-                    self.window = (Instant::now(), 0);
+                    self.window = (Duration::ZERO, 0);
                     return Ok(());
                 }
                 // A full body in reply to a range request: the entity changed (If-Range failed) or the server
@@ -439,7 +440,7 @@ impl HttpReader {
             Err(SendError::Transport(m)) => return Err(io::Error::other(m)),
             Err(SendError::Refused(e)) => return Err(self.give_up(e)),
         };
-        self.window = (Instant::now(), 0);
+        self.window = (Duration::ZERO, 0);
         match resp.status().as_u16() {
             206 if content_range_start(&resp) == Some(target) => {
                 self.response = Some(resp);
@@ -465,15 +466,19 @@ impl HttpReader {
         }
     }
 
-    /// Whether the current connection delivered too little in the last stall window; starts a new window when one
-    /// is over.
-    fn stalled_now(&mut self) -> bool {
-        let (start, bytes) = self.window;
-        if start.elapsed() < self.opts.stall_timeout {
-            return false;
+    /// Whether the current connection made too little progress: under [`STALL_MIN_BYTES`] in
+    /// [`HttpOptions::stall_timeout`] of waiting for it.
+    fn stalled_now(&self) -> bool {
+        self.window.0 >= self.opts.stall_timeout && self.window.1 < STALL_MIN_BYTES
+    }
+
+    /// Accounts one read: `waited` inside it, `n` bytes out of it. Enough bytes are progress: a new window starts.
+    fn account(&mut self, waited: Duration, n: usize) {
+        self.window.0 += waited;
+        self.window.1 += n as u64;
+        if self.window.1 >= STALL_MIN_BYTES {
+            self.window = (Duration::ZERO, 0);
         }
-        self.window = (Instant::now(), 0);
-        bytes < STALL_MIN_BYTES
     }
 
     /// The body ended: compare the digests of the whole file.
@@ -515,6 +520,7 @@ impl Read for HttpReader {
                 return Err(io::Error::other(Cancelled));
             }
             if self.response.is_some() && self.stalled_now() {
+                self.window = (Duration::ZERO, 0);
                 self.stalled = true;
                 self.response = None;
                 let msg = format!("stalled: fewer than {STALL_MIN_BYTES} bytes in {:?}", self.opts.stall_timeout);
@@ -528,10 +534,12 @@ impl Read for HttpReader {
                     .min(usize::try_from(l.saturating_sub(self.position)).unwrap_or(usize::MAX).saturating_add(1)),
                 None => buf.len(),
             };
+            let started = Instant::now();
             let result = match self.response.as_mut() {
                 Some(r) => r.read(&mut buf[..want]),
                 None => Err(io::Error::other("no response")),
             };
+            self.account(started.elapsed(), *result.as_ref().unwrap_or(&0));
             match result {
                 Ok(0) if self.length.is_none_or(|l| self.position >= l) => return self.at_end(),
                 Ok(0) => {
@@ -547,7 +555,6 @@ impl Read for HttpReader {
                 }
                 Ok(n) => {
                     self.position += n as u64;
-                    self.window.1 += n as u64;
                     self.received.add(n);
                     if let Some(h) = &mut self.hashers {
                         h.update(&buf[..n]);
