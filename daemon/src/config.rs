@@ -154,6 +154,8 @@ struct ServerFile {
     timeout: Option<String>,
     max_resumes: Option<u32>,
     resume_backoff: Option<String>,
+    allow_insecure_downloads: Option<bool>,
+    stall_timeout: Option<String>,
 }
 
 // ----- validated settings -----
@@ -208,6 +210,12 @@ pub struct ServerSettings {
     pub max_resumes: u32,
     /// First wait before resuming a download; doubles per attempt.
     pub resume_backoff: Duration,
+    /// Accept plain `http://` artifact links from a server reached over `https` (off: refused as
+    /// `insecure-link`).
+    pub allow_insecure_downloads: bool,
+    /// A download that delivers almost nothing (under 4 KiB) for this long is stalled: resumed, and failed as
+    /// `stalled` once the resumes run out. 1 s to 1 hour; default 2 minutes.
+    pub stall_timeout: Duration,
 }
 
 /// Which bootloader and how its environment is laid out.
@@ -614,6 +622,10 @@ fn server_settings(
     if jitter_percent > 50 {
         return Err(invalid("server.jitter_percent", format!("{jitter_percent} is not between 0 and 50")));
     }
+    let stall_timeout = duration("server.stall_timeout", sf.stall_timeout, Duration::from_secs(120))?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&stall_timeout) {
+        return Err(invalid("server.stall_timeout", format!("{stall_timeout:?} is not between 1s and 1h")));
+    }
     Ok(ServerSettings {
         url,
         tenant,
@@ -635,6 +647,8 @@ fn server_settings(
         timeout: duration("server.timeout", sf.timeout, Duration::from_secs(30))?,
         max_resumes: sf.max_resumes.unwrap_or(8),
         resume_backoff: duration("server.resume_backoff", sf.resume_backoff, Duration::from_secs(1))?,
+        allow_insecure_downloads: sf.allow_insecure_downloads.unwrap_or(false),
+        stall_timeout,
     })
 }
 
@@ -682,6 +696,28 @@ mod tests {
         }
         write(d.path(), "etc/otter/conf.d/20-bad.toml", "[server]\nenabled = false\n");
         assert!(load(d.path()).unwrap().server.is_none());
+    }
+
+    #[test]
+    fn server_download_keys_are_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let server = "[server]\nurl = \"https://hb.example\"\ncontroller_id = \"gw-1\"\nauth = \"none\"\n";
+        write(d.path(), "etc/otter/otter.toml", &format!("{MINIMAL}{server}"));
+        let s = load(d.path()).unwrap().server.unwrap();
+        assert!(!s.allow_insecure_downloads, "plain http links are refused by default");
+        assert_eq!(s.stall_timeout, Duration::from_secs(120));
+        write(
+            d.path(),
+            "etc/otter/conf.d/20.toml",
+            "[server]\nstall_timeout = \"5s\"\nallow_insecure_downloads = true\n",
+        );
+        let s = load(d.path()).unwrap().server.unwrap();
+        assert_eq!((s.stall_timeout, s.allow_insecure_downloads), (Duration::from_secs(5), true));
+        for bad in ["0s", "500ms", "2h"] {
+            write(d.path(), "etc/otter/conf.d/20.toml", &format!("[server]\nstall_timeout = \"{bad}\"\n"));
+            let e = load(d.path()).unwrap_err().to_string();
+            assert!(e.contains("server.stall_timeout"), "{bad}: {e}");
+        }
     }
 
     #[test]

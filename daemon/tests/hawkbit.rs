@@ -12,6 +12,7 @@ use otter_ddi_server::{ActionSpec, ActionStatus, DdiServer, Fault, TlsSetup, Tri
 use otterd::engine::{JobRecord, Outcome};
 use otterd::fixture::{Device, DeviceSpec};
 use otterd::hawkbit::Poller;
+use otterd::hawkbit::client::{DdiClient, DdiError};
 use otterd::runtime::{Command, Handle, RunEnd, Runtime};
 use serde_json::Value;
 
@@ -53,6 +54,8 @@ struct Rig {
     server: DdiServer,
     device: Device,
     artifact: Vec<u8>,
+    /// Another signed artifact (version 3.0, another image), not on the server.
+    other_artifact: Vec<u8>,
     new_image: PathBuf,
 }
 
@@ -82,6 +85,11 @@ fn rig(opts: Opts) -> Rig {
     o.chunk_size = 256 << 10;
     o.level = 1;
     let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: new_image.clone() };
+    let mut other_artifact = Vec::new();
+    let mut o3 = o.clone();
+    o3.version = "3.0".into();
+    let other = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: image(dir.path(), 3) };
+    builder::create(&o3, &[other], std::slice::from_ref(&key), &mut other_artifact).unwrap();
     let mut artifact = Vec::new();
     builder::create(&o, &[src], &[key], &mut artifact).unwrap();
     let server = opts.server.unwrap_or_else(|| DdiServer::start().unwrap());
@@ -118,7 +126,7 @@ timeout = "10s"
         extra = opts.server_extra,
     );
     let device = Device::create(&root, &spec, Some(&old)).unwrap();
-    Rig { dir, server, device, artifact, new_image }
+    Rig { dir, server, device, artifact, other_artifact, new_image }
 }
 
 struct Boot {
@@ -433,7 +441,7 @@ fn server_sha256_mismatch_fails_and_leaves_the_slot_invalid() {
     let b = r.boot();
     let record = b.until_finished(|| r.action_done(id));
     match &record.outcome {
-        Outcome::Failed { code, .. } => assert_eq!(code, "stream-hash-mismatch"),
+        Outcome::Failed { code, .. } => assert_eq!(code, "digest-mismatch"),
         o => panic!("{o:?}"),
     }
     assert_eq!(r.server.action(id).unwrap().status, ActionStatus::Closed { success: false });
@@ -601,4 +609,270 @@ fn closed_maintenance_window_downloads_only_then_installs_when_it_opens() {
     let record = b.until_finished(|| r.action_done(id));
     assert_eq!(record.outcome, Outcome::Committed);
     assert_eq!(r.server.action(id).unwrap().status, ActionStatus::Closed { success: true });
+}
+
+// ----- a hostile server and network -----
+
+/// The failure details the server got last for `id`.
+fn last_details(r: &Rig, id: u64) -> String {
+    feedback_details(r.server.action(id).unwrap().feedback.last().unwrap())
+}
+
+fn failed_code(record: &JobRecord) -> &str {
+    match &record.outcome {
+        Outcome::Failed { code, .. } => code,
+        o => panic!("expected a failure, got {o:?}"),
+    }
+}
+
+#[test]
+fn the_token_goes_only_to_the_servers_origin_not_to_a_storage_host() {
+    let r = rig(Opts::default());
+    r.server.require_auth(true);
+    // A pre-signed link on another host (here: another port, which is another origin).
+    let storage = DdiServer::start().unwrap();
+    storage.add_target("dev1", None);
+    storage.add_artifact("update-2.0.otter", r.artifact.clone());
+    let mut spec = ActionSpec::new("update-2.0.otter", "2.0");
+    spec.link_override = Some(format!(
+        "{}/DEFAULT/controller/v1/dev1/softwaremodules/1/artifacts/update-2.0.otter?sig=0",
+        storage.url()
+    ));
+    let id = r.server.create_action("dev1", spec);
+    r.boot().until_reboot();
+    let downloads = storage.requests_to("/artifacts/");
+    assert!(!downloads.is_empty(), "downloaded from the storage host");
+    for q in &downloads {
+        assert_eq!(q.header("authorization"), None, "the token went to another origin");
+    }
+    assert!(r.server.requests().iter().all(|q| q.header("authorization") == Some("TargetToken tok-1")));
+    assert_eq!(r.sequence(id)[0].0, "proceeding", "the action was carried out");
+}
+
+#[test]
+fn links_that_are_not_http_are_refused_with_failure_feedback() {
+    let r = rig(Opts::default());
+    let local = r.dir.path().join("local.otter");
+    std::fs::write(&local, &r.artifact).unwrap();
+    let slot_b = std::fs::read(r.device.slot_file(Slot::B)).unwrap();
+    let b = r.boot();
+    for link in [local.display().to_string(), format!("file://{}", local.display())] {
+        let mut spec = ActionSpec::new("update-2.0.otter", "2.0");
+        spec.link_override = Some(link.clone());
+        let id = r.server.create_action("dev1", spec);
+        wait_for("the action to fail", || r.action_done(id));
+        assert_eq!(r.server.action(id).unwrap().status, ActionStatus::Closed { success: false }, "{link}");
+        let details = last_details(&r, id);
+        assert!(details.contains("not an http(s) URL") && details.contains("not-http-url"), "{details}");
+    }
+    let status = b.handle.status();
+    assert!(status.job.is_none() && status.last.is_none(), "no install was started: {status:?}");
+    assert!(std::fs::read(r.device.slot_file(Slot::B)).unwrap() == slot_b, "slot B untouched");
+}
+
+#[test]
+fn a_huge_answer_is_not_read_whole() {
+    let r = rig(Opts::default());
+    let settings = otterd::config::load(&r.device.root).unwrap();
+    let client = DdiClient::new(settings.server.as_ref().unwrap()).unwrap();
+    // A valid JSON poll answer of 64 MiB: read whole, it parses.
+    r.server.inject(Fault::HugeJson { path: "/controller/v1/dev1".into(), bytes: 64 << 20 });
+    let e = client.poll().unwrap_err();
+    assert!(matches!(e, DdiError::TooLarge { limit, .. } if limit == 1 << 20), "{e}");
+    client.poll().expect("the next, normal answer");
+}
+
+#[test]
+fn an_endless_artifact_body_fails_after_the_announced_size() {
+    let r = rig(Opts::default());
+    r.server.inject(Fault::EndlessBody);
+    let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
+    let b = r.boot();
+    let record = b.until_finished(|| r.action_done(id));
+    assert_eq!(failed_code(&record), "too-long");
+    assert_eq!(r.server.action(id).unwrap().status, ActionStatus::Closed { success: false });
+    let details = last_details(&r, id);
+    assert!(details.contains("longer than the announced"), "{details}");
+    assert!(!details.contains("sig="), "the link's query string is redacted: {details}");
+    assert!(r.slot_head(Slot::B).iter().all(|&x| x == 0), "slot B head not written");
+}
+
+#[test]
+fn a_slow_loris_download_stalls_and_fails_while_progress_keeps_flowing() {
+    let r = rig(Opts {
+        server_extra: "auth = \"target-token\"\ntoken = \"tok-1\"\nstall_timeout = \"1s\"\nmax_resumes = 2\n".into(),
+        ..Opts::default()
+    });
+    // 50 bytes a second: alive, useless.
+    r.server.inject(Fault::SlowBody { piece: 1, delay: Duration::from_millis(20) });
+    let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
+    let b = r.boot();
+    let record = b.until_finished(|| r.action_done(id));
+    assert_eq!(failed_code(&record), "stalled");
+    assert_eq!(r.server.requests_to("/artifacts/").len(), 3, "the first connection and two resumes");
+    // About three seconds without progress in percent: the heartbeat (6 x 100 ms) still reported.
+    let proceeding =
+        r.server.action(id).unwrap().feedback.iter().filter(|f| f["status"]["execution"] == "proceeding").count();
+    assert!(proceeding >= 3, "{proceeding} progress feedbacks during the stall");
+    assert!(last_details(&r, id).contains("no data"), "{}", last_details(&r, id));
+}
+
+#[test]
+fn an_artifact_replaced_behind_the_same_url_fails_the_action_instead_of_installing_it() {
+    let r = rig(Opts::default());
+    // Half-way through, the server starts serving another build behind the same link (new ETag) and drops the
+    // connection: the resume's If-Range fails and the answer is the other file.
+    r.server.inject(Fault::AfterBytes {
+        after: 600_000,
+        then: Trigger::Replace { name: "update-2.0.otter".into(), data: r.other_artifact.clone() },
+    });
+    let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
+    let b = r.boot();
+    let record = b.until_finished(|| r.action_done(id));
+    assert_eq!(failed_code(&record), "artifact-replaced");
+    assert_eq!(r.server.action(id).unwrap().status, ActionStatus::Closed { success: false });
+    let details = last_details(&r, id);
+    assert!(details.contains("not restarted"), "{details}");
+    let other_size = r.other_artifact.len();
+    assert!(details.contains(&format!("now names update-2.0.otter version 2.0 ({other_size} bytes)")), "{details}");
+    assert!(r.slot_head(Slot::B).iter().all(|&x| x == 0), "slot B holds no valid image");
+}
+
+#[test]
+fn the_version_the_action_names_must_be_the_artifacts_and_a_closed_action_offered_again_gets_its_final_feedback() {
+    let r = rig(Opts::default());
+    let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "1.5"));
+    let b = r.boot();
+    wait_for("the action to fail", || r.action_done(id));
+    let record = b.handle.status().last.expect("a finished job");
+    assert_eq!(failed_code(&record), "version-mismatch");
+    let first = r.server.action(id).unwrap().feedback;
+    let final_feedback = first.last().unwrap().clone();
+    assert_eq!(final_feedback["status"]["result"]["finished"], "failure");
+    // The server reuses the id (or lost the result): the device answers with the same final feedback.
+    r.server.reopen_action(id);
+    wait_for("the action to be closed again", || r.action_done(id));
+    let again = r.server.action(id).unwrap().feedback;
+    assert_eq!(again.len(), first.len() + 1);
+    assert_eq!(again.last().unwrap(), &final_feedback, "the same final feedback");
+    assert_eq!(b.handle.status().last.unwrap().job.id, record.job.id, "nothing installed again");
+}
+
+#[test]
+fn action_links_outside_the_servers_origin_are_not_followed() {
+    let r = rig(Opts::default());
+    let elsewhere = DdiServer::start().unwrap();
+    elsewhere.add_target("dev1", None);
+    r.server.set_action_link_base(Some(&elsewhere.url()));
+    let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
+    let b = r.boot();
+    wait_for("a few polls", || {
+        r.server.requests_to("/controller/v1/dev1").iter().filter(|q| q.path.ends_with("dev1")).count() >= 3
+    });
+    assert!(elsewhere.requests().is_empty(), "the device followed a foreign link: {:?}", elsewhere.requests());
+    assert!(b.handle.status().job.is_none());
+    // Once the links are the server's own again, the action goes ahead.
+    r.server.set_action_link_base(None);
+    wait_for("the install to start", || !r.server.action(id).unwrap().feedback.is_empty());
+}
+
+/// An HTTPS DDI server with a private CA; returns it and the CA's PEM.
+fn tls_server() -> (DdiServer, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let tls = TlsSetup { cert_pem: server_cert.pem(), key_pem: server_key.serialize_pem(), client_ca_pem: None };
+    (DdiServer::start_tls(&tls).unwrap(), ca.pem())
+}
+
+#[test]
+fn an_https_server_cannot_send_the_device_to_a_plain_http_link_unless_allowed() {
+    for allow in [false, true] {
+        let (server, ca) = tls_server();
+        let r = rig(Opts {
+            server: Some(server),
+            server_extra: format!(
+                "auth = \"target-token\"\ntoken = \"tok-1\"\nca_bundle = \"/etc/otter/ca.pem\"\n\
+                 allow_insecure_downloads = {allow}\n"
+            ),
+            ..Opts::default()
+        });
+        std::fs::write(r.device.root.join("etc/otter/ca.pem"), &ca).unwrap();
+        let plain = DdiServer::start().unwrap();
+        plain.add_target("dev1", None);
+        plain.add_artifact("update-2.0.otter", r.artifact.clone());
+        let mut spec = ActionSpec::new("update-2.0.otter", "2.0");
+        spec.link_override = Some(format!(
+            "{}/DEFAULT/controller/v1/dev1/softwaremodules/1/artifacts/update-2.0.otter?sig=0",
+            plain.url()
+        ));
+        let id = r.server.create_action("dev1", spec);
+        if allow {
+            r.boot().until_reboot();
+            assert!(!plain.requests_to("/artifacts/").is_empty(), "allowed: downloaded over http");
+            assert!(plain.requests().iter().all(|q| q.header("authorization").is_none()), "without the token");
+        } else {
+            let _b = r.boot();
+            wait_for("the action to fail", || r.action_done(id));
+            let details = last_details(&r, id);
+            assert!(details.contains("insecure-link"), "{details}");
+            assert!(plain.requests().is_empty(), "the http link was never requested");
+        }
+    }
+}
+
+/// Everything logged in this test process (installed once; tests look for their own lines).
+fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        #[derive(Clone)]
+        struct W(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for W {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let w = W(logs.clone());
+        let _ = tracing_subscriber::fmt().with_ansi(false).with_writer(move || w.clone()).try_init();
+        logs
+    })
+    .clone()
+}
+
+#[test]
+fn a_token_over_plain_http_is_warned_about_and_urls_in_logs_are_redacted() {
+    let logs = captured_logs();
+    let r = rig(Opts::default());
+    let mut spec = ActionSpec::new("update-2.0.otter", "2.0");
+    spec.sha256_override = Some("cd".repeat(32));
+    let id = r.server.create_action("dev1", spec);
+    let b = r.boot();
+    let record = b.until_finished(|| r.action_done(id));
+    assert_eq!(failed_code(&record), "digest-mismatch");
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let url = r.server.url();
+    assert!(
+        text.lines().any(|l| l.contains("WARN") && l.contains("plain http") && l.contains(&url)),
+        "no warning about the token over http to {url}"
+    );
+    // The artifact link's query (its signature) is not in any line about this server.
+    // The hawkBit client's and the installer's lines (the runtime's own log line is the runtime's to redact).
+    let ours = |l: &&str| l.contains("otterd::hawkbit") || l.contains("otter_installer");
+    let leaks: Vec<&str> = text.lines().filter(ours).filter(|l| l.contains(&url) && l.contains("sig=")).collect();
+    assert!(leaks.is_empty(), "a link query was logged: {leaks:#?}");
+    assert!(!last_details(&r, id).contains("sig="), "{}", last_details(&r, id));
 }

@@ -108,6 +108,91 @@ pub enum InstallError {
     /// The install was cancelled.
     #[error("install cancelled")]
     Cancelled,
+    /// A link from a server (or a redirect) is not an absolute `http`/`https` URL (a path, `file:`...).
+    #[error("{link}: not an http(s) URL; refusing to read it")]
+    NotHttpUrl {
+        /// The link (redacted).
+        link: String,
+    },
+    /// A plain `http` link (or redirect) where only `https` is allowed ([`crate::HttpOptions::https_only`]).
+    #[error("{url}: plain http link refused (the server is reached over https)")]
+    InsecureLink {
+        /// The URL (redacted).
+        url: String,
+    },
+    /// More redirects than allowed.
+    #[error("{url}: more than {limit} redirects")]
+    TooManyRedirects {
+        /// The URL first requested (redacted).
+        url: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// The server sent more than the announced size (or `Content-Length`): an endless body.
+    #[error("{url}: the body is longer than the announced {limit} bytes")]
+    TooLong {
+        /// The URL (redacted).
+        url: String,
+        /// The announced size.
+        limit: u64,
+    },
+    /// The `Content-Length` differs from the size the server announced for the file.
+    #[error("{url}: {actual} bytes served, {announced} announced")]
+    LengthMismatch {
+        /// The URL (redacted).
+        url: String,
+        /// The announced size.
+        announced: u64,
+        /// The `Content-Length`.
+        actual: u64,
+    },
+    /// A digest of the whole file differs from the one the server announced.
+    #[error("{url}: {algorithm} of the downloaded file is {actual}, the server announced {expected}")]
+    DigestMismatch {
+        /// The URL (redacted).
+        url: String,
+        /// Which digest.
+        algorithm: DigestAlgorithm,
+        /// Announced, hex.
+        expected: String,
+        /// Computed, hex.
+        actual: String,
+    },
+    /// The file behind the URL changed during a download bound to one file ([`crate::HttpOptions::pin_entity`]).
+    #[error("{url}: the server replaced the file during the download")]
+    ArtifactReplaced {
+        /// The URL (redacted).
+        url: String,
+    },
+    /// The verified manifest's version is not the one the server announced.
+    #[error("the artifact is version {actual:?}, the server announced {expected:?}")]
+    VersionMismatch {
+        /// Announced.
+        expected: String,
+        /// In the verified manifest.
+        actual: String,
+    },
+}
+
+/// A digest an update server announces for a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestAlgorithm {
+    /// SHA-1.
+    Sha1,
+    /// MD5.
+    Md5,
+    /// SHA-256.
+    Sha256,
+}
+
+impl std::fmt::Display for DigestAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Sha1 => "sha1",
+            Self::Md5 => "md5",
+            Self::Sha256 => "sha256",
+        })
+    }
 }
 
 impl InstallError {
@@ -128,6 +213,14 @@ impl InstallError {
             Self::StreamHashMismatch { .. } => "stream-hash-mismatch",
             Self::Stalled { .. } => "stalled",
             Self::Cancelled => "cancelled",
+            Self::NotHttpUrl { .. } => "not-http-url",
+            Self::InsecureLink { .. } => "insecure-link",
+            Self::TooManyRedirects { .. } => "too-many-redirects",
+            Self::TooLong { .. } => "too-long",
+            Self::LengthMismatch { .. } => "length-mismatch",
+            Self::DigestMismatch { .. } => "digest-mismatch",
+            Self::ArtifactReplaced { .. } => "artifact-replaced",
+            Self::VersionMismatch { .. } => "version-mismatch",
         }
     }
 }

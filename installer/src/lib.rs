@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 
 use otter_artifact::{ArtifactError, ArtifactReader, ChunkDecoder, ChunkRef, Digest, KeyId, Keyring, Manifest, Policy};
 
-pub use error::InstallError;
+pub use error::{DigestAlgorithm, InstallError};
 use slot::{AlignedBuf, HEAD, SlotWriter};
-pub use source::{HttpOptions, Source, UrlRefresh};
+pub use source::{Announced, HttpOptions, Source, UrlRefresh};
 
 /// A cancellation flag shared between the installer and whoever may cancel it.
 #[derive(Debug, Clone, Default)]
@@ -310,6 +310,12 @@ fn install_once(
     let mut reader =
         ArtifactReader::open(stream, &req.keyring, &req.policy).map_err(|e| from_artifact(e, &req.source, cancel))?;
     let manifest = reader.manifest().clone();
+    // The version the server named for this download (a server that serves "whatever is assigned now").
+    if let Some(expected) = &req.http.announced.version
+        && *expected != manifest.version
+    {
+        return Err(InstallError::VersionMismatch { expected: expected.clone(), actual: manifest.version });
+    }
     digest.set(Some(reader.manifest_digest()));
     if req.refuse.contains(&reader.manifest_digest()) {
         return Err(InstallError::Refused { digest: reader.manifest_digest().to_string() });
@@ -556,6 +562,13 @@ fn install_once(
                 actual: hex::encode(actual),
             });
         }
+    }
+    if req.http.announced.has_digest() && matches!(req.source, Source::Url(_)) {
+        // The HTTP source compares the server's digests once the whole file went through it.
+        reader.get_mut().finish_hash().map_err(|source| {
+            let context = "reading the end of the artifact".to_owned();
+            from_artifact(ArtifactError::Io { context, source }, &req.source, cancel)
+        })?;
     }
     progress(&report(Phase::Syncing, written.load(Ordering::Relaxed), total, length));
     // Data first, then the head: a power cut in between leaves the slot invalid, never half valid.

@@ -1,4 +1,6 @@
-//! Where an artifact comes from: a file, stdin, or HTTP(S) with resume.
+//! Where an artifact comes from: a file, stdin, or HTTP(S) with resume ([`http`]).
+
+pub mod http;
 
 use std::fs::File;
 use std::io::{self, Read, Seek};
@@ -9,10 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use reqwest::blocking::{Client, Response};
-use reqwest::header::{CONTENT_RANGE, ETAG, HeaderMap, HeaderName, HeaderValue, IF_RANGE, LAST_MODIFIED, RANGE};
-
-use otter_common::error_chain;
+pub use http::{Announced, HttpOptions, HttpReader, UrlRefresh, parse_link};
 
 use crate::CancelToken;
 use crate::error::InstallError;
@@ -79,91 +78,11 @@ impl Source {
         match self {
             Self::File(p) => p.display().to_string(),
             Self::Stdin => "stdin".into(),
-            Self::Url(u) => u.clone(),
+            // Pre-signed query strings and userinfo are secrets: never in a message.
+            Self::Url(u) => otter_common::redact::url(u),
             Self::Fd { name, .. } => name.clone(),
         }
     }
-}
-
-/// HTTP client settings.
-#[derive(Debug, Clone)]
-pub struct HttpOptions {
-    /// PEM bundle of CA certificates to trust instead of the system roots (a private update server's CA).
-    pub ca_bundle: Option<PathBuf>,
-    /// PEM file with a client certificate and its private key (mutual TLS).
-    pub client_identity: Option<PathBuf>,
-    /// Extra request headers (e.g. an authorization token).
-    pub headers: Vec<(String, String)>,
-    /// How many times a dropped connection is resumed before giving up.
-    pub max_resumes: u32,
-    /// First wait before a resume; doubles on each further attempt.
-    pub initial_backoff: Duration,
-    /// Longest wait between resumes.
-    pub max_backoff: Duration,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
-    /// A read that delivers nothing for this long counts as a dropped connection.
-    pub read_timeout: Duration,
-    /// Asked for a fresh URL when the server answers 401 or 403 (a pre-signed, short-lived link expired); the
-    /// download then continues from where it was at the new URL. `None` from the hook means "no fresh link".
-    pub refresh: Option<UrlRefresh>,
-}
-
-/// A hook that returns a fresh download URL (see [`HttpOptions::refresh`]).
-#[derive(Clone)]
-pub struct UrlRefresh(pub Arc<dyn Fn() -> Option<String> + Send + Sync>);
-
-impl UrlRefresh {
-    /// Wraps a closure.
-    pub fn new(f: impl Fn() -> Option<String> + Send + Sync + 'static) -> Self {
-        Self(Arc::new(f))
-    }
-
-    fn fresh(&self) -> Option<String> {
-        (self.0)()
-    }
-}
-
-impl std::fmt::Debug for UrlRefresh {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("UrlRefresh(..)")
-    }
-}
-
-impl Default for HttpOptions {
-    fn default() -> Self {
-        Self {
-            ca_bundle: None,
-            client_identity: None,
-            headers: Vec::new(),
-            max_resumes: 8,
-            initial_backoff: Duration::from_millis(250),
-            max_backoff: Duration::from_secs(15),
-            connect_timeout: Duration::from_secs(30),
-            read_timeout: Duration::from_secs(60),
-            refresh: None,
-        }
-    }
-}
-
-fn build_client(opts: &HttpOptions) -> Result<Client, InstallError> {
-    otter_common::http::init_tls();
-    let setup = |what: &str, e: &dyn std::fmt::Display| InstallError::HttpSetup(format!("{what}: {e}"));
-    let mut headers = HeaderMap::new();
-    for (k, v) in &opts.headers {
-        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| setup(&format!("header name {k:?}"), &e))?;
-        let value = HeaderValue::from_str(v).map_err(|e| setup(&format!("header {k:?} value"), &e))?;
-        headers.insert(name, value);
-    }
-    let base = || {
-        Client::builder()
-            .default_headers(headers.clone())
-            .connect_timeout(opts.connect_timeout)
-            // The blocking client applies this to each connect, read and write wait, not to the whole body.
-            .timeout(opts.read_timeout)
-    };
-    otter_common::http::tls_client(base, opts.ca_bundle.as_deref(), opts.client_identity.as_deref())
-        .map_err(InstallError::HttpSetup)
 }
 
 /// Counts the bytes a source delivered (for progress and for checking resume efficiency).
@@ -218,7 +137,7 @@ pub fn open_with_stall_timeout(
             file_stream(File::from(io::stdin().as_fd().try_clone_to_owned().map_err(err)?), false, pipe).map_err(err)?
         }
         Source::Url(url) => {
-            let r = HttpReader::open(url, http, cancel.clone(), received.clone())?;
+            let r = HttpReader::open(url, http, stall_timeout, cancel.clone(), received.clone())?;
             let length = r.length;
             (Stream::Http(Box::new(r)), length)
         }
@@ -414,22 +333,6 @@ impl Read for SourceReader {
     }
 }
 
-/// An HTTP body that survives dropped connections by resuming with `Range` + `If-Range`.
-pub struct HttpReader {
-    url: String,
-    client: Client,
-    opts: HttpOptions,
-    cancel: CancelToken,
-    response: Option<Response>,
-    /// Bytes of the body delivered to the caller.
-    position: u64,
-    length: Option<u64>,
-    /// Strong validator for `If-Range`: the ETag, else Last-Modified.
-    validator: Option<HeaderValue>,
-    resumes: u32,
-    received: ByteCounter,
-}
-
 /// The error a cancelled read raises. Not `ErrorKind::Interrupted`: `read_exact` and friends retry those, which
 /// would spin forever on a cancelled download.
 #[derive(Debug)]
@@ -464,202 +367,6 @@ impl std::fmt::Display for ResumeExhausted {
     }
 }
 impl std::error::Error for ResumeExhausted {}
-
-impl HttpReader {
-    fn open(url: &str, opts: &HttpOptions, cancel: CancelToken, received: ByteCounter) -> Result<Self, InstallError> {
-        let client = build_client(opts)?;
-        let mut r = Self {
-            url: url.to_owned(),
-            client,
-            opts: opts.clone(),
-            cancel,
-            response: None,
-            position: 0,
-            length: None,
-            validator: None,
-            resumes: 0,
-            received,
-        };
-        let get = |url: &str| {
-            r.client.get(url).send().map_err(|e| InstallError::Source {
-                source_name: url.to_owned(),
-                error: io::Error::other(error_chain(&e)),
-            })
-        };
-        let mut resp = get(url)?;
-        // An expired pre-signed link: ask once for a fresh one.
-        if matches!(resp.status().as_u16(), 401 | 403)
-            && let Some(fresh) = r.opts.refresh.as_ref().and_then(UrlRefresh::fresh)
-        {
-            resp = get(&fresh)?;
-            r.url = fresh;
-        }
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(InstallError::HttpStatus { url: r.url.clone(), status: status.as_u16() });
-        }
-        r.length = resp.content_length();
-        // Only a strong ETag or a Last-Modified date is a valid If-Range validator.
-        r.validator = validator(&resp);
-        r.response = Some(resp);
-        Ok(r)
-    }
-
-    /// Re-requests the rest of the body from `position`.
-    fn resume(&mut self, last_error: String) -> io::Result<()> {
-        loop {
-            if self.resumes >= self.opts.max_resumes {
-                return Err(io::Error::other(ResumeExhausted(InstallError::ConnectionLost {
-                    url: self.url.clone(),
-                    attempts: self.resumes,
-                    position: self.position,
-                    last_error,
-                })));
-            }
-            let backoff =
-                self.opts.initial_backoff.saturating_mul(1 << self.resumes.min(16)).min(self.opts.max_backoff);
-            self.resumes += 1;
-            if self.cancel.sleep(backoff) {
-                return Err(io::Error::other(Cancelled));
-            }
-            let resp = match self.range_request(self.position) {
-                Ok(r) => r,
-                Err(e) => {
-                    // Could not even reconnect: counts as another attempt.
-                    let _ = error_chain(&e);
-                    continue;
-                }
-            };
-            match resp.status().as_u16() {
-                206 => {
-                    if content_range_start(&resp) != Some(self.position) {
-                        return Err(io::Error::other(SourceChangedMarker));
-                    }
-                    self.response = Some(resp);
-                    return Ok(());
-                }
-                // A full body in reply to a range request: the entity changed (If-Range failed) or the server
-                // cannot do ranges. Either way the bytes read so far cannot be continued.
-                200 => return Err(io::Error::other(SourceChangedMarker)),
-                s if (500..600).contains(&s) || s == 429 => continue,
-                // An expired pre-signed link: continue from the same position at a fresh one (same entity, so
-                // the If-Range validator still applies).
-                401 | 403 if self.opts.refresh.is_some() => {
-                    match self.opts.refresh.as_ref().and_then(UrlRefresh::fresh) {
-                        Some(fresh) => self.url = fresh,
-                        None => {
-                            return Err(io::Error::other(ResumeExhausted(InstallError::HttpStatus {
-                                url: self.url.clone(),
-                                status: resp.status().as_u16(),
-                            })));
-                        }
-                    }
-                }
-                s => {
-                    return Err(io::Error::other(ResumeExhausted(InstallError::HttpStatus {
-                        url: self.url.clone(),
-                        status: s,
-                    })));
-                }
-            }
-        }
-    }
-}
-
-impl HttpReader {
-    /// Asks for the body from byte `from` on, only if it is still the same entity (`If-Range` with the validator).
-    fn range_request(&self, from: u64) -> reqwest::Result<Response> {
-        let mut req = self.client.get(&self.url).header(RANGE, format!("bytes={from}-"));
-        if let Some(v) = &self.validator {
-            req = req.header(IF_RANGE, v.clone());
-        }
-        req.send()
-    }
-
-    /// Continues the body `n` bytes further on: one `Range` request from the new position (with `If-Range`). A
-    /// server that answers with the whole body (no range support) is read through to the position instead; a
-    /// changed entity is `SourceChanged`.
-    fn skip(&mut self, n: u64) -> io::Result<()> {
-        if n == 0 {
-            return Ok(());
-        }
-        let target = self.position + n;
-        self.response = None;
-        let resp = self.range_request(target).map_err(|e| io::Error::other(error_chain(&e)))?;
-        match resp.status().as_u16() {
-            206 if content_range_start(&resp) == Some(target) => {
-                self.response = Some(resp);
-                self.position = target;
-                Ok(())
-            }
-            200 if self.validator.is_none() || validator(&resp) == self.validator => {
-                self.response = Some(resp);
-                self.position = 0;
-                let mut rest = self.by_ref().take(target);
-                let copied = io::copy(&mut rest, &mut io::sink())?;
-                match copied == target {
-                    true => Ok(()),
-                    false => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body ended inside skipped data")),
-                }
-            }
-            200 | 206 => Err(io::Error::other(SourceChangedMarker)),
-            s => Err(io::Error::other(ResumeExhausted(InstallError::HttpStatus { url: self.url.clone(), status: s }))),
-        }
-    }
-}
-
-fn content_range_start(resp: &Response) -> Option<u64> {
-    resp.headers()
-        .get(CONTENT_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("bytes "))
-        .and_then(|v| v.split('-').next())
-        .and_then(|v| v.parse::<u64>().ok())
-}
-
-/// The strong validator of a response for `If-Range`: its ETag unless weak, else Last-Modified.
-fn validator(resp: &Response) -> Option<HeaderValue> {
-    resp.headers()
-        .get(ETAG)
-        .filter(|v| !v.as_bytes().starts_with(b"W/"))
-        .or_else(|| resp.headers().get(LAST_MODIFIED))
-        .cloned()
-}
-
-impl Read for HttpReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        loop {
-            if self.cancel.is_cancelled() {
-                return Err(io::Error::other(Cancelled));
-            }
-            let result = match self.response.as_mut() {
-                Some(r) => r.read(buf),
-                None => Err(io::Error::other("no response")),
-            };
-            match result {
-                Ok(0) if self.length.is_none_or(|l| self.position >= l) => return Ok(0),
-                Ok(0) => {
-                    let msg = format!("body ended at byte {} of {:?}", self.position, self.length);
-                    self.response = None;
-                    self.resume(msg)?;
-                }
-                Ok(n) => {
-                    self.position += n as u64;
-                    self.received.add(n);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.response = None;
-                    self.resume(error_chain(&e))?;
-                }
-            }
-        }
-    }
-}
 
 /// Whether `path` is a block device.
 pub fn is_block_device(path: &Path) -> bool {

@@ -1,10 +1,11 @@
 //! A blocking DDI client: one method per resource, typed bodies, typed errors. Authentication (TargetToken,
 //! GatewayToken, client certificate) and the private CA are applied to every request, including artifact
-//! downloads (see [`DdiClient::download_options`]).
+//! downloads on the server's own origin (see [`DdiClient::download_options`]). URLs in errors are redacted.
 
 use std::time::Duration;
 
 use otter_common::error_chain as chain;
+use otter_common::redact;
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
 use serde::Serialize;
@@ -49,7 +50,27 @@ pub enum DdiError {
         /// The parser's message.
         message: String,
     },
+    /// A link in a DDI answer points outside the server's own origin: following it would send the token there.
+    #[error("{url}: link outside the server's origin {origin}; not followed")]
+    ForeignLink {
+        /// The link (redacted).
+        url: String,
+        /// The configured server's origin.
+        origin: String,
+    },
+    /// The body is larger than any DDI document should be.
+    #[error("{url}: answer larger than {limit} bytes; not read")]
+    TooLarge {
+        /// The URL (redacted).
+        url: String,
+        /// The cap.
+        limit: u64,
+    },
 }
+
+/// The largest DDI JSON body read (1 MiB): a poll answer or a deployment is a few KiB; a hostile server's endless
+/// answer must not become the daemon's memory.
+pub const MAX_JSON: u64 = 1 << 20;
 
 /// The DDI client of one controller.
 #[derive(Debug, Clone)]
@@ -81,6 +102,8 @@ impl DdiClient {
         let base = || {
             Client::builder()
                 .default_headers(headers.clone())
+                // DDI resources are not redirected; a redirect would take the token along to wherever it points.
+                .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(settings.timeout)
                 .timeout(settings.timeout)
         };
@@ -96,12 +119,17 @@ impl DdiClient {
         &self.base
     }
 
-    /// HTTP settings for downloading artifacts with the same credentials and CA.
+    /// HTTP settings for downloading artifacts with the same CA and client identity. The token goes only to the
+    /// server's own origin (scheme, host, port), checked per request by the installer, redirects and refreshed
+    /// links included: a pre-signed link on a storage host gets no credentials. A server reached over `https`
+    /// may not send the device to a plain `http` link unless `server.allow_insecure_downloads` says so.
     pub fn download_options(&self) -> otter_installer::HttpOptions {
         otter_installer::HttpOptions {
             ca_bundle: self.settings.ca_bundle.clone(),
             client_identity: self.settings.client_identity.clone(),
             headers: self.auth.iter().map(|a| ("Authorization".to_owned(), a.clone())).collect(),
+            credential_origin: Some(self.settings.url.clone()),
+            https_only: self.settings.url.starts_with("https://") && !self.settings.allow_insecure_downloads,
             max_resumes: self.settings.max_resumes,
             initial_backoff: self.settings.resume_backoff,
             max_backoff: self.settings.resume_backoff.saturating_mul(16).max(Duration::from_secs(1)),
@@ -112,23 +140,38 @@ impl DdiClient {
     }
 
     fn check(&self, url: &str, r: Result<Response, reqwest::Error>) -> Result<Response, DdiError> {
-        let r = r.map_err(|e| DdiError::Transport { url: url.to_owned(), message: chain(&e) })?;
+        let url = redact::url(url);
+        let r = r.map_err(|e| DdiError::Transport { url: url.clone(), message: redact::text(&chain(&e)) })?;
         match r.status().as_u16() {
             200..=299 => Ok(r),
-            410 => Err(DdiError::Gone { url: url.to_owned() }),
-            status => Err(DdiError::Status { url: url.to_owned(), status }),
+            410 => Err(DdiError::Gone { url }),
+            status => Err(DdiError::Status { url, status }),
         }
     }
 
+    /// GETs a JSON document, reading at most [`MAX_JSON`] + 1 bytes of it. Links from the server's answers are
+    /// followed only on the server's own origin (they carry the token).
     fn get<T: DeserializeOwned>(&self, url: &str) -> Result<T, DdiError> {
+        use std::io::Read as _;
+        if !same_origin(url, &self.settings.url) {
+            return Err(DdiError::ForeignLink { url: redact::url(url), origin: redact::url(&self.settings.url) });
+        }
         let r = self.check(url, self.client.get(url).send())?;
-        let bytes = r.bytes().map_err(|e| DdiError::Transport { url: url.to_owned(), message: chain(&e) })?;
-        serde_json::from_slice(&bytes).map_err(|e| DdiError::Malformed { url: url.to_owned(), message: e.to_string() })
+        let mut bytes = Vec::new();
+        r.take(MAX_JSON + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| DdiError::Transport { url: redact::url(url), message: redact::text(&chain(&e)) })?;
+        if bytes.len() as u64 > MAX_JSON {
+            return Err(DdiError::TooLarge { url: redact::url(url), limit: MAX_JSON });
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| DdiError::Malformed { url: redact::url(url), message: e.to_string() })
     }
 
     fn send<B: Serialize>(&self, method: reqwest::Method, url: &str, body: &B) -> Result<(), DdiError> {
         let body = serde_json::to_vec(body).expect("serialisable");
         let req = self.client.request(method, url).header("Content-Type", "application/json").body(body);
+        // The answer's body is not used: it is dropped unread.
         self.check(url, req.send()).map(drop)
     }
 
@@ -168,6 +211,14 @@ impl DdiClient {
     }
 }
 
+/// Whether `url` has the origin (scheme, host, port) of `server`.
+pub fn same_origin(url: &str, server: &str) -> bool {
+    match (reqwest::Url::parse(url), reqwest::Url::parse(server)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin() && a.origin().is_tuple(),
+        _ => false,
+    }
+}
+
 /// The action id in a `deploymentBase/{id}`, `cancelAction/{id}` or `confirmationBase/{id}` link.
 pub fn action_id(href: &str) -> Option<String> {
     let path = href.split(['?', '#']).next()?;
@@ -177,6 +228,18 @@ pub fn action_id(href: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn links_are_followed_only_on_the_servers_origin() {
+        let server = "https://hb.example:8443";
+        assert!(super::same_origin("https://hb.example:8443/T/controller/v1/d/deploymentBase/5", server));
+        assert!(!super::same_origin("https://evil.example:8443/T/controller/v1/d/deploymentBase/5", server));
+        assert!(!super::same_origin("http://hb.example:8443/x", server), "another scheme");
+        assert!(!super::same_origin("https://hb.example/x", server), "another port");
+        assert!(!super::same_origin("/etc/shadow", server));
+        assert!(!super::same_origin("file:///etc/shadow", server));
+        assert!(super::same_origin("https://hb.example/x", "https://hb.example:443"), "default port");
+    }
+
     #[test]
     fn action_ids_from_links() {
         assert_eq!(super::action_id("https://hb/T/controller/v1/d/deploymentBase/5?c=-21"), Some("5".into()));

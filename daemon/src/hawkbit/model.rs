@@ -244,7 +244,7 @@ pub struct CancelAction {
 }
 
 /// `status.execution` of a feedback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Execution {
     /// Finished (with `finished` success or failure).
@@ -266,7 +266,7 @@ pub enum Execution {
 }
 
 /// `status.result.finished`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Finished {
     /// Succeeded.
@@ -278,7 +278,7 @@ pub enum Finished {
 }
 
 /// `status.result.progress`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgressCount {
     /// Done.
     pub cnt: u32,
@@ -287,32 +287,32 @@ pub struct ProgressCount {
 }
 
 /// `status.result`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedbackResult {
     /// Finished?
     pub finished: Finished,
     /// Progress, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub progress: Option<ProgressCount>,
 }
 
 /// `status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedbackStatus {
     /// Execution state.
     pub execution: Execution,
     /// Result.
     pub result: FeedbackResult,
     /// Device-specific code.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub code: Option<i32>,
     /// Messages (at most 50 are kept by the server).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub details: Vec<String>,
 }
 
 /// A feedback body (`POST .../feedback`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Feedback {
     /// Milliseconds since the epoch.
     pub timestamp: u64,
@@ -386,7 +386,7 @@ pub struct ConfirmationFeedback {
     /// The answer.
     pub confirmation: Confirmation,
     /// Device-specific code.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub code: Option<i32>,
     /// Messages.
     #[serde(skip_serializing_if = "Vec::is_empty")]

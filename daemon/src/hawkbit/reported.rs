@@ -15,6 +15,7 @@ const KEEP: usize = 32;
 
 /// What was reported for one action.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ActionReport {
     /// Order of insertion (for dropping the oldest).
     pub seq: u64,
@@ -24,6 +25,10 @@ pub struct ActionReport {
     pub closed: bool,
     /// A server cancel was accepted: the local `Cancelled` outcome needs no deployment feedback.
     pub cancel_accepted: bool,
+    /// The final `closed` feedback sent, to answer with it again when a server offers the closed action again
+    /// (a server that reuses action ids).
+    #[serde(default)]
+    pub final_feedback: Option<super::model::Feedback>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

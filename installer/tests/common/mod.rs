@@ -305,3 +305,75 @@ fn serve(mut conn: TcpStream, body: &[u8], faults: &Faults, sent: &AtomicU64, re
     let mut rest = Vec::new();
     let _ = reader.read_to_end(&mut rest);
 }
+
+/// A loopback HTTP server whose answers a test writes itself, raw: redirects, endless or trickling bodies, a
+/// file that changes between requests. Records each request's head (request line and headers).
+pub struct ScriptedServer {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Request heads in arrival order.
+    pub heads: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for ScriptedServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.base.trim_start_matches("http://"));
+    }
+}
+
+impl ScriptedServer {
+    /// Starts the server; `answer(n, head, conn)` writes the answer to the `n`-th request (from 0).
+    pub fn start(answer: impl Fn(usize, &str, &mut TcpStream) + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let answer = Arc::new(answer);
+        {
+            let (heads, stop) = (heads.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(mut conn) = conn else { continue };
+                    let (heads, answer) = (heads.clone(), answer.clone());
+                    std::thread::spawn(move || {
+                        let mut reader = BufReader::new(conn.try_clone().unwrap());
+                        let mut head = String::new();
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            head.push_str(&line);
+                        }
+                        let n = {
+                            let mut h = heads.lock().unwrap();
+                            h.push(head.clone());
+                            h.len() - 1
+                        };
+                        answer(n, &head, &mut conn);
+                        let _ = conn.flush();
+                    });
+                }
+            });
+        }
+        Self { base, heads, stop }
+    }
+
+    /// Request heads so far.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+/// Whether a request head carries a header (case-insensitive name).
+pub fn has_header(head: &str, name: &str) -> bool {
+    head.lines().any(|l| l.to_ascii_lowercase().starts_with(&format!("{}:", name.to_ascii_lowercase())))
+}

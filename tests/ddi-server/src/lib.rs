@@ -66,6 +66,14 @@ pub enum Trigger {
     Cancel(u64),
     /// Make this action gone (feedback answers 410); the download goes on.
     Gone(u64),
+    /// Put other bytes behind the same artifact name (a new ETag, size and hashes: a server that serves "whatever
+    /// is assigned now"), then close.
+    Replace {
+        /// Artifact name.
+        name: String,
+        /// The new content.
+        data: Vec<u8>,
+    },
 }
 
 /// A fault to inject.
@@ -93,6 +101,16 @@ pub enum Fault {
         piece: usize,
         /// Pause after each piece.
         delay: Duration,
+    },
+    /// Artifact bodies without `Content-Length` that never end: the file, then zeros until the client hangs up.
+    EndlessBody,
+    /// Answer the next request whose path contains `path` with 200 and a valid JSON document padded to `bytes`
+    /// (a hostile or broken server's huge answer).
+    HugeJson {
+        /// Path substring.
+        path: String,
+        /// Body size.
+        bytes: u64,
     },
     /// Once an artifact response has sent `after` body bytes, do `then` (once).
     AfterBytes {
@@ -146,6 +164,10 @@ pub struct ActionSpec {
     pub confirmation_required: bool,
     /// Announce this sha256 instead of the real one (to test the check).
     pub sha256_override: Option<String>,
+    /// Announce this md5 instead of the real one.
+    pub md5_override: Option<String>,
+    /// Announce this download link instead of the server's own (a path, `file:`, another host, plain http).
+    pub link_override: Option<String>,
 }
 
 impl ActionSpec {
@@ -159,6 +181,8 @@ impl ActionSpec {
             maintenance_window: None,
             confirmation_required: false,
             sha256_override: None,
+            md5_override: None,
+            link_override: None,
         }
     }
 }
@@ -187,7 +211,19 @@ pub struct Action {
 struct Artifact {
     data: Arc<Vec<u8>>,
     sha256: String,
+    sha1: String,
+    md5: String,
     etag: String,
+}
+
+impl Artifact {
+    fn new(data: Vec<u8>) -> Self {
+        let sha256 = hex::encode(Sha256::digest(&data));
+        let sha1 = hex::encode(sha1::Sha1::digest(&data));
+        let md5 = hex::encode(md5::Md5::digest(&data));
+        let etag = format!("\"{}\"", &sha256[..16]);
+        Self { data: Arc::new(data), sha256, sha1, md5, etag }
+    }
 }
 
 struct Target {
@@ -211,6 +247,9 @@ struct State {
     requests: Vec<Request>,
     link_generation: u32,
     expired_status: u16,
+    /// Base URL of the action links in poll answers instead of the server's own (a hostile or misconfigured
+    /// server pointing the device elsewhere).
+    action_link_base: Option<String>,
 }
 
 /// TLS settings for [`DdiServer::start_tls`].
@@ -328,13 +367,21 @@ impl DdiServer {
     }
 
     /// Adds an artifact; returns its sha256 (hex).
+    /// Adding under a name already used replaces the file behind the same links (new ETag and hashes).
     pub fn add_artifact(&self, name: &str, data: Vec<u8>) -> String {
-        let sha256 = hex::encode(Sha256::digest(&data));
-        let etag = format!("\"{}\"", &sha256[..16]);
-        lock(&self.state)
-            .artifacts
-            .insert(name.to_owned(), Artifact { data: Arc::new(data), sha256: sha256.clone(), etag });
+        let art = Artifact::new(data);
+        let sha256 = art.sha256.clone();
+        lock(&self.state).artifacts.insert(name.to_owned(), art);
         sha256
+    }
+
+    /// Offers a closed action again, as running (a server that reuses action ids, or lost the device's final
+    /// feedback).
+    pub fn reopen_action(&self, id: u64) {
+        if let Some(a) = lock(&self.state).actions.get_mut(&id) {
+            a.status = ActionStatus::Running;
+            a.generation += 1;
+        }
     }
 
     /// Creates an action for a target; returns its id.
@@ -391,6 +438,12 @@ impl DdiServer {
         let mut s = lock(&self.state);
         s.link_generation += 1;
         s.expired_status = status;
+    }
+
+    /// Makes the poll's action links (`deploymentBase`...) point to `base` (e.g. another server's URL) instead of
+    /// this server; `None` restores them.
+    pub fn set_action_link_base(&self, base: Option<&str>) {
+        lock(&self.state).action_link_base = base.map(str::to_owned);
     }
 
     /// Adds a fault.
@@ -527,6 +580,8 @@ struct Reply {
 
 enum Body {
     Bytes(Vec<u8>),
+    /// The data, then zeros forever, without `Content-Length`.
+    Endless(Arc<Vec<u8>>),
     /// An artifact slice: name, data, start offset.
     Artifact(Arc<Vec<u8>>, u64, u64),
 }
@@ -578,6 +633,19 @@ fn handle(stream: &mut dyn Stream, state: &Mutex<State>, client_cert: bool, base
             head.push_str(&format!("Content-Length: {}\r\n\r\n", b.len()));
             let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&b)).and_then(|()| stream.flush());
         }
+        Body::Endless(data) => {
+            // No Content-Length: the body ends when the connection does, which is never.
+            head.push_str("\r\n");
+            if stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&data)).is_err() {
+                return;
+            }
+            let mut sent = data.len() as u64;
+            let zeros = vec![0u8; 64 << 10];
+            while stream.write_all(&zeros).is_ok() {
+                sent += zeros.len() as u64;
+                lock(state).requests[index].body_bytes_sent = sent;
+            }
+        }
         Body::Artifact(data, start, end) => {
             head.push_str(&format!("Content-Length: {}\r\n\r\n", end - start));
             if stream.write_all(head.as_bytes()).is_err() {
@@ -616,6 +684,10 @@ fn handle(stream: &mut dyn Stream, state: &Mutex<State>, client_cert: bool, base
                             if let Some(a) = s.actions.get_mut(id) {
                                 a.status = ActionStatus::Gone;
                             }
+                        }
+                        Trigger::Replace { name, data } => {
+                            s.artifacts.insert(name.clone(), Artifact::new(data.clone()));
+                            return;
                         }
                     }
                 }
@@ -663,6 +735,21 @@ fn route(state: &Mutex<State>, req: &Request, base: &str) -> (Reply, Slow, After
         }
         _ => None,
     });
+    let huge = take_fault(&mut s.faults, |f| match f {
+        Fault::HugeJson { path: p, bytes } if path.contains(p.as_str()) => Some((*bytes, true)),
+        _ => None,
+    });
+    if let Some(bytes) = huge {
+        let mut body = br#"{"config":{"polling":{"sleep":"00:00:01"}},"_links":{},"pad":""#.to_vec();
+        body.resize(usize::try_from(bytes).unwrap_or(usize::MAX).saturating_sub(2).max(body.len()), b'a');
+        body.extend_from_slice(b"\"}");
+        let reply = Reply {
+            status: 200,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: Body::Bytes(body),
+        };
+        return (reply, None, None);
+    }
     if malformed.is_some() {
         let reply = Reply {
             status: 200,
@@ -701,7 +788,11 @@ fn route(state: &Mutex<State>, req: &Request, base: &str) -> (Reply, Slow, After
                     ActionStatus::Canceling => ("cancelAction", "cancelAction"),
                     _ => ("deploymentBase", "deploymentBase"),
                 };
-                links.insert(name.into(), json!({"href": format!("{me}/{kind}/{}?c={}", a.id, a.generation)}));
+                let link_me = match &s.action_link_base {
+                    Some(b) => format!("{b}/{}/controller/v1/{target}", s.tenant),
+                    None => me.clone(),
+                };
+                links.insert(name.into(), json!({"href": format!("{link_me}/{kind}/{}?c={}", a.id, a.generation)}));
             }
             if t.config_requested {
                 links.insert("configData".into(), json!({"href": format!("{me}/configData")}));
@@ -782,8 +873,13 @@ fn route(state: &Mutex<State>, req: &Request, base: &str) -> (Reply, Slow, After
             if sig != Some(s.link_generation) {
                 return (status_reply(s.expired_status), None, None);
             }
+            let endless = s.faults.contains(&Fault::EndlessBody);
             let Some(art) = s.artifacts.get(*name) else { return (status_reply(404), None, None) };
             let len = art.data.len() as u64;
+            if endless {
+                let headers = vec![("Content-Type".to_owned(), "application/octet-stream".to_owned())];
+                return (Reply { status: 200, headers, body: Body::Endless(art.data.clone()) }, None, None);
+            }
             let mut headers = vec![
                 ("Accept-Ranges".to_owned(), "bytes".to_owned()),
                 ("ETag".to_owned(), art.etag.clone()),
@@ -812,23 +908,25 @@ fn route(state: &Mutex<State>, req: &Request, base: &str) -> (Reply, Slow, After
 }
 
 fn deployment_json(s: &State, a: &Action, me: &str, key: &str) -> Value {
-    let artifacts: Vec<Value> = a
-        .spec
-        .artifacts
-        .iter()
-        .filter_map(|name| {
-            let art = s.artifacts.get(name)?;
-            let href = format!("{me}/softwaremodules/{}/artifacts/{name}?sig={}", a.id, s.link_generation);
-            let sha256 = a.spec.sha256_override.clone().unwrap_or_else(|| art.sha256.clone());
-            Some(json!({
-                "filename": name,
-                "size": art.data.len(),
-                "hashes": {"sha1": "0000000000000000000000000000000000000000",
-                           "md5": "00000000000000000000000000000000", "sha256": sha256},
-                "_links": {"download": {"href": href.clone()}, "download-http": {"href": href}}
-            }))
-        })
-        .collect();
+    let artifacts: Vec<Value> =
+        a.spec
+            .artifacts
+            .iter()
+            .filter_map(|name| {
+                let art = s.artifacts.get(name)?;
+                let href = a.spec.link_override.clone().unwrap_or_else(|| {
+                    format!("{me}/softwaremodules/{}/artifacts/{name}?sig={}", a.id, s.link_generation)
+                });
+                let sha256 = a.spec.sha256_override.clone().unwrap_or_else(|| art.sha256.clone());
+                let md5 = a.spec.md5_override.clone().unwrap_or_else(|| art.md5.clone());
+                Some(json!({
+                    "filename": name,
+                    "size": art.data.len(),
+                    "hashes": {"sha1": art.sha1, "md5": md5, "sha256": sha256},
+                    "_links": {"download": {"href": href.clone()}, "download-http": {"href": href}}
+                }))
+            })
+            .collect();
     let mut deployment = json!({
         "download": a.spec.download,
         "update": a.spec.update,

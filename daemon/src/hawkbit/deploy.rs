@@ -1,0 +1,290 @@
+//! Deployments offered by the poll: start the install (or download only), fail an action with its reason, answer
+//! a server's cancel request.
+
+use std::sync::mpsc;
+
+use super::PART;
+use super::client::{DdiClient, DdiError, action_id};
+use super::model::{self, DeploymentBase, Execution, Feedback, Finished, HandlingType, MaintenanceWindow};
+use super::worker::{Worker, interrupted};
+use crate::engine::{JobPhase, Outcome, Rejection};
+use crate::runtime::{Command, InstallSettings};
+
+impl Worker {
+    pub(super) fn deployment(&mut self, href: &str) -> Result<(), DdiError> {
+        let id = action_id(href).ok_or_else(|| DdiError::Malformed {
+            url: otter_common::redact::url(href),
+            message: "no action id".into(),
+        })?;
+        if self.reported.get(&id).closed {
+            self.offered_again(&id);
+            return Ok(());
+        }
+        self.status = self.handle.status();
+        if let Some(job) = &self.status.job {
+            if job.remote_id.as_deref() == Some(id.as_str()) {
+                if job.phase == JobPhase::AwaitingReboot {
+                    // The server may have turned a soft action into a forced one (its link's `c` changed).
+                    let d = self.client.deployment(href)?;
+                    if d.deployment.update == HandlingType::Forced {
+                        self.forced.insert(id);
+                    }
+                }
+            } else {
+                tracing::info!("hawkbit: action {id} waits: job {} is in progress", job.id);
+            }
+            return Ok(());
+        }
+        if let Some(last) = self.status.last.clone()
+            && last.job.remote_id.as_deref() == Some(id.as_str())
+            && !interrupted(&last)
+        {
+            self.final_result(last);
+            return Ok(());
+        }
+        let d = self.client.deployment(href)?;
+        self.start(&id, href, &d)
+    }
+
+    /// The server offers an action this device already closed (a server that reuses action ids, or one that lost
+    /// the final feedback): answer with the same final feedback again, so the server's view converges.
+    fn offered_again(&mut self, id: &str) {
+        match self.reported.get(id).final_feedback {
+            Some(f) => {
+                tracing::info!(
+                    "hawkbit: the server offers action {id} again, which this device closed ({:?}); sending its final \
+                     feedback again",
+                    f.status.result.finished
+                );
+                if let Err(e) = self.client.deployment_feedback(id, &f) {
+                    tracing::warn!("hawkbit: resending the final feedback of action {id}: {e}");
+                }
+            }
+            None => tracing::warn!(
+                "hawkbit: the server offers action {id} again, which this device closed; no final feedback is stored \
+                 for it (the server had said it was gone), so nothing is resent"
+            ),
+        }
+    }
+
+    pub(super) fn fail(&mut self, id: &str, details: Vec<String>) {
+        let details: Vec<String> = details.iter().map(|d| otter_common::redact::text(d)).collect();
+        tracing::error!("hawkbit: action {id} failed: {}", details.join("; "));
+        let f = Feedback::new(Execution::Closed, Finished::Failure, details);
+        match self.client.deployment_feedback(id, &f) {
+            Ok(()) | Err(DdiError::Gone { .. }) => self.reported.update(id, |r| {
+                r.closed = true;
+                r.final_feedback = Some(f);
+            }),
+            Err(e) => tracing::warn!("hawkbit: reporting failure of action {id}: {e}"),
+        }
+    }
+
+    fn start(&mut self, id: &str, href: &str, d: &DeploymentBase) -> Result<(), DdiError> {
+        let dep = &d.deployment;
+        let Some((chunk, artifact)) = dep.artifact(PART) else {
+            let names: Vec<&str> =
+                dep.chunks.iter().flat_map(|c| c.artifacts.iter().map(|a| a.filename.as_str())).collect();
+            self.fail(id, vec![format!("no .otter artifact in a chunk of part {PART:?} (artifacts: {names:?})")]);
+            return Ok(());
+        };
+        let Some(url) = artifact.url().map(str::to_owned) else {
+            self.fail(id, vec![format!("artifact {} has no download link", artifact.filename)]);
+            return Ok(());
+        };
+        // Only an http(s) link is downloaded; a path or `file:` link would make the daemon read local files.
+        let https_only = self.client.download_options().https_only;
+        if let Err(e) = otter_installer::source::parse_link(&url, https_only) {
+            self.fail(id, vec![format!("artifact {}: {e} ({})", artifact.filename, e.code())]);
+            return Ok(());
+        }
+        let announced = match announced(chunk, artifact) {
+            Ok(a) => a,
+            Err(m) => {
+                self.fail(id, vec![m]);
+                return Ok(());
+            }
+        };
+        if announced.sha256.is_none() {
+            tracing::warn!("hawkbit: artifact {} has no sha256", artifact.filename);
+        }
+        if dep.download == HandlingType::Skip {
+            tracing::info!("hawkbit: action {id}: download skipped for now");
+            return Ok(());
+        }
+        let window_closed = dep.maintenance_window == Some(MaintenanceWindow::Unavailable);
+        if dep.update == HandlingType::Skip || window_closed {
+            return self.download_only(id, artifact, &url, announced, window_closed);
+        }
+        let mut http = self.client.download_options();
+        let (client, href_owned) = (self.client.clone(), href.to_owned());
+        let (chunk_bound, artifact_bound) = (chunk.clone(), artifact.clone());
+        // A pre-signed link expired: the deployment again, for a fresh link to the same file. A deployment that
+        // now names another file (name, size, hashes or version) gives no link: the action is bound to the
+        // artifact it started with.
+        http.refresh = Some(otter_installer::UrlRefresh::new(move || {
+            let d = client.deployment(&href_owned).ok()?;
+            let (c, a) = d.deployment.artifact(PART)?;
+            let same = c.version == chunk_bound.version
+                && a.filename == artifact_bound.filename
+                && a.size == artifact_bound.size
+                && a.hashes == artifact_bound.hashes;
+            if !same {
+                tracing::warn!("hawkbit: the deployment now names another artifact; not following its link");
+            }
+            same.then(|| a.url().map(str::to_owned)).flatten()
+        }));
+        http.announced = announced;
+        // The download is bound to this artifact: a file that changes behind the URL fails the action instead of
+        // installing whatever the server serves now.
+        http.pin_entity = true;
+        let (reply, rx) = mpsc::channel();
+        self.handle.send(Command::InstallRemote {
+            source: url,
+            remote_id: id.to_owned(),
+            options: Box::new(InstallSettings { http, expected_sha256: None, fd: None }),
+            reply,
+        });
+        match rx.recv().unwrap_or_else(|_| Err(Rejection::NotNow("the daemon stopped".into()))) {
+            Ok(job) => {
+                tracing::info!("hawkbit: action {id}: installing {} {} as job {job}", chunk.name, chunk.version);
+                if dep.update == HandlingType::Forced {
+                    self.forced.insert(id.to_owned());
+                }
+                self.status = self.handle.status();
+                let target = self.status.job.as_ref().map_or("?".into(), |j| j.target.to_string());
+                let details = vec![format!(
+                    "downloading {} ({} {}, {} bytes) into slot {target}",
+                    artifact.filename, chunk.name, chunk.version, artifact.size
+                )];
+                self.last_progress = Some((id.to_owned(), std::time::Instant::now(), 0));
+                self.feedback(id, &Feedback::new(Execution::Proceeding, Finished::None, details).progress(0, 100));
+            }
+            Err(Rejection::Busy { id: job, .. }) => tracing::info!("hawkbit: action {id} waits for job {job}"),
+            Err(Rejection::NotNow(m)) => self.fail(id, vec![format!("refused: {m}")]),
+        }
+        Ok(())
+    }
+
+    /// `update: skip` (or a closed maintenance window): an A/B device keeps no copy of an artifact outside the
+    /// slot, so "download only" fetches the file, checks its hash, and reports `downloaded` once.
+    fn download_only(
+        &mut self,
+        id: &str,
+        artifact: &model::Artifact,
+        url: &str,
+        announced: otter_installer::Announced,
+        window_closed: bool,
+    ) -> Result<(), DdiError> {
+        if self.reported.get(id).downloaded {
+            return Ok(());
+        }
+        let why = if window_closed { "maintenance window closed" } else { "download only" };
+        let f = Feedback::new(
+            Execution::Proceeding,
+            Finished::None,
+            vec![format!("{why}: downloading {}", artifact.filename)],
+        );
+        self.feedback(id, &f);
+        let checked: Vec<&str> = [
+            ("sha1", announced.sha1.is_some()),
+            ("md5", announced.md5.is_some()),
+            ("sha256", announced.sha256.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(n, given)| given.then_some(n))
+        .collect();
+        match verify_download(&self.client, url, announced) {
+            Ok(n) => {
+                let details = vec![format!(
+                    "{why}: {} downloaded ({n} bytes){}; not installed",
+                    artifact.filename,
+                    if checked.is_empty() { String::new() } else { format!(", {} verified", checked.join(", ")) }
+                )];
+                if self.feedback(id, &Feedback::new(Execution::Downloaded, Finished::None, details)) {
+                    self.reported.update(id, |r| r.downloaded = true);
+                }
+            }
+            Err(e) => self.fail(id, vec![format!("{why}: {e}")]),
+        }
+        Ok(())
+    }
+
+    pub(super) fn cancel(&mut self, href: &str) -> Result<(), DdiError> {
+        let c = self.client.cancel_action(href)?;
+        let stop = c.cancel_action.stop_id.clone();
+        self.status = self.handle.status();
+        let job = self.status.job.clone().filter(|j| j.remote_id.as_deref() == Some(stop.as_str()));
+        let accept = match &job {
+            Some(j) if j.phase == JobPhase::Installing => {
+                let (reply, rx) = mpsc::channel();
+                self.handle.send(Command::Cancel { reply });
+                match rx.recv() {
+                    Ok(Ok(())) => Ok("install stopped before the slot switch; device unchanged".to_owned()),
+                    Ok(Err(r)) => Err(format!("cannot cancel: {r}")),
+                    Err(_) => Err("the daemon stopped".to_owned()),
+                }
+            }
+            Some(j) => Err(format!("slot {} already holds the new version and the bootloader was switched", j.target)),
+            None => match self.status.last.as_ref().filter(|r| r.job.remote_id.as_deref() == Some(stop.as_str())) {
+                Some(r) if matches!(r.outcome, Outcome::Committed | Outcome::RolledBack { .. }) => {
+                    Err(format!("the update already ended: {}", r.outcome.word()))
+                }
+                _ => Ok("nothing was installed".to_owned()),
+            },
+        };
+        let f = match &accept {
+            Ok(m) => {
+                self.reported.update(&stop, |r| r.cancel_accepted = true);
+                Feedback::new(Execution::Closed, Finished::Success, vec![m.clone()])
+            }
+            Err(m) => Feedback::new(Execution::Rejected, Finished::None, vec![m.clone()]),
+        };
+        tracing::info!("hawkbit: cancel of action {stop}: {accept:?}");
+        match self.client.cancel_feedback(&c.id, &f) {
+            Ok(()) | Err(DdiError::Gone { .. }) => {
+                if accept.is_ok() {
+                    self.reported.update(&stop, |r| r.closed = true);
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// What the deployment says about our artifact, for the installer to enforce: size, every hash the server gives
+/// (DDI: sha1, md5, sha256), and the version the manifest must carry.
+fn announced(chunk: &model::Chunk, artifact: &model::Artifact) -> Result<otter_installer::Announced, String> {
+    fn digest<const N: usize>(name: &str, file: &str, hex_text: Option<&str>) -> Result<Option<[u8; N]>, String> {
+        hex_text
+            .map(|h| {
+                hex::decode(h.trim())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| format!("artifact {file} has an invalid {name}: {h:?}"))
+            })
+            .transpose()
+    }
+    let f = &artifact.filename;
+    Ok(otter_installer::Announced {
+        // DDI always sends a size; 0 (absent) cannot be a valid artifact, so it is taken as "not announced".
+        size: (artifact.size > 0).then_some(artifact.size),
+        sha1: digest("sha1", f, artifact.hashes.sha1.as_deref())?,
+        md5: digest("md5", f, artifact.hashes.md5.as_deref())?,
+        sha256: digest("sha256", f, artifact.hashes.sha256.as_deref())?,
+        version: (!chunk.version.is_empty()).then(|| chunk.version.clone()),
+    })
+}
+
+/// Downloads `url` to nowhere; the installer's HTTP source enforces the announced size and hashes. Returns the
+/// length.
+fn verify_download(client: &DdiClient, url: &str, announced: otter_installer::Announced) -> Result<u64, String> {
+    let opts = otter_installer::HttpOptions { announced, pin_entity: true, ..client.download_options() };
+    let cancel = otter_installer::CancelToken::new();
+    let counter = otter_installer::source::ByteCounter::default();
+    let mut src = otter_installer::source::open(&otter_installer::Source::Url(url.to_owned()), &opts, &cancel, counter)
+        .map_err(|e| e.to_string())?;
+    std::io::copy(&mut src.reader, &mut std::io::sink())
+        .map_err(|e| otter_common::redact::text(&format!("reading {url}: {e}")))
+}
