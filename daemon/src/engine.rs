@@ -243,16 +243,16 @@ pub enum Event {
         /// Now.
         now: u64,
     },
-    /// The installer failed (or was cancelled: `code == "cancelled"`).
+    /// The installer failed, or was cancelled.
     InstallFailed {
-        /// Stable error code.
+        /// Stable error code (for the record and the server).
         code: String,
         /// Message.
         message: String,
         /// The artifact's digest, if its manifest was read.
         digest: Option<String>,
-        /// Whether the artifact itself is at fault (never retry it automatically).
-        artifact_fault: bool,
+        /// What the engine decides by: cancelled, the artifact's fault (never retried automatically), other.
+        cause: FailureCause,
         /// Now.
         now: u64,
     },
@@ -341,7 +341,8 @@ pub enum Action {
     Finished(Box<JobRecord>),
 }
 
-/// Why a request was refused.
+/// Why a request was refused (or an event did not apply). Callers decide by variant: [`Rejection::Busy`] and
+/// [`Rejection::Inhibited`] mean "try again later", the others that the request cannot succeed as things are.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     /// Another job is in progress.
@@ -352,9 +353,90 @@ pub enum Rejection {
         /// Its phase.
         phase: JobPhase,
     },
-    /// The request does not apply in the current state.
-    #[error("{0}")]
-    NotNow(String),
+    /// A local application holds an inhibitor: no install starts and no reboot happens until it is released.
+    /// Not a failure: try again later.
+    #[error("a local application inhibits {0}")]
+    Inhibited(Inhibits),
+    /// The daemon has not (yet) learned which slot it runs from.
+    #[error("the daemon is still starting: the booted slot is not known")]
+    NotBooted,
+    /// Updating is impossible as the device is (unusable bootloader environment, unknown booted slot); the
+    /// message is the condition the status shows.
+    #[error("cannot update: {0}")]
+    Unusable(String),
+    /// Cancel without a job.
+    #[error("no update in progress")]
+    NothingToCancel,
+    /// Cancel once the device rebooted into the new slot (it is assessed, then committed or rolled back).
+    #[error("cannot cancel: the update is {0:?}")]
+    NotCancellable(JobPhase),
+    /// Reboot without an update waiting for it.
+    #[error("no update is waiting for a reboot")]
+    NoRebootPending,
+    /// Marking this slot bad would leave the bootloader nothing to boot.
+    #[error("slot {0} is the only bootable slot; not marking it bad")]
+    OnlyBootableSlot(Slot),
+    /// Storing a bootloader change failed; nothing changed.
+    #[error("bootloader: {0}")]
+    Bootloader(String),
+    /// The state file could not be written: the daemon takes no step it could not record.
+    #[error("state-not-saved: {0}")]
+    StateNotSaved(String),
+    /// The daemon stopped before it answered.
+    #[error("the daemon stopped")]
+    Stopped,
+    /// An event arrived in a phase it does not apply to (a late install or health result, a duplicate
+    /// bootloader acknowledgement): nothing changed. Not a caller's error; the runtime logs it.
+    #[error("event {event} does not apply while {phase}")]
+    WrongPhase {
+        /// The event's name.
+        event: &'static str,
+        /// The job's phase, or `idle`.
+        phase: PhaseName,
+    },
+}
+
+/// What an inhibitor held off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inhibits {
+    /// Starting an install.
+    Updates,
+    /// Rebooting into the new slot.
+    Reboots,
+}
+
+impl std::fmt::Display for Inhibits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Updates => "updates",
+            Self::Reboots => "reboots",
+        })
+    }
+}
+
+/// A job phase or `idle`, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhaseName(pub Option<JobPhase>);
+
+impl std::fmt::Display for PhaseName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(p) => write!(f, "{p:?}"),
+            None => f.write_str("idle"),
+        }
+    }
+}
+
+/// Why an install failed, as the engine needs to know it: the runtime classifies the installer's error by
+/// variant ([`otter_installer::InstallError::is_artifact_fault`]), never by its code string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureCause {
+    /// Cancelled on request: the job ends `cancelled`.
+    Cancelled,
+    /// The artifact itself is at fault (invalid, not for this device, too old...): never retried automatically.
+    Artifact,
+    /// Anything else (network, disk, source): an automatic retry may succeed.
+    Other,
 }
 
 /// The engine: persisted state plus what is known only while running.
@@ -407,11 +489,11 @@ impl Engine {
             Event::InstallRequested { source, automatic, remote_id, now } => {
                 self.install_requested(source, automatic, remote_id, now)
             }
-            Event::InstallSucceeded { artifact, now } => Ok(self.install_succeeded(artifact, now)),
-            Event::InstallFailed { code, message, digest, artifact_fault, now } => {
-                Ok(self.install_failed(code, message, digest, artifact_fault, now))
+            Event::InstallSucceeded { artifact, now } => self.install_succeeded(artifact, now),
+            Event::InstallFailed { code, message, digest, cause, now } => {
+                self.install_failed(code, message, digest, cause, now)
             }
-            Event::BootStored { now } => Ok(self.boot_stored(now)),
+            Event::BootStored { now } => self.boot_stored(now),
             Event::BootFailed { message, now } => Ok(self.boot_failed(message, now)),
             Event::CancelRequested { now } => self.cancel(now),
             Event::RebootRequested { now } => self.reboot_requested(now),
@@ -420,8 +502,8 @@ impl Engine {
                 Ok(self.maybe_reboot(now, false))
             }
             Event::Tick { now } => Ok(self.tick(now)),
-            Event::HealthPassed { now } => Ok(self.health_passed(now)),
-            Event::HealthFailed { reason, now } => Ok(self.health_failed(reason, now)),
+            Event::HealthPassed { now } => self.health_passed(now),
+            Event::HealthFailed { reason, now } => self.health_failed(reason, now),
         }
     }
 
@@ -434,6 +516,14 @@ impl Engine {
 
     fn phase(&self) -> Option<JobPhase> {
         self.persisted.job.as_ref().map(|j| j.phase)
+    }
+
+    /// `Ok` when the job is in `phase`; otherwise the event `event` does not apply.
+    fn expect_phase(&self, event: &'static str, phase: JobPhase) -> Result<(), Rejection> {
+        match self.phase() {
+            Some(p) if p == phase => Ok(()),
+            p => Err(Rejection::WrongPhase { event, phase: PhaseName(p) }),
+        }
     }
 
     /// Ends the job with `outcome`, moving it into the history.
@@ -602,11 +692,11 @@ impl Engine {
         if let Some(job) = &self.persisted.job {
             return Err(Rejection::Busy { id: job.id, phase: job.phase });
         }
-        let booted = self.booted.ok_or_else(|| Rejection::NotNow("the daemon is still starting".into()))?;
+        let booted = self.booted.ok_or(Rejection::NotBooted)?;
         // Inhibitors block starting an install as well as the reboot: an application saying "not now" must not
         // see the device start a (CPU, I/O and flash heavy) install under it.
         if self.inhibited {
-            return Err(Rejection::NotNow("a local application inhibits updates".into()));
+            return Err(Rejection::Inhibited(Inhibits::Updates));
         }
         self.persisted.next_job_id += 1;
         let id = self.persisted.next_job_id;
@@ -632,16 +722,14 @@ impl Engine {
         Ok(vec![Action::Boot(vec![BootChange::MarkBad(target)])])
     }
 
-    fn install_succeeded(&mut self, artifact: ArtifactInfo, now: u64) -> Vec<Action> {
-        let Some(job) = &mut self.persisted.job else { return Vec::new() };
-        if job.phase != JobPhase::Installing {
-            return Vec::new();
-        }
+    fn install_succeeded(&mut self, artifact: ArtifactInfo, now: u64) -> Result<Vec<Action>, Rejection> {
+        self.expect_phase("install-succeeded", JobPhase::Installing)?;
+        let job = self.persisted.job.as_mut().expect("checked by expect_phase");
         job.artifact = Some(artifact);
         job.phase = JobPhase::Installed;
         job.updated_at = now;
         self.boot_pending = true;
-        vec![Action::Boot(vec![BootChange::TryNext(job.target)])]
+        Ok(vec![Action::Boot(vec![BootChange::TryNext(job.target)])])
     }
 
     fn install_failed(
@@ -649,25 +737,27 @@ impl Engine {
         code: String,
         message: String,
         digest: Option<String>,
-        artifact_fault: bool,
+        cause: FailureCause,
         now: u64,
-    ) -> Vec<Action> {
-        if self.phase() != Some(JobPhase::Installing) {
-            return Vec::new();
-        }
-        if let (true, Some(d)) = (artifact_fault, digest) {
+    ) -> Result<Vec<Action>, Rejection> {
+        self.expect_phase("install-failed", JobPhase::Installing)?;
+        if let (FailureCause::Artifact, Some(d)) = (cause, digest) {
             self.remember_failed(d);
         }
-        let outcome = if code == "cancelled" { Outcome::Cancelled } else { Outcome::Failed { code, message } };
-        self.finish(outcome, now)
+        let outcome = match cause {
+            FailureCause::Cancelled => Outcome::Cancelled,
+            FailureCause::Artifact | FailureCause::Other => Outcome::Failed { code, message },
+        };
+        Ok(self.finish(outcome, now))
     }
 
-    fn boot_stored(&mut self, now: u64) -> Vec<Action> {
+    fn boot_stored(&mut self, now: u64) -> Result<Vec<Action>, Rejection> {
+        // Every store the engine asks for while idle (re-confirming the booted slot) has nothing to follow up.
+        let Some(job) = &self.persisted.job else { return Ok(Vec::new()) };
         if !std::mem::take(&mut self.boot_pending) {
-            return Vec::new();
+            return Err(Rejection::WrongPhase { event: "boot-stored", phase: PhaseName(Some(job.phase)) });
         }
-        let Some(job) = &self.persisted.job else { return Vec::new() };
-        match job.phase {
+        Ok(match job.phase {
             JobPhase::Installing => {
                 let refuse =
                     if job.automatic { self.persisted.failed_digests.iter().cloned().collect() } else { Vec::new() };
@@ -685,7 +775,7 @@ impl Engine {
                 self.maybe_reboot(now, false)
             }
             _ => Vec::new(),
-        }
+        })
     }
 
     fn boot_failed(&mut self, message: String, now: u64) -> Vec<Action> {
@@ -702,7 +792,7 @@ impl Engine {
 
     fn cancel(&mut self, now: u64) -> Result<Vec<Action>, Rejection> {
         match self.phase() {
-            None => Err(Rejection::NotNow("no update in progress".into())),
+            None => Err(Rejection::NothingToCancel),
             Some(JobPhase::Installing) => Ok(vec![Action::CancelInstall]),
             Some(JobPhase::Installed | JobPhase::AwaitingReboot) => {
                 let target = self.persisted.job.as_ref().map(|j| j.target).expect("job exists");
@@ -710,7 +800,7 @@ impl Engine {
                 a.extend(self.finish(Outcome::Cancelled, now));
                 Ok(a)
             }
-            Some(p) => Err(Rejection::NotNow(format!("cannot cancel: the update is {p:?}"))),
+            Some(p) => Err(Rejection::NotCancellable(p)),
         }
     }
 
@@ -718,11 +808,11 @@ impl Engine {
         match self.phase() {
             Some(JobPhase::AwaitingReboot) => {
                 if self.inhibited {
-                    return Err(Rejection::NotNow("a local application inhibits reboots".into()));
+                    return Err(Rejection::Inhibited(Inhibits::Reboots));
                 }
                 Ok(self.maybe_reboot(now, true))
             }
-            _ => Err(Rejection::NotNow("no update is waiting for a reboot".into())),
+            _ => Err(Rejection::NoRebootPending),
         }
     }
 
@@ -732,7 +822,7 @@ impl Engine {
                 let started = job.assess_started_at.unwrap_or(job.updated_at);
                 if now >= started.saturating_add(self.config.commit_deadline) {
                     let reason = format!("health checks did not pass within {} s", self.config.commit_deadline);
-                    return self.health_failed(reason, now);
+                    return self.health_failed(reason, now).unwrap_or_default();
                 }
                 Vec::new()
             }
@@ -754,24 +844,23 @@ impl Engine {
         vec![Action::Reboot]
     }
 
-    fn health_passed(&mut self, now: u64) -> Vec<Action> {
-        let Some(job) = &self.persisted.job else { return Vec::new() };
-        if job.phase != JobPhase::Assessing || Some(job.target) != self.booted {
-            return Vec::new();
+    fn health_passed(&mut self, now: u64) -> Result<Vec<Action>, Rejection> {
+        self.expect_phase("health-passed", JobPhase::Assessing)?;
+        let job = self.persisted.job.as_ref().expect("checked by expect_phase");
+        if Some(job.target) != self.booted {
+            return Err(Rejection::WrongPhase { event: "health-passed", phase: PhaseName(Some(job.phase)) });
         }
         // The commit is recorded only once "mark good" is durable (`BootStored`): recorded first, a power cut in
         // between would report a commit while the bootloader still counts the trial down and falls back.
         let target = job.target;
         self.set_phase(JobPhase::Assessing, now);
         self.boot_pending = true;
-        vec![Action::Boot(vec![BootChange::MarkGood(target)])]
+        Ok(vec![Action::Boot(vec![BootChange::MarkGood(target)])])
     }
 
-    fn health_failed(&mut self, reason: String, now: u64) -> Vec<Action> {
-        let Some(job) = &mut self.persisted.job else { return Vec::new() };
-        if job.phase != JobPhase::Assessing {
-            return Vec::new();
-        }
+    fn health_failed(&mut self, reason: String, now: u64) -> Result<Vec<Action>, Rejection> {
+        self.expect_phase("health-failed", JobPhase::Assessing)?;
+        let job = self.persisted.job.as_mut().expect("checked by expect_phase");
         let target = job.target;
         job.phase = JobPhase::RollingBack;
         job.updated_at = now;
@@ -781,6 +870,6 @@ impl Engine {
         if !self.inhibited {
             a.push(Action::Reboot);
         }
-        a
+        Ok(a)
     }
 }

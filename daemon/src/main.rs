@@ -97,7 +97,7 @@ fn run(root: &std::path::Path, command: &str, bus: Option<otterd::dbus::Bus>) ->
             let signals = block_termination_signals()?;
             let mut dbus_options = bus.map(|b| otterd::dbus::Options::new(b, &settings));
             let server_settings = settings.clone();
-            let (runtime, handle) = Runtime::start(settings, Box::new(SystemPlatform)).map_err(anyhow::Error::msg)?;
+            let (runtime, handle) = Runtime::start(settings, Box::new(SystemPlatform))?;
             // The hawkBit poller subscribes before `run`, so it hears the result of a trial boot.
             let _poller = match &server_settings.server {
                 Some(_) => {

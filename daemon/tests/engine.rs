@@ -3,8 +3,8 @@
 use otter_bootloader::fake::FakeBootloader;
 use otter_bootloader::{BootBackend, Slot, SlotState};
 use otterd::engine::{
-    Action, ArtifactInfo, BootChange, BootView, Engine, EngineConfig, Event, JobPhase, Outcome, Persisted,
-    RebootPolicy, Rejection,
+    Action, ArtifactInfo, BootChange, BootView, Engine, EngineConfig, Event, FailureCause, Inhibits, JobPhase, Outcome,
+    Persisted, PhaseName, RebootPolicy, Rejection,
 };
 use proptest::prelude::*;
 
@@ -109,7 +109,7 @@ fn request_before_start_is_refused() {
     let mut e = Engine::new(Persisted::default(), config(RebootPolicy::Immediate));
     assert!(matches!(
         e.handle(Event::InstallRequested { source: "/y".into(), automatic: false, remote_id: None, now: 0 }),
-        Err(Rejection::NotNow(_))
+        Err(Rejection::NotBooted)
     ));
 }
 
@@ -137,7 +137,7 @@ fn manual_policy_waits_for_the_request() {
 #[test]
 fn reboot_request_without_a_pending_update_is_refused() {
     let mut e = started(RebootPolicy::Manual);
-    assert!(matches!(e.handle(Event::RebootRequested { now: 1 }), Err(Rejection::NotNow(_))));
+    assert_eq!(e.handle(Event::RebootRequested { now: 1 }), Err(Rejection::NoRebootPending));
 }
 
 #[test]
@@ -168,7 +168,7 @@ fn inhibitor_blocks_reboots_until_released() {
     e.handle(Event::InstallSucceeded { artifact: artifact("2.0", 3), now: 2 }).unwrap();
     assert_eq!(e.handle(Event::BootStored { now: 3 }).unwrap(), vec![]);
     assert_eq!(e.handle(Event::Tick { now: 4 }).unwrap(), vec![]);
-    assert!(matches!(e.handle(Event::RebootRequested { now: 5 }), Err(Rejection::NotNow(_))));
+    assert_eq!(e.handle(Event::RebootRequested { now: 5 }), Err(Rejection::Inhibited(Inhibits::Reboots)));
     let a = e.handle(Event::InhibitedChanged { inhibited: false, now: 6 }).unwrap();
     assert_eq!(a, vec![Action::Reboot]);
 }
@@ -184,7 +184,7 @@ fn inhibitor_blocks_install_start() {
         let r = e.handle(Event::InstallRequested { source: "/x.otter".into(), automatic, remote_id: None, now: 2 });
         assert_eq!(r.is_ok(), accepted, "inhibited {inhibited}, automatic {automatic}: {r:?}");
         if !accepted {
-            assert!(matches!(r, Err(Rejection::NotNow(ref m)) if m.contains("inhibit")), "{r:?}");
+            assert_eq!(r, Err(Rejection::Inhibited(Inhibits::Updates)));
             assert_eq!(e.persisted, before, "a refused request changes nothing");
         }
     }
@@ -214,7 +214,7 @@ fn failed_artifact_is_not_retried_automatically() {
             code: "corrupt-payload".into(),
             message: "chunk 3: sha256 mismatch".into(),
             digest: Some("bad-digest".into()),
-            artifact_fault: true,
+            cause: FailureCause::Artifact,
             now: 2,
         })
         .unwrap();
@@ -227,7 +227,7 @@ fn failed_artifact_is_not_retried_automatically() {
         code: "previously-failed".into(),
         message: String::new(),
         digest: Some("bad-digest".into()),
-        artifact_fault: true,
+        cause: FailureCause::Artifact,
         now: 4,
     })
     .unwrap();
@@ -243,7 +243,7 @@ fn network_failures_do_not_blacklist() {
         code: "connection-lost".into(),
         message: String::new(),
         digest: Some("d".into()),
-        artifact_fault: false,
+        cause: FailureCause::Other,
         now: 2,
     })
     .unwrap();
@@ -260,7 +260,7 @@ fn cancel_in_each_phase() {
             code: "cancelled".into(),
             message: "install cancelled".into(),
             digest: None,
-            artifact_fault: false,
+            cause: FailureCause::Cancelled,
             now: 3,
         })
         .unwrap();
@@ -272,9 +272,9 @@ fn cancel_in_each_phase() {
     assert_eq!(outcome(&a), Some(Outcome::Cancelled));
 
     let mut e = assessing();
-    assert!(matches!(e.handle(Event::CancelRequested { now: 11 }), Err(Rejection::NotNow(_))));
+    assert_eq!(e.handle(Event::CancelRequested { now: 11 }), Err(Rejection::NotCancellable(JobPhase::Assessing)));
     let mut e = started(RebootPolicy::Immediate);
-    assert!(matches!(e.handle(Event::CancelRequested { now: 1 }), Err(Rejection::NotNow(_))));
+    assert_eq!(e.handle(Event::CancelRequested { now: 1 }), Err(Rejection::NothingToCancel));
 }
 
 #[test]
@@ -319,8 +319,41 @@ fn commit_deadline_rolls_back() {
     let a = e.handle(Event::Tick { now: 10 + DEADLINE }).unwrap();
     assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkBad(Slot::B)]), Action::Reboot]);
     assert!(e.job().unwrap().rollback_reason.as_ref().unwrap().contains("did not pass within"));
-    // A late "passed" cannot commit any more.
-    assert_eq!(e.handle(Event::HealthPassed { now: 10 + DEADLINE + 1 }).unwrap(), vec![]);
+    // A late "passed" cannot commit any more: the engine says it does not apply (the runtime logs that).
+    let before = e.persisted.clone();
+    assert_eq!(
+        e.handle(Event::HealthPassed { now: 10 + DEADLINE + 1 }),
+        Err(Rejection::WrongPhase { event: "health-passed", phase: PhaseName(Some(JobPhase::RollingBack)) })
+    );
+    assert_eq!(e.persisted, before);
+}
+
+#[test]
+fn events_in_the_wrong_phase_are_refused_not_swallowed() {
+    let wrong = |e: &mut Engine, event: Event| {
+        let before = e.persisted.clone();
+        let r = e.handle(event.clone());
+        assert!(matches!(r, Err(Rejection::WrongPhase { .. })), "{event:?}: {r:?}");
+        assert_eq!(e.persisted, before, "{event:?} changed nothing");
+    };
+    let mut e = started(RebootPolicy::Manual);
+    wrong(&mut e, Event::InstallSucceeded { artifact: artifact("2.0", 1), now: 2 });
+    wrong(
+        &mut e,
+        Event::InstallFailed {
+            code: "x".into(),
+            message: "x".into(),
+            digest: None,
+            cause: FailureCause::Other,
+            now: 2,
+        },
+    );
+    wrong(&mut e, Event::HealthPassed { now: 2 });
+    wrong(&mut e, Event::HealthFailed { reason: "x".into(), now: 2 });
+    let mut e = awaiting(RebootPolicy::Manual);
+    wrong(&mut e, Event::BootStored { now: 3 });
+    wrong(&mut e, Event::InstallSucceeded { artifact: artifact("2.0", 1), now: 3 });
+    wrong(&mut e, Event::HealthPassed { now: 3 });
 }
 
 #[test]
@@ -419,7 +452,7 @@ fn history_is_bounded() {
             code: "cancelled".into(),
             message: String::new(),
             digest: None,
-            artifact_fault: false,
+            cause: FailureCause::Cancelled,
             now: i,
         })
         .unwrap();
@@ -518,7 +551,7 @@ impl Device {
                             code: "corrupt-payload".into(),
                             message: "x".into(),
                             digest: Some("d".into()),
-                            artifact_fault: true,
+                            cause: FailureCause::Artifact,
                             now: *now,
                         }
                     }),

@@ -610,7 +610,7 @@ impl Worker {
             options: Box::new(InstallSettings { http, expected_sha256, fd: None }),
             reply,
         });
-        match rx.recv().unwrap_or_else(|_| Err(Rejection::NotNow("the daemon stopped".into()))) {
+        match rx.recv().unwrap_or(Err(Rejection::Stopped)) {
             Ok(job) => {
                 tracing::info!("hawkbit: action {id}: installing {} {} as job {job}", chunk.name, chunk.version);
                 if dep.update == HandlingType::Forced {
@@ -626,7 +626,7 @@ impl Worker {
                 self.feedback(id, &Feedback::new(Execution::Proceeding, Finished::None, details).progress(0, 100));
             }
             Err(Rejection::Busy { id: job, .. }) => tracing::info!("hawkbit: action {id} waits for job {job}"),
-            Err(Rejection::NotNow(m)) => self.fail(id, vec![format!("refused: {m}")]),
+            Err(r) => self.fail(id, vec![format!("refused: {r}")]),
         }
         Ok(())
     }

@@ -2,7 +2,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use otter_bootloader::{BootBackend, Slot, SlotState};
+use std::path::PathBuf;
+
+use otter_bootloader::{BootBackend, BootError, Slot, SlotState};
 
 use super::{MarkState, Runtime, SlotRef};
 use crate::config::{BootloaderSettings, Settings};
@@ -11,13 +13,48 @@ use crate::engine::{BootChange, Event, Rejection};
 /// How the runtime reboots and tells time; the real one runs the configured command, the simulator's power-cycles
 /// a simulated device.
 pub trait Platform: Send {
-    /// Reboots. `Ok(true)` means "the machine is going down now": the loop ends (simulation); `Ok(false)` means
-    /// the request was handed to the system (systemd will stop the daemon shortly).
-    fn reboot(&mut self, command: &[String]) -> Result<bool, String>;
+    /// Reboots. [`Rebooting::Now`] means "the machine is going down now": the loop ends (simulation);
+    /// [`Rebooting::Requested`] means the request was handed to the system (systemd will stop the daemon shortly).
+    /// An error means the device is not going down: the engine hears it and retries later.
+    fn reboot(&mut self, command: &[String]) -> Result<Rebooting, RebootError>;
     /// Seconds since the epoch.
     fn now(&self) -> u64 {
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
     }
+}
+
+/// A reboot that was set off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rebooting {
+    /// The machine is going down now (simulation): the loop ends.
+    Now,
+    /// The system was asked to reboot; it stops the daemon shortly.
+    Requested,
+}
+
+/// Why a reboot was not set off.
+#[derive(Debug, thiserror::Error)]
+pub enum RebootError {
+    /// The reboot command is empty.
+    #[error("no reboot command configured")]
+    NoCommand,
+    /// The reboot command could not be run.
+    #[error("cannot run reboot command {command:?}: {source}")]
+    Spawn {
+        /// The command.
+        command: Vec<String>,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The reboot command failed.
+    #[error("reboot command {command:?} exited with {status}")]
+    Exit {
+        /// The command.
+        command: Vec<String>,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+    },
 }
 
 /// Reboots by running the configured command (`systemctl reboot`).
@@ -25,45 +62,86 @@ pub trait Platform: Send {
 pub struct SystemPlatform;
 
 impl Platform for SystemPlatform {
-    fn reboot(&mut self, command: &[String]) -> Result<bool, String> {
-        let status = std::process::Command::new(&command[0])
-            .args(&command[1..])
+    fn reboot(&mut self, command: &[String]) -> Result<Rebooting, RebootError> {
+        let (program, args) = command.split_first().ok_or(RebootError::NoCommand)?;
+        let status = std::process::Command::new(program)
+            .args(args)
             .status()
-            .map_err(|e| format!("running {:?}: {e}", command[0]))?;
-        if status.success() { Ok(false) } else { Err(format!("{command:?} exited with {status}")) }
+            .map_err(|source| RebootError::Spawn { command: command.to_vec(), source })?;
+        if status.success() {
+            Ok(Rebooting::Requested)
+        } else {
+            Err(RebootError::Exit { command: command.to_vec(), status })
+        }
     }
 }
 
+/// Why the bootloader environment could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenBootError {
+    /// `fw_env.config` could not be read.
+    #[error("cannot read {path}: {source}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backend refused the environment (corrupt, malformed config, lock...).
+    #[error(transparent)]
+    Backend(#[from] BootError),
+}
+
 /// Opens the configured bootloader backend.
-pub fn open_bootloader(settings: &Settings) -> Result<Box<dyn BootBackend + Send>, String> {
+pub fn open_bootloader(settings: &Settings) -> Result<Box<dyn BootBackend + Send>, OpenBootError> {
     match &settings.bootloader {
         BootloaderSettings::UBoot { fw_env_config, lock_file, scheme } => {
             let text = std::fs::read_to_string(fw_env_config)
-                .map_err(|e| format!("cannot read {}: {e}", fw_env_config.display()))?;
-            let mut cfg = otter_bootloader::uboot::FwEnvConfig::parse(&text).map_err(|e| e.to_string())?;
+                .map_err(|source| OpenBootError::Config { path: fw_env_config.clone(), source })?;
+            let mut cfg = otter_bootloader::uboot::FwEnvConfig::parse(&text)?;
             // Device paths in fw_env.config are device paths too: resolve them under the root.
             for d in &mut cfg.devices {
                 if let Ok(rel) = d.path.strip_prefix("/") {
                     d.path = settings.root.join(rel);
                 }
             }
-            let backend = otter_bootloader::uboot::UBootBackend::open(&cfg, *scheme, Some(lock_file))
-                .map_err(|e| e.to_string())?;
+            let backend = otter_bootloader::uboot::UBootBackend::open(&cfg, *scheme, Some(lock_file))?;
             Ok(Box::new(backend))
         }
         BootloaderSettings::Grub { grubenv } => {
-            Ok(Box::new(otter_bootloader::grub::GrubBackend::open(grubenv.clone()).map_err(|e| e.to_string())?))
+            Ok(Box::new(otter_bootloader::grub::GrubBackend::open(grubenv.clone())?))
         }
     }
 }
 
+/// Why the booted slot is not known.
+#[derive(Debug, thiserror::Error)]
+pub enum BootedSlotError {
+    /// The command line file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The command line names no slot.
+    #[error("cannot tell the booted slot: no otter.slot= and no known root= in {path}")]
+    Unknown {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
 /// The slot the system was booted from, from the configured command line file.
-pub fn booted_slot(settings: &Settings) -> Result<Slot, String> {
-    let cmdline = std::fs::read_to_string(&settings.cmdline)
-        .map_err(|e| format!("cannot read {}: {e}", settings.cmdline.display()))?;
-    otter_bootloader::booted_slot(&cmdline, &settings.root_map).ok_or_else(|| {
-        format!("cannot tell the booted slot: no otter.slot= and no known root= in {}", settings.cmdline.display())
-    })
+pub fn booted_slot(settings: &Settings) -> Result<Slot, BootedSlotError> {
+    let path = &settings.cmdline;
+    let cmdline =
+        std::fs::read_to_string(path).map_err(|source| BootedSlotError::Read { path: path.clone(), source })?;
+    otter_bootloader::booted_slot(&cmdline, &settings.root_map)
+        .ok_or_else(|| BootedSlotError::Unknown { path: path.clone() })
 }
 
 impl Runtime {
@@ -71,16 +149,16 @@ impl Runtime {
     /// bootloader state until it ends), and when it would leave no bootable slot.
     pub(super) fn mark(&mut self, state: MarkState, slot: SlotRef) -> Result<Slot, Rejection> {
         self.engine.check_idle()?;
-        let booted = self.engine.booted().ok_or_else(|| Rejection::NotNow("the booted slot is unknown".into()))?;
+        let booted = self.engine.booted().ok_or(Rejection::NotBooted)?;
         let slot = match slot {
             SlotRef::Booted => booted,
             SlotRef::Other => !booted,
             SlotRef::Slot(s) => s,
         };
         let boot =
-            self.boot.as_mut().ok_or_else(|| Rejection::NotNow("the bootloader environment is unusable".into()))?;
+            self.boot.as_mut().ok_or_else(|| Rejection::Unusable("the bootloader environment is unusable".into()))?;
         if state == MarkState::Bad && boot.slot_state(!slot) == SlotState::Bad {
-            return Err(Rejection::NotNow(format!("slot {slot} is the only bootable slot; not marking it bad")));
+            return Err(Rejection::OnlyBootableSlot(slot));
         }
         let result = match state {
             MarkState::Good => boot.mark_good(slot),
@@ -97,7 +175,7 @@ impl Runtime {
             Err(e) => {
                 let _ = boot.reload();
                 tracing::error!("marking slot {slot} {state:?} failed: {e}");
-                Err(Rejection::NotNow(format!("bootloader: {e}")))
+                Err(Rejection::Bootloader(e.to_string()))
             }
         }
     }
@@ -132,8 +210,8 @@ impl Runtime {
         tracing::info!("rebooting");
         self.notifier.status("rebooting");
         match self.platform.reboot(&self.settings.reboot_command) {
-            Ok(true) => self.halted = true,
-            Ok(false) => {}
+            Ok(Rebooting::Now) => self.halted = true,
+            Ok(Rebooting::Requested) => {}
             Err(e) => tracing::error!("reboot failed: {e}"),
         }
     }

@@ -139,7 +139,7 @@ impl Handle {
     pub fn install(&self, source: &str, automatic: bool) -> Result<u64, Rejection> {
         let (reply, rx) = mpsc::channel();
         self.send(Command::Install { source: source.to_owned(), automatic, remote_id: None, settings: None, reply });
-        rx.recv().unwrap_or_else(|_| Err(Rejection::NotNow("the daemon stopped".into())))
+        rx.recv().unwrap_or(Err(Rejection::Stopped))
     }
 
     /// The current status.

@@ -9,24 +9,16 @@ use otter_bootloader::Slot;
 use otter_installer::{CancelToken, InstallError, InstallRequest, Progress, Source, Target};
 
 use super::{Msg, Runtime};
-use crate::engine::{ArtifactInfo, Event};
+use crate::engine::{ArtifactInfo, Event, FailureCause};
 use crate::health::{self};
 
-/// Error codes for which the artifact itself is at fault, so it must not be retried automatically.
-fn artifact_fault(code: &str) -> bool {
-    matches!(
-        code,
-        "truncated"
-            | "malformed-archive"
-            | "too-large"
-            | "invalid-manifest"
-            | "unsupported-format"
-            | "incompatible"
-            | "rollback-refused"
-            | "corrupt-payload"
-            | "window-too-large"
-            | "previously-failed"
-    )
+/// How the engine sees an install error: decided by variant, never by the error's code string.
+fn failure_cause(e: &InstallError) -> FailureCause {
+    match e {
+        InstallError::Cancelled => FailureCause::Cancelled,
+        e if e.is_artifact_fault() => FailureCause::Artifact,
+        _ => FailureCause::Other,
+    }
 }
 
 impl Runtime {
@@ -59,12 +51,11 @@ impl Runtime {
             }
             Err(e) => {
                 tracing::error!("install failed: {e}");
-                let code = e.code().to_owned();
                 Event::InstallFailed {
-                    artifact_fault: artifact_fault(&code),
-                    code,
+                    code: e.code().to_owned(),
                     message: e.to_string(),
                     digest: self.last_digest.take(),
+                    cause: failure_cause(&e),
                     now,
                 }
             }

@@ -28,10 +28,21 @@ use crate::engine::{Action, BootView, Engine, EngineConfig, Event, JobRecord, Pe
 use crate::notify::Notifier;
 use crate::state::StateStore;
 
-pub use effects::{Platform, SystemPlatform, booted_slot, open_bootloader};
+pub use effects::{
+    BootedSlotError, OpenBootError, Platform, RebootError, Rebooting, SystemPlatform, booted_slot, open_bootloader,
+};
 pub use handle::{Command, Handle, InstallSettings, MarkState, SlotRef};
 use handle::{Msg, Subscribers};
 pub use status::Status;
+
+/// Why the runtime could not start (conditions that only keep it from updating are reported in the status
+/// instead).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state directory cannot be created.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+}
 
 /// How the loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,8 +85,8 @@ impl Runtime {
     /// Loads the state, opens the bootloader, works out the booted slot and feeds `Started` to the engine.
     /// Problems that prevent updating (corrupt env, unknown booted slot) do not stop the daemon: they are
     /// reported in the status and installs are refused.
-    pub fn start(settings: Settings, platform: Box<dyn Platform>) -> Result<(Self, Handle), String> {
-        let store = StateStore::new(&settings.state_dir).map_err(|e| e.to_string())?;
+    pub fn start(settings: Settings, platform: Box<dyn Platform>) -> Result<(Self, Handle), StartError> {
+        let store = StateStore::new(&settings.state_dir)?;
         let (persisted, state_error) = store.load();
         let mut status = Status::default();
         if let Some(e) = &state_error {
@@ -136,7 +147,7 @@ impl Runtime {
             Ok(_) => {}
             Err(e) => {
                 tracing::error!("{e}");
-                rt.set_error(e);
+                rt.set_error(e.to_string());
             }
         }
         rt.publish();
@@ -249,7 +260,7 @@ impl Runtime {
         if let Some(e) = &self.status.lock().unwrap_or_else(|p| p.into_inner()).error
             && matches!(event, Event::InstallRequested { .. })
         {
-            return Err(Rejection::NotNow(format!("cannot update: {e}")));
+            return Err(Rejection::Unusable(e.clone()));
         }
         let actions = self.engine.handle(event)?;
         self.execute(actions);
@@ -258,9 +269,24 @@ impl Runtime {
 
     /// Feeds an event and carries out the actions, including the events they feed back.
     fn dispatch(&mut self, event: Event) {
+        if let Some(actions) = self.handle_event(event) {
+            self.execute(actions);
+        }
+    }
+
+    /// Feeds an event that is not a caller's request; an event the engine refuses is logged (it changed nothing,
+    /// and is a sign that something upstream is out of step).
+    fn handle_event(&mut self, event: Event) -> Option<Vec<Action>> {
         match self.engine.handle(event) {
-            Ok(actions) => self.execute(actions),
-            Err(r) => tracing::debug!("event ignored: {r}"),
+            Ok(actions) => Some(actions),
+            Err(r @ Rejection::WrongPhase { .. }) => {
+                tracing::warn!("ignored: {r}");
+                None
+            }
+            Err(r) => {
+                tracing::debug!("event ignored: {r}");
+                None
+            }
         }
     }
 
@@ -295,9 +321,7 @@ impl Runtime {
                     None
                 }
             };
-            if let Some(event) = feedback
-                && let Ok(more) = self.engine.handle(event)
-            {
+            if let Some(more) = feedback.and_then(|event| self.handle_event(event)) {
                 queue.extend(more);
             }
         }
@@ -320,3 +344,6 @@ impl Runtime {
         &self.settings
     }
 }
+
+#[cfg(test)]
+mod tests;
