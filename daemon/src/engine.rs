@@ -128,6 +128,9 @@ pub struct Job {
 /// installer's resume record lets the same artifact continue where it stopped, so a server-driven job is retried.
 pub const INTERRUPTED: &str = "interrupted";
 
+/// Failure code of a job stopped because its state could not be saved (full or read-only state directory).
+pub const STATE_NOT_SAVED: &str = "state-not-saved";
+
 /// A finished job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRecord {
@@ -282,6 +285,15 @@ pub enum Event {
     InhibitedChanged {
         /// Whether any inhibitor is held.
         inhibited: bool,
+        /// Now.
+        now: u64,
+    },
+    /// The state could not be saved before the runtime's next step; that step and all after it were not taken.
+    /// A job that has not switched the bootloader yet ends `state-not-saved`; a later one holds (a dropped
+    /// reboot is waited for again).
+    StateNotSaved {
+        /// Why.
+        message: String,
         /// Now.
         now: u64,
     },
@@ -502,6 +514,7 @@ impl Engine {
                 Ok(self.maybe_reboot(now, false))
             }
             Event::Tick { now } => Ok(self.tick(now)),
+            Event::StateNotSaved { message, now } => Ok(self.state_not_saved(message, now)),
             Event::HealthPassed { now } => self.health_passed(now),
             Event::HealthFailed { reason, now } => self.health_failed(reason, now),
         }
@@ -786,6 +799,27 @@ impl Engine {
             }
             // Committing or rolling back failed: stay in the phase; the tick retries the rollback reboot, and a
             // trial that never commits ends with the bootloader's fallback.
+            _ => Vec::new(),
+        }
+    }
+
+    fn state_not_saved(&mut self, message: String, now: u64) -> Vec<Action> {
+        self.boot_pending = false;
+        match self.phase() {
+            // The target is not on trial (marked bad before writing, or not yet marked at all): end the job.
+            Some(JobPhase::Installing) => {
+                let mut a = vec![Action::CancelInstall];
+                a.extend(self.finish(Outcome::Failed { code: STATE_NOT_SAVED.into(), message }, now));
+                a
+            }
+            Some(JobPhase::Installed) => self.finish(Outcome::Failed { code: STATE_NOT_SAVED.into(), message }, now),
+            // The reboot was not taken: wait for it again (the policy or a request retries once saving works).
+            Some(JobPhase::Rebooting) => {
+                self.set_phase(JobPhase::AwaitingReboot, now);
+                Vec::new()
+            }
+            // The bootloader already holds the trial, or the device runs it: the job stays; the runtime takes no
+            // step until a save succeeds, and a trial that cannot be recorded as committed is never committed.
             _ => Vec::new(),
         }
     }

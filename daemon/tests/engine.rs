@@ -677,3 +677,26 @@ proptest! {
         check_settled(&run_device(cuts, health_ok, install_ok));
     }
 }
+
+#[test]
+fn a_state_that_cannot_be_saved_ends_the_job_before_the_switch_and_holds_it_after() {
+    let not_saved = |now| Event::StateNotSaved { message: "read-only".into(), now };
+    // Installing: the install is stopped and the job ends; nothing touches the bootloader.
+    let mut e = started(RebootPolicy::Immediate);
+    install(&mut e);
+    let a = e.handle(not_saved(2)).unwrap();
+    assert_eq!(a[0], Action::CancelInstall);
+    assert!(matches!(outcome(&a), Some(Outcome::Failed { code, .. }) if code == "state-not-saved"), "{a:?}");
+    assert!(a.iter().all(|x| matches!(x, Action::CancelInstall | Action::Finished(_))), "{a:?}");
+    // Installed (the "try B" store was not taken): the job ends, B stays marked bad.
+    let mut e = started(RebootPolicy::Immediate);
+    install(&mut e);
+    e.handle(Event::InstallSucceeded { artifact: artifact("2.0", 3), now: 2 }).unwrap();
+    let a = e.handle(not_saved(3)).unwrap();
+    assert!(matches!(outcome(&a), Some(Outcome::Failed { code, .. }) if code == "state-not-saved"), "{a:?}");
+    // Rebooting (the reboot was not taken): back to waiting for it.
+    let mut e = awaiting(RebootPolicy::Immediate);
+    assert_eq!(e.job().unwrap().phase, JobPhase::Rebooting);
+    assert_eq!(e.handle(not_saved(4)).unwrap(), vec![]);
+    assert_eq!(e.job().unwrap().phase, JobPhase::AwaitingReboot);
+}

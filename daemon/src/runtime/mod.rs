@@ -26,7 +26,7 @@ use otter_installer::CancelToken;
 use crate::config::Settings;
 use crate::engine::{Action, BootView, Engine, EngineConfig, Event, JobRecord, Persisted, Rejection};
 use crate::notify::Notifier;
-use crate::state::StateStore;
+use crate::state::{StateError, StateStore};
 
 pub use effects::{
     BootedSlotError, OpenBootError, Platform, RebootError, Rebooting, SystemPlatform, booted_slot, open_bootloader,
@@ -79,6 +79,12 @@ pub struct Runtime {
     install_settings: Option<InstallSettings>,
     halted: bool,
     tick: Duration,
+    /// A condition that keeps the daemon from updating at all (unusable bootloader env, unknown booted slot).
+    unusable: Option<String>,
+    /// Why the last save of the state failed, until one succeeds: no step is taken meanwhile.
+    unsaved: Option<String>,
+    /// Set when steps were dropped because the state was not saved (so that a request is not answered `Ok`).
+    dropped: Option<String>,
 }
 
 impl Runtime {
@@ -88,7 +94,6 @@ impl Runtime {
     pub fn start(settings: Settings, platform: Box<dyn Platform>) -> Result<(Self, Handle), StartError> {
         let store = StateStore::new(&settings.state_dir)?;
         let (persisted, state_error) = store.load();
-        let mut status = Status::default();
         if let Some(e) = &state_error {
             tracing::error!("{e}");
         }
@@ -98,15 +103,16 @@ impl Runtime {
         let (tx, rx) = mpsc::channel();
         let notifier = Notifier::from_env();
         let tick = notifier.ping_interval().map_or(Duration::from_secs(1), |p| p.min(Duration::from_secs(1)));
+        let mut unusable = None;
         let boot = match open_bootloader(&settings) {
             Ok(b) => Some(b),
             Err(e) => {
                 tracing::error!("bootloader environment unusable: {e}");
-                status.error = Some(format!("bootloader environment unusable: {e}"));
+                unusable = Some(format!("bootloader environment unusable: {e}"));
                 None
             }
         };
-        let status = Arc::new(Mutex::new(status));
+        let status = Arc::new(Mutex::new(Status { error: unusable.clone(), ..Status::default() }));
         let subscribers = Arc::new(Mutex::new(Subscribers::default()));
         let mut rt = Self {
             settings,
@@ -129,6 +135,9 @@ impl Runtime {
             install_settings: None,
             halted: false,
             tick,
+            unusable,
+            unsaved: None,
+            dropped: None,
         };
         let handle = Handle { tx, status, subscribers };
         match booted_slot(&rt.settings) {
@@ -155,7 +164,7 @@ impl Runtime {
     }
 
     fn set_error(&mut self, e: String) {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).error = Some(e);
+        self.unusable = Some(e);
     }
 
     /// Runs the loop until `Stop` or a (simulated) reboot.
@@ -257,14 +266,26 @@ impl Runtime {
 
     /// Feeds a request; a rejection changes nothing and goes back to the caller.
     fn request(&mut self, event: Event) -> Result<(), Rejection> {
-        if let Some(e) = &self.status.lock().unwrap_or_else(|p| p.into_inner()).error
+        if let Some(e) = &self.unusable
             && matches!(event, Event::InstallRequested { .. })
         {
             return Err(Rejection::Unusable(e.clone()));
         }
+        // While the state cannot be saved, nothing new starts (a retry first: the disk may have space again).
+        if self.unsaved.is_some()
+            && let Err(e) = self.persist()
+        {
+            self.publish();
+            return Err(Rejection::StateNotSaved(e.to_string()));
+        }
         let actions = self.engine.handle(event)?;
+        self.dropped = None;
         self.execute(actions);
-        Ok(())
+        // The request's steps were not taken (or not all): say so rather than report success.
+        match self.dropped.take() {
+            Some(e) => Err(Rejection::StateNotSaved(e)),
+            None => Ok(()),
+        }
     }
 
     /// Feeds an event and carries out the actions, including the events they feed back.
@@ -293,8 +314,12 @@ impl Runtime {
     fn execute(&mut self, actions: Vec<Action>) {
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
-            // The state must be durable before any effect that depends on it.
-            self.persist();
+            // The state must be durable before any effect that depends on it: an effect taken on a state that
+            // is not on disk is one the next start knows nothing about (an install, a slot switch, a reboot).
+            if let Err(e) = self.persist() {
+                self.state_not_saved(&e, action, queue);
+                break;
+            }
             let now = self.platform.now();
             let feedback = match action {
                 Action::Boot(changes) => Some(self.apply_boot(&changes, now)),
@@ -325,16 +350,53 @@ impl Runtime {
                 queue.extend(more);
             }
         }
-        self.persist();
+        // No effect follows, so a failure here only needs reporting; the next change (or tick) retries.
+        let _ = self.persist();
         self.publish();
     }
 
-    fn persist(&mut self) {
-        if self.engine.persisted != self.saved {
-            match self.store.save(&self.engine.persisted) {
-                Ok(()) => self.saved = self.engine.persisted.clone(),
-                // Keep running: the engine retries at the next change; report it loudly.
-                Err(e) => tracing::error!("cannot persist state: {e}"),
+    /// Writes the engine's state if it changed (or the last write failed). A failure is logged once and shown in
+    /// the status until a later save succeeds.
+    fn persist(&mut self) -> Result<(), StateError> {
+        // After a failure the save is retried even without a change: the error stays until a write succeeds.
+        if self.engine.persisted == self.saved && self.unsaved.is_none() {
+            return Ok(());
+        }
+        match self.store.save(&self.engine.persisted) {
+            Ok(()) => {
+                self.saved = self.engine.persisted.clone();
+                if self.unsaved.take().is_some() {
+                    tracing::info!("the state is saved again");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if self.unsaved.is_none() {
+                    tracing::error!("cannot save the state, taking no further step: {e}");
+                }
+                self.unsaved = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// A save failed before `action`: it and the rest of `queue` are dropped, and the engine ends or holds the
+    /// job ([`Event::StateNotSaved`]). Of what the engine answers, only what takes no step on the device is
+    /// carried out: stopping a running install and reporting the job's end.
+    fn state_not_saved(&mut self, e: &StateError, action: Action, queue: VecDeque<Action>) {
+        let dropped: Vec<Action> = std::iter::once(action).chain(queue).collect();
+        self.dropped = Some(e.to_string());
+        tracing::error!("state not saved; not carrying out {dropped:?}");
+        let now = self.platform.now();
+        for action in self.handle_event(Event::StateNotSaved { message: e.to_string(), now }).unwrap_or_default() {
+            match action {
+                Action::CancelInstall => {
+                    if let Some((_, cancel)) = &self.install {
+                        cancel.cancel();
+                    }
+                }
+                Action::Finished(record) => self.finished_job(*record),
+                other => tracing::error!("state not saved; not carrying out {other:?}"),
             }
         }
     }

@@ -71,6 +71,7 @@ impl Runtime {
             s.primary = self.boot.as_ref().and_then(|b| b.primary());
             s.slots = self.boot.as_ref().map(|b| Slot::ALL.map(|x| (x, b.slot_state(x))).to_vec()).unwrap_or_default();
             s.job = self.engine.job().cloned();
+            s.error = self.unusable.clone().or_else(|| self.unsaved.as_ref().map(|e| format!("state not saved: {e}")));
             s.last = self.engine.persisted.history.back().cloned();
             s.operation = match self.engine.job().map(|j| j.phase) {
                 None => "idle",

@@ -1,0 +1,240 @@
+//! Honest state under faults, against the real runtime on a simulated device (file slots, a real U-Boot env
+//! file): a state directory that turns read-only, a bootloader store that fails, a reboot command that fails.
+//!
+//! Needs root: the faults are real mounts (a tmpfs remounted read-only), not simulated errors.
+
+use std::path::{Path, PathBuf};
+use std::process::Command as Cmd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use otter_artifact::builder::{self, BuildOptions, ImageSource};
+use otter_bootloader::Slot;
+use otterd::engine::{JobRecord, Outcome, Rejection};
+use otterd::fixture::{Device, DeviceSpec};
+use otterd::runtime::{Command, Handle, Platform, RebootError, Rebooting, RunEnd, Runtime, Status};
+
+const TYPE: &str = "faults-gw";
+/// Generous: shared, noisy machines.
+const LONG: Duration = Duration::from_secs(90);
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < LONG, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A tmpfs mounted over a directory of the device, unmounted on drop.
+struct Mount(PathBuf);
+
+impl Mount {
+    /// Mounts a fresh tmpfs of `size` at `dir`, keeping what `dir` held.
+    fn tmpfs(dir: &Path, size: &str) -> Self {
+        let keep = tempfile::tempdir().unwrap();
+        copy_dir(dir, keep.path());
+        run("mount", &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.to_str().unwrap()]);
+        copy_dir(keep.path(), dir);
+        Self(dir.to_owned())
+    }
+
+    fn read_only(&self, ro: bool) {
+        run("mount", &["-o", if ro { "remount,ro" } else { "remount,rw" }, self.0.to_str().unwrap()]);
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Cmd::new("umount").arg(&self.0).status();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn run(program: &str, args: &[&str]) {
+    let out = Cmd::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {} (these tests need root)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Counts reboots; fails them while `fail` is set (as a `systemctl reboot` refused by logind would).
+#[derive(Clone, Default)]
+struct Recorder {
+    reboots: Arc<AtomicUsize>,
+    attempts: Arc<Mutex<Vec<Instant>>>,
+    fail: Arc<AtomicBool>,
+}
+
+impl Platform for Recorder {
+    fn reboot(&mut self, command: &[String]) -> Result<Rebooting, RebootError> {
+        self.attempts.lock().unwrap().push(Instant::now());
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(RebootError::Spawn { command: command.to_vec(), source: std::io::Error::other("injected") });
+        }
+        self.reboots.fetch_add(1, Ordering::SeqCst);
+        Ok(Rebooting::Requested)
+    }
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    device: Device,
+    artifact: PathBuf,
+}
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let key = otter_artifact::keys::generate().unwrap();
+    otter_artifact::keys::write_keypair(&key, &dir.path().join("release")).unwrap();
+    let image = dir.path().join("image.img");
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(&image, data).unwrap();
+    let mut o = BuildOptions::new(vec![TYPE.into()], "2.0");
+    o.chunk_size = 256 << 10;
+    o.level = 1;
+    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: image };
+    let mut artifact = Vec::new();
+    builder::create(&o, &[src], &[key], &mut artifact).unwrap();
+    let artifact_path = dir.path().join("update-2.0.otter");
+    std::fs::write(&artifact_path, artifact).unwrap();
+    let mut spec = DeviceSpec::new(TYPE, &dir.path().join("release.pub"));
+    spec.slot_size = 2 << 20;
+    spec.reboot_policy = "manual".into();
+    let device = Device::create(&dir.path().join("root"), &spec, None).unwrap();
+    Rig { _dir: dir, device, artifact: artifact_path }
+}
+
+struct Running {
+    handle: Handle,
+    finished: Receiver<JobRecord>,
+    thread: Option<JoinHandle<RunEnd>>,
+}
+
+impl Running {
+    fn start(rig: &Rig, platform: Recorder) -> Self {
+        let settings = otterd::config::load(&rig.device.root).unwrap();
+        let (runtime, handle) = Runtime::start(settings, Box::new(platform)).unwrap();
+        let finished = handle.subscribe();
+        let thread = Some(std::thread::spawn(move || runtime.run()));
+        Self { handle, finished, thread }
+    }
+
+    fn status_until(&self, what: &str, f: impl Fn(&Status) -> bool) -> Status {
+        wait_for(what, || f(&self.handle.status()));
+        self.handle.status()
+    }
+
+    fn request(
+        &self,
+        make: impl FnOnce(std::sync::mpsc::Sender<Result<(), Rejection>>) -> Command,
+    ) -> Result<(), Rejection> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.handle.send(make(tx));
+        rx.recv_timeout(LONG).unwrap()
+    }
+
+    fn running(&self) -> bool {
+        !self.thread.as_ref().unwrap().is_finished()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.handle.send(Command::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn env_bytes(rig: &Rig) -> Vec<u8> {
+    std::fs::read(rig.device.root.join("boot/uboot.env")).unwrap()
+}
+
+fn slot_is_blank(rig: &Rig, slot: Slot) -> bool {
+    std::fs::read(rig.device.slot_file(slot)).unwrap().iter().all(|&b| b == 0)
+}
+
+fn state_dir(rig: &Rig) -> PathBuf {
+    rig.device.root.join("var/lib/otter")
+}
+
+/// Item 12: on a read-only state directory an install takes no step (no bootloader change, no write to the
+/// slot, no reboot), ends `state-not-saved`, the daemon keeps running and shows it, and recovers once the
+/// directory is writable again.
+#[test]
+fn a_read_only_state_dir_stops_the_job_before_any_effect() {
+    let rig = rig();
+    let var = Mount::tmpfs(&state_dir(&rig), "1m");
+    var.read_only(true);
+    let platform = Recorder::default();
+    let rt = Running::start(&rig, platform.clone());
+    let env_before = env_bytes(&rig);
+
+    let r = rt.handle.install(rig.artifact.to_str().unwrap(), false);
+    assert!(matches!(r, Err(Rejection::StateNotSaved(_))), "{r:?}");
+    let record = rt.finished.recv_timeout(LONG).expect("the job's end is reported");
+    assert!(matches!(&record.outcome, Outcome::Failed { code, .. } if code == "state-not-saved"), "{record:?}");
+    let status = rt.status_until("the error in the status", |s| s.error.is_some());
+    assert!(status.error.as_deref().unwrap().contains("state not saved"), "{status:?}");
+    assert!(status.job.is_none(), "{status:?}");
+
+    // Nothing happened to the device, and the daemon is still up.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(env_bytes(&rig), env_before, "the bootloader env was not touched");
+    assert!(slot_is_blank(&rig, Slot::B), "nothing was written to slot B");
+    assert_eq!(platform.reboots.load(Ordering::SeqCst), 0);
+    assert!(rt.running(), "the daemon keeps running");
+    // A new install is refused up front while the state still cannot be saved.
+    let r = rt.handle.install(rig.artifact.to_str().unwrap(), false);
+    assert!(matches!(r, Err(Rejection::StateNotSaved(_))), "{r:?}");
+    assert_eq!(env_bytes(&rig), env_before);
+
+    // Writable again: the retry saves the history, the error clears, installs work.
+    var.read_only(false);
+    rt.status_until("the error to clear", |s| s.error.is_none());
+    let saved = std::fs::read_to_string(state_dir(&rig).join("state.json")).unwrap();
+    assert!(saved.contains("state-not-saved"), "{saved}");
+    rt.handle.install(rig.artifact.to_str().unwrap(), false).unwrap();
+    rt.status_until("the install", |s| s.operation == "awaiting-reboot");
+    assert!(!slot_is_blank(&rig, Slot::B));
+}
+
+/// Item 12: the state directory turns read-only while an update waits for its reboot: the reboot is not taken
+/// (the daemon would come up in the trial with a state that says it never asked for it), the caller is told so,
+/// and the update still waits.
+#[test]
+fn a_save_failing_before_the_reboot_takes_no_reboot() {
+    let rig = rig();
+    let var = Mount::tmpfs(&state_dir(&rig), "1m");
+    let platform = Recorder::default();
+    let rt = Running::start(&rig, platform.clone());
+    rt.handle.install(rig.artifact.to_str().unwrap(), false).unwrap();
+    rt.status_until("the install", |s| s.operation == "awaiting-reboot");
+
+    var.read_only(true);
+    let r = rt.request(|reply| Command::Reboot { reply });
+    assert!(matches!(r, Err(Rejection::StateNotSaved(_))), "{r:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(platform.reboots.load(Ordering::SeqCst), 0, "no reboot on an unsaved state");
+    let status = rt.handle.status();
+    assert_eq!(status.operation, "awaiting-reboot", "{status:?}");
+    assert!(status.error.as_deref().unwrap_or_default().contains("state not saved"), "{status:?}");
+
+    var.read_only(false);
+    rt.status_until("the error to clear", |s| s.error.is_none());
+    rt.request(|reply| Command::Reboot { reply }).unwrap();
+    wait_for("the reboot", || platform.reboots.load(Ordering::SeqCst) == 1);
+}
