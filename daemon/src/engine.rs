@@ -297,6 +297,14 @@ pub enum Event {
         /// Now.
         now: u64,
     },
+    /// The reboot command failed: the device is not going down. The job waits for its reboot again (or keeps
+    /// rolling back); automatic attempts back off (5 s doubling to 5 minutes).
+    RebootFailed {
+        /// The error.
+        message: String,
+        /// Now.
+        now: u64,
+    },
     /// Periodic clock tick.
     Tick {
         /// Now.
@@ -345,7 +353,7 @@ pub enum Action {
     },
     /// Cancel the running install.
     CancelInstall,
-    /// Reboot the device.
+    /// Reboot the device; feed back `RebootFailed` if it did not go down.
     Reboot,
     /// Run the health checks; feed back `HealthPassed` / `HealthFailed`.
     StartHealthChecks,
@@ -394,6 +402,9 @@ pub enum Rejection {
     /// The state file could not be written: the daemon takes no step it could not record.
     #[error("state-not-saved: {0}")]
     StateNotSaved(String),
+    /// The reboot command failed; the update waits for its reboot again.
+    #[error("reboot failed: {0}")]
+    RebootFailed(String),
     /// The daemon stopped before it answered.
     #[error("the daemon stopped")]
     Stopped,
@@ -462,12 +473,46 @@ pub struct Engine {
     inhibited: bool,
     /// A bootloader store is in flight for this phase transition.
     boot_pending: bool,
+    /// Reboots that failed in a row, the last one's error, and when the next automatic attempt is due.
+    reboot_failure: Option<RebootFailure>,
+    /// No automatic reboot before this time (after a failure, or while a rollback reboot is under way).
+    reboot_due: u64,
+}
+
+/// The reboot command failed: shown in the status until the job ends; the next automatic attempt waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebootFailure {
+    /// The last error.
+    pub message: String,
+    /// Failures in a row.
+    pub failures: u32,
+    /// When the next automatic attempt is due (seconds since the epoch).
+    pub retry_at: u64,
+}
+
+/// First wait after a failed reboot, seconds; it doubles with each failure in a row.
+pub const REBOOT_RETRY_MIN: u64 = 5;
+/// Longest wait between automatic reboot attempts, seconds (5 minutes).
+pub const REBOOT_RETRY_MAX: u64 = 300;
+
+/// The wait after the `failures`-th failure in a row: 5 s, 10 s, 20 s... at most 5 minutes.
+pub fn reboot_backoff(failures: u32) -> u64 {
+    let doublings = failures.saturating_sub(1).min(16);
+    REBOOT_RETRY_MIN.saturating_mul(1 << doublings).min(REBOOT_RETRY_MAX)
 }
 
 impl Engine {
     /// An engine over previously persisted state.
     pub fn new(persisted: Persisted, config: EngineConfig) -> Self {
-        Self { persisted, config, booted: None, inhibited: false, boot_pending: false }
+        Self {
+            persisted,
+            config,
+            booted: None,
+            inhibited: false,
+            boot_pending: false,
+            reboot_failure: None,
+            reboot_due: 0,
+        }
     }
 
     /// The slot the system runs from, once started.
@@ -478,6 +523,11 @@ impl Engine {
     /// The job in progress.
     pub fn job(&self) -> Option<&Job> {
         self.persisted.job.as_ref()
+    }
+
+    /// The reboot failure of the job in progress, if its last reboot attempt failed.
+    pub fn reboot_failure(&self) -> Option<&RebootFailure> {
+        self.reboot_failure.as_ref()
     }
 
     /// Whether local inhibitors are held.
@@ -515,6 +565,7 @@ impl Engine {
             }
             Event::Tick { now } => Ok(self.tick(now)),
             Event::StateNotSaved { message, now } => Ok(self.state_not_saved(message, now)),
+            Event::RebootFailed { message, now } => self.reboot_failed(message, now),
             Event::HealthPassed { now } => self.health_passed(now),
             Event::HealthFailed { reason, now } => self.health_failed(reason, now),
         }
@@ -543,6 +594,8 @@ impl Engine {
     fn finish(&mut self, outcome: Outcome, now: u64) -> Vec<Action> {
         let Some(job) = self.persisted.job.take() else { return Vec::new() };
         self.boot_pending = false;
+        self.reboot_failure = None;
+        self.reboot_due = 0;
         let remember_failure = matches!(outcome, Outcome::RolledBack { .. });
         if let (true, Some(a)) = (remember_failure, &job.artifact) {
             self.remember_failed(a.digest.clone());
@@ -803,6 +856,20 @@ impl Engine {
         }
     }
 
+    fn reboot_failed(&mut self, message: String, now: u64) -> Result<Vec<Action>, Rejection> {
+        match self.phase() {
+            // The device is not going down: the update waits for its reboot again (Cancel and Reboot work).
+            Some(JobPhase::Rebooting) => self.set_phase(JobPhase::AwaitingReboot, now),
+            Some(JobPhase::RollingBack) => {}
+            p => return Err(Rejection::WrongPhase { event: "reboot-failed", phase: PhaseName(p) }),
+        }
+        let failures = self.reboot_failure.as_ref().map_or(0, |f| f.failures).saturating_add(1);
+        let retry_at = now.saturating_add(reboot_backoff(failures));
+        self.reboot_due = retry_at;
+        self.reboot_failure = Some(RebootFailure { message, failures, retry_at });
+        Ok(Vec::new())
+    }
+
     fn state_not_saved(&mut self, message: String, now: u64) -> Vec<Action> {
         self.boot_pending = false;
         match self.phase() {
@@ -860,7 +927,13 @@ impl Engine {
                 }
                 Vec::new()
             }
-            Some(job) if job.phase == JobPhase::RollingBack && !self.inhibited => vec![Action::Reboot],
+            // The rollback reboot is repeated until the device goes down, but not faster than the backoff allows.
+            Some(job) if job.phase == JobPhase::RollingBack && !self.inhibited && now >= self.reboot_due => {
+                if self.reboot_failure.is_none() {
+                    self.reboot_due = now.saturating_add(REBOOT_RETRY_MIN);
+                }
+                vec![Action::Reboot]
+            }
             _ => self.maybe_reboot(now, false),
         }
     }
@@ -871,7 +944,7 @@ impl Engine {
         if self.phase() != Some(JobPhase::AwaitingReboot) || self.inhibited {
             return Vec::new();
         }
-        if !requested && !self.config.reboot.allows(minute_of_day(now)) {
+        if !requested && (!self.config.reboot.allows(minute_of_day(now)) || now < self.reboot_due) {
             return Vec::new();
         }
         self.set_phase(JobPhase::Rebooting, now);

@@ -700,3 +700,48 @@ fn a_state_that_cannot_be_saved_ends_the_job_before_the_switch_and_holds_it_afte
     assert_eq!(e.handle(not_saved(4)).unwrap(), vec![]);
     assert_eq!(e.job().unwrap().phase, JobPhase::AwaitingReboot);
 }
+
+#[test]
+fn a_failed_reboot_is_fed_back_and_retried_with_backoff() {
+    // Immediate policy: the update reboots at once; the command fails.
+    let mut e = awaiting(RebootPolicy::Immediate);
+    let t0 = 600 * 60;
+    assert_eq!(e.job().unwrap().phase, JobPhase::Rebooting);
+    assert_eq!(e.handle(Event::RebootFailed { message: "logind says no".into(), now: t0 }).unwrap(), vec![]);
+    // Not stuck in Rebooting: waiting for the reboot again, with the error shown.
+    assert_eq!(e.job().unwrap().phase, JobPhase::AwaitingReboot);
+    let f = e.reboot_failure().unwrap();
+    assert_eq!((f.message.as_str(), f.failures, f.retry_at), ("logind says no", 1, t0 + 5));
+    // Backoff: no attempt before it is due, one when it is; each failure doubles the wait, up to 5 minutes.
+    let mut now = t0;
+    for (failures, wait) in [(1u32, 5u64), (2, 10), (3, 20), (4, 40), (5, 80), (6, 160), (7, 300), (8, 300)] {
+        assert_eq!(e.reboot_failure().unwrap().failures, failures);
+        assert_eq!(e.handle(Event::Tick { now: now + wait - 1 }).unwrap(), vec![], "failure {failures}");
+        now += wait;
+        assert_eq!(e.handle(Event::Tick { now }).unwrap(), vec![Action::Reboot], "failure {failures}");
+        e.handle(Event::RebootFailed { message: "still no".into(), now }).unwrap();
+    }
+    // A request reboots at once, whatever the backoff; and Cancel works again.
+    assert_eq!(e.handle(Event::RebootRequested { now: now + 1 }).unwrap(), vec![Action::Reboot]);
+    e.handle(Event::RebootFailed { message: "no".into(), now: now + 1 }).unwrap();
+    assert!(e.handle(Event::CancelRequested { now: now + 2 }).is_ok());
+    assert!(e.reboot_failure().is_none(), "the job ended, and its reboot error with it");
+
+    // Rolling back: the reboot is repeated, not every tick, and backs off after failures.
+    let mut e = assessing();
+    let a = e.handle(Event::HealthFailed { reason: "x".into(), now: 20 }).unwrap();
+    assert_eq!(a.last(), Some(&Action::Reboot));
+    e.handle(Event::RebootFailed { message: "no".into(), now: 20 }).unwrap();
+    assert_eq!(e.job().unwrap().phase, JobPhase::RollingBack);
+    let reboots = |e: &mut Engine, from: u64, to: u64| {
+        (from..to).filter(|&now| e.handle(Event::Tick { now }).unwrap() == vec![Action::Reboot]).count()
+    };
+    assert_eq!(reboots(&mut e, 21, 25), 0);
+    assert_eq!(reboots(&mut e, 25, 26), 1);
+    e.handle(Event::RebootFailed { message: "no".into(), now: 25 }).unwrap();
+    assert_eq!(reboots(&mut e, 26, 35), 0);
+    assert_eq!(reboots(&mut e, 35, 36), 1);
+    // A wrong-phase failure is refused.
+    let mut e = started(RebootPolicy::Immediate);
+    assert!(matches!(e.handle(Event::RebootFailed { message: "x".into(), now: 1 }), Err(Rejection::WrongPhase { .. })));
+}

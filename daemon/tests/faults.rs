@@ -95,6 +95,10 @@ struct Rig {
 }
 
 fn rig() -> Rig {
+    rig_with("manual")
+}
+
+fn rig_with(policy: &str) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let key = otter_artifact::keys::generate().unwrap();
     otter_artifact::keys::write_keypair(&key, &dir.path().join("release")).unwrap();
@@ -111,7 +115,7 @@ fn rig() -> Rig {
     std::fs::write(&artifact_path, artifact).unwrap();
     let mut spec = DeviceSpec::new(TYPE, &dir.path().join("release.pub"));
     spec.slot_size = 2 << 20;
-    spec.reboot_policy = "manual".into();
+    spec.reboot_policy = policy.into();
     let device = Device::create(&dir.path().join("root"), &spec, None).unwrap();
     Rig { _dir: dir, device, artifact: artifact_path }
 }
@@ -237,4 +241,30 @@ fn a_save_failing_before_the_reboot_takes_no_reboot() {
     rt.status_until("the error to clear", |s| s.error.is_none());
     rt.request(|reply| Command::Reboot { reply }).unwrap();
     wait_for("the reboot", || platform.reboots.load(Ordering::SeqCst) == 1);
+}
+
+/// Item 14: a failing reboot command is an event: the update waits for its reboot again (not stuck in
+/// `rebooting`), the error shows in the status, Cancel works, and automatic attempts back off.
+#[test]
+fn a_failed_reboot_is_reported_and_retried_with_backoff() {
+    let rig = rig_with("immediate");
+    let platform = Recorder::default();
+    platform.fail.store(true, Ordering::SeqCst);
+    let rt = Running::start(&rig, platform.clone());
+    rt.handle.install(rig.artifact.to_str().unwrap(), false).unwrap();
+    let status = rt.status_until("the reboot error", |s| s.reboot_error.is_some());
+    assert_eq!(status.operation, "awaiting-reboot", "{status:?}");
+    assert!(status.line().contains("reboot failed") && status.line().contains("injected"), "{}", status.line());
+    // Retried automatically, after the backoff (5 s; the engine's clock has whole seconds).
+    wait_for("a second attempt", || platform.attempts.lock().unwrap().len() >= 2);
+    let attempts = platform.attempts.lock().unwrap().clone();
+    assert!(attempts[1] - attempts[0] >= Duration::from_millis(3900), "{:?}", attempts[1] - attempts[0]);
+    // A request is answered with the failure, and Cancel is possible (the job is not stuck).
+    let r = rt.request(|reply| Command::Reboot { reply });
+    assert!(matches!(&r, Err(Rejection::RebootFailed(m)) if m.contains("injected")), "{r:?}");
+    rt.request(|reply| Command::Cancel { reply }).unwrap();
+    let record = rt.finished.recv_timeout(LONG).unwrap();
+    assert_eq!(record.outcome, Outcome::Cancelled);
+    assert_eq!(platform.reboots.load(Ordering::SeqCst), 0);
+    assert!(rt.running());
 }

@@ -206,13 +206,21 @@ impl Runtime {
         }
     }
 
-    pub(super) fn reboot(&mut self) {
+    /// Reboots; a failure is the engine's `RebootFailed` (and the answer to a request that asked for it).
+    pub(super) fn reboot(&mut self, now: u64) -> Option<Event> {
         tracing::info!("rebooting");
         self.notifier.status("rebooting");
         match self.platform.reboot(&self.settings.reboot_command) {
-            Ok(Rebooting::Now) => self.halted = true,
-            Ok(Rebooting::Requested) => {}
-            Err(e) => tracing::error!("reboot failed: {e}"),
+            Ok(Rebooting::Now) => {
+                self.halted = true;
+                None
+            }
+            Ok(Rebooting::Requested) => None,
+            Err(e) => {
+                tracing::error!("reboot failed: {e}");
+                self.request_error = Some(Rejection::RebootFailed(e.to_string()));
+                Some(Event::RebootFailed { message: e.to_string(), now })
+            }
         }
     }
 }

@@ -83,8 +83,9 @@ pub struct Runtime {
     unusable: Option<String>,
     /// Why the last save of the state failed, until one succeeds: no step is taken meanwhile.
     unsaved: Option<String>,
-    /// Set when steps were dropped because the state was not saved (so that a request is not answered `Ok`).
-    dropped: Option<String>,
+    /// Set when a request's steps failed after the engine accepted it (the state was not saved, the reboot
+    /// failed), so that the request is not answered `Ok`.
+    request_error: Option<Rejection>,
 }
 
 impl Runtime {
@@ -137,7 +138,7 @@ impl Runtime {
             tick,
             unusable,
             unsaved: None,
-            dropped: None,
+            request_error: None,
         };
         let handle = Handle { tx, status, subscribers };
         match booted_slot(&rt.settings) {
@@ -279,11 +280,11 @@ impl Runtime {
             return Err(Rejection::StateNotSaved(e.to_string()));
         }
         let actions = self.engine.handle(event)?;
-        self.dropped = None;
+        self.request_error = None;
         self.execute(actions);
         // The request's steps were not taken (or not all): say so rather than report success.
-        match self.dropped.take() {
-            Some(e) => Err(Rejection::StateNotSaved(e)),
+        match self.request_error.take() {
+            Some(r) => Err(r),
             None => Ok(()),
         }
     }
@@ -333,10 +334,7 @@ impl Runtime {
                     }
                     None
                 }
-                Action::Reboot => {
-                    self.reboot();
-                    None
-                }
+                Action::Reboot => self.reboot(now),
                 Action::StartHealthChecks => {
                     self.start_health();
                     None
@@ -385,7 +383,7 @@ impl Runtime {
     /// carried out: stopping a running install and reporting the job's end.
     fn state_not_saved(&mut self, e: &StateError, action: Action, queue: VecDeque<Action>) {
         let dropped: Vec<Action> = std::iter::once(action).chain(queue).collect();
-        self.dropped = Some(e.to_string());
+        self.request_error = Some(Rejection::StateNotSaved(e.to_string()));
         tracing::error!("state not saved; not carrying out {dropped:?}");
         let now = self.platform.now();
         for action in self.handle_event(Event::StateNotSaved { message: e.to_string(), now }).unwrap_or_default() {

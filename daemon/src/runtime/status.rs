@@ -27,6 +27,8 @@ pub struct Status {
     pub slots: Vec<(Slot, SlotState)>,
     /// Local inhibitors held, as (who, why).
     pub inhibitors: Vec<(String, String)>,
+    /// The job's last reboot attempt failed with this (it is retried with backoff).
+    pub reboot_error: Option<String>,
 }
 
 impl Status {
@@ -40,7 +42,10 @@ impl Status {
             (Some(j), Some(p)) if j.phase == JobPhase::Installing => {
                 format!("installing job {} into slot {}: {}%", j.id, j.target, p.percent())
             }
-            (Some(j), _) => format!("booted {slot}; job {} {}", j.id, self.operation),
+            (Some(j), _) => match &self.reboot_error {
+                Some(e) => format!("booted {slot}; job {} {}; reboot failed: {e}", j.id, self.operation),
+                None => format!("booted {slot}; job {} {}", j.id, self.operation),
+            },
             (None, _) => match &self.last {
                 Some(r) => format!("booted {slot}; idle; last job {} {}", r.job.id, r.outcome.word()),
                 None => format!("booted {slot}; idle"),
@@ -71,6 +76,7 @@ impl Runtime {
             s.primary = self.boot.as_ref().and_then(|b| b.primary());
             s.slots = self.boot.as_ref().map(|b| Slot::ALL.map(|x| (x, b.slot_state(x))).to_vec()).unwrap_or_default();
             s.job = self.engine.job().cloned();
+            s.reboot_error = self.engine.reboot_failure().map(|f| f.message.clone());
             s.error = self.unusable.clone().or_else(|| self.unsaved.as_ref().map(|e| format!("state not saved: {e}")));
             s.last = self.engine.persisted.history.back().cloned();
             s.operation = match self.engine.job().map(|j| j.phase) {
