@@ -122,6 +122,10 @@ pub struct Job {
     pub trial_boots: u32,
     /// Why a rollback was started, while rolling back.
     pub rollback_reason: Option<String>,
+    /// Cancel was requested after the slot was installed; the job ends `cancelled` once the new slot is durably
+    /// marked bad. A start-up that finds the device in the new slot rolls back instead of assessing it.
+    #[serde(default)]
+    pub cancel_requested: bool,
 }
 
 /// Failure code of an install cut off by a restart or power failure. The slot holds no valid image, but the
@@ -582,6 +586,11 @@ impl Engine {
         self.persisted.job.as_ref().map(|j| j.phase)
     }
 
+    /// Whether the job in progress was cancelled and its revert is not durable yet.
+    fn cancelling(&self) -> bool {
+        self.persisted.job.as_ref().is_some_and(|j| j.cancel_requested)
+    }
+
     /// `Ok` when the job is in `phase`; otherwise the event `event` does not apply.
     fn expect_phase(&self, event: &'static str, phase: JobPhase) -> Result<(), Rejection> {
         match self.phase() {
@@ -631,6 +640,9 @@ impl Engine {
         let on_target = booted == job.target;
         let target_pending = boot.primary == Some(job.target)
             && matches!(boot.state(job.target), SlotState::Trying { attempts_left } if attempts_left > 0);
+        if job.cancel_requested {
+            return self.started_cancelled(&job, booted, now);
+        }
         match (job.phase, on_target) {
             // Cut off while writing: the slot is invalid (marked bad before the install started).
             // Re-confirming the running slot in these branches matters: the boot spent one of its attempts, and
@@ -710,6 +722,27 @@ impl Engine {
         }
     }
 
+    /// Start-up with a job the user cancelled whose revert may not have reached the bootloader: never assess or
+    /// commit it. In the old slot, (re-)store the revert and end the job `cancelled` once stored; in the new slot
+    /// (the revert never got stored before a reboot), mark it bad and reboot back.
+    fn started_cancelled(&mut self, job: &Job, booted: Slot, now: u64) -> Vec<Action> {
+        if booted != job.target {
+            self.set_phase(JobPhase::AwaitingReboot, now);
+            self.boot_pending = true;
+            return vec![Action::Boot(vec![BootChange::MarkBad(job.target), BootChange::MarkGood(booted)])];
+        }
+        if let Some(j) = &mut self.persisted.job {
+            j.phase = JobPhase::RollingBack;
+            j.updated_at = now;
+            j.rollback_reason = Some("the update was cancelled; it is not kept".into());
+        }
+        let mut a = vec![Action::Boot(vec![BootChange::MarkBad(job.target)])];
+        if !self.inhibited {
+            a.push(Action::Reboot);
+        }
+        a
+    }
+
     fn started_idle(&mut self, booted: Slot, boot: BootView, now: u64) -> Vec<Action> {
         match boot.state(booted) {
             // A trial nobody knows about (state lost): assess it like ours rather than leave it half-committed.
@@ -730,6 +763,7 @@ impl Engine {
                     assess_started_at: Some(now),
                     trial_boots: 1,
                     rollback_reason: None,
+                    cancel_requested: false,
                 });
                 vec![Action::StartHealthChecks]
             }
@@ -781,6 +815,7 @@ impl Engine {
             assess_started_at: None,
             trial_boots: 0,
             rollback_reason: None,
+            cancel_requested: false,
         });
         // The target is about to be overwritten: it is durably marked bad first, so that no bootloader fallback
         // can pick a half-written slot. The install starts when that store succeeded (`BootStored`).
@@ -820,8 +855,17 @@ impl Engine {
     fn boot_stored(&mut self, now: u64) -> Result<Vec<Action>, Rejection> {
         // Every store the engine asks for while idle (re-confirming the booted slot) has nothing to follow up.
         let Some(job) = &self.persisted.job else { return Ok(Vec::new()) };
-        if !std::mem::take(&mut self.boot_pending) {
+        let pending = std::mem::take(&mut self.boot_pending);
+        // The rollback's "mark bad" is stored; the reboot follows (or already went out).
+        if job.phase == JobPhase::RollingBack {
+            return Ok(Vec::new());
+        }
+        if !pending {
             return Err(Rejection::WrongPhase { event: "boot-stored", phase: PhaseName(Some(job.phase)) });
+        }
+        // The cancelled update's slot is durably marked bad: only now is the job cancelled.
+        if job.cancel_requested {
+            return Ok(self.finish(Outcome::Cancelled, now));
         }
         Ok(match job.phase {
             JobPhase::Installing => {
@@ -895,11 +939,16 @@ impl Engine {
         match self.phase() {
             None => Err(Rejection::NothingToCancel),
             Some(JobPhase::Installing) => Ok(vec![Action::CancelInstall]),
+            // The job is cancelled once "mark bad" is durable (`BootStored`); until then it stays, marked as being
+            // cancelled (persisted), and never reboots into the new slot: a failed store leaves a job the user can
+            // cancel again, and a start-up in the new slot rolls back instead of assessing it.
             Some(JobPhase::Installed | JobPhase::AwaitingReboot) => {
-                let target = self.persisted.job.as_ref().map(|j| j.target).expect("job exists");
-                let mut a = vec![Action::Boot(vec![BootChange::MarkBad(target)])];
-                a.extend(self.finish(Outcome::Cancelled, now));
-                Ok(a)
+                let job = self.persisted.job.as_mut().expect("job exists");
+                job.cancel_requested = true;
+                job.updated_at = now;
+                let target = job.target;
+                self.boot_pending = true;
+                Ok(vec![Action::Boot(vec![BootChange::MarkBad(target)])])
             }
             Some(p) => Err(Rejection::NotCancellable(p)),
         }
@@ -907,7 +956,7 @@ impl Engine {
 
     fn reboot_requested(&mut self, now: u64) -> Result<Vec<Action>, Rejection> {
         match self.phase() {
-            Some(JobPhase::AwaitingReboot) => {
+            Some(JobPhase::AwaitingReboot) if !self.cancelling() => {
                 if self.inhibited {
                     return Err(Rejection::Inhibited(Inhibits::Reboots));
                 }
@@ -941,7 +990,7 @@ impl Engine {
     /// Reboots into the new slot if the job waits for it, the policy allows it now (or it was requested) and no
     /// inhibitor is held.
     fn maybe_reboot(&mut self, now: u64, requested: bool) -> Vec<Action> {
-        if self.phase() != Some(JobPhase::AwaitingReboot) || self.inhibited {
+        if self.phase() != Some(JobPhase::AwaitingReboot) || self.inhibited || self.cancelling() {
             return Vec::new();
         }
         if !requested && (!self.config.reboot.allows(minute_of_day(now)) || now < self.reboot_due) {

@@ -268,7 +268,10 @@ fn cancel_in_each_phase() {
 
     let mut e = awaiting(RebootPolicy::Manual);
     let a = e.handle(Event::CancelRequested { now: 4 }).unwrap();
-    assert_eq!(a[0], Action::Boot(vec![BootChange::MarkBad(Slot::B)]));
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkBad(Slot::B)])]);
+    // Cancelled only once the revert is durable.
+    assert!(e.job().unwrap().cancel_requested);
+    let a = e.handle(Event::BootStored { now: 4 }).unwrap();
     assert_eq!(outcome(&a), Some(Outcome::Cancelled));
 
     let mut e = assessing();
@@ -725,6 +728,7 @@ fn a_failed_reboot_is_fed_back_and_retried_with_backoff() {
     assert_eq!(e.handle(Event::RebootRequested { now: now + 1 }).unwrap(), vec![Action::Reboot]);
     e.handle(Event::RebootFailed { message: "no".into(), now: now + 1 }).unwrap();
     assert!(e.handle(Event::CancelRequested { now: now + 2 }).is_ok());
+    e.handle(Event::BootStored { now: now + 2 }).unwrap();
     assert!(e.reboot_failure().is_none(), "the job ended, and its reboot error with it");
 
     // Rolling back: the reboot is repeated, not every tick, and backs off after failures.
@@ -744,4 +748,37 @@ fn a_failed_reboot_is_fed_back_and_retried_with_backoff() {
     // A wrong-phase failure is refused.
     let mut e = started(RebootPolicy::Immediate);
     assert!(matches!(e.handle(Event::RebootFailed { message: "x".into(), now: 1 }), Err(Rejection::WrongPhase { .. })));
+}
+
+#[test]
+fn cancel_is_reported_only_once_the_revert_is_durable_and_a_cancelled_trial_is_never_adopted() {
+    let mut e = awaiting(RebootPolicy::Manual);
+    e.handle(Event::CancelRequested { now: 4 }).unwrap();
+    // Storing "mark bad" failed: not cancelled; the job stays, and never reboots into the new slot.
+    assert_eq!(e.handle(Event::BootFailed { message: "read-only".into(), now: 5 }).unwrap(), vec![]);
+    let job = e.job().unwrap().clone();
+    assert_eq!((job.phase, job.cancel_requested), (JobPhase::AwaitingReboot, true));
+    assert_eq!(e.handle(Event::Tick { now: 6 }).unwrap(), vec![]);
+    assert_eq!(e.handle(Event::RebootRequested { now: 6 }), Err(Rejection::NoRebootPending));
+
+    // The device rebooted anyway (power cut) into the trial the bootloader still holds: roll back, don't assess.
+    let mut e2 = Engine::new(e.persisted.clone(), config(RebootPolicy::Manual));
+    let a = e2.handle(Event::Started { booted: Slot::B, boot: trying(Slot::B, 2), now: 7 }).unwrap();
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkBad(Slot::B)]), Action::Reboot]);
+    assert_eq!(e2.job().unwrap().phase, JobPhase::RollingBack);
+    e2.handle(Event::BootStored { now: 7 }).unwrap();
+    // Back in A: the revert is stored again, then the job ends cancelled (not rolled back: the artifact is fine).
+    let mut e3 = Engine::new(e2.persisted.clone(), config(RebootPolicy::Manual));
+    let a = e3.handle(Event::Started { booted: Slot::A, boot: settled(Slot::A), now: 8 }).unwrap();
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkBad(Slot::B), BootChange::MarkGood(Slot::A)])]);
+    assert!(e3.job().is_some(), "not reported before the store");
+    let a = e3.handle(Event::BootStored { now: 8 }).unwrap();
+    assert_eq!(outcome(&a), Some(Outcome::Cancelled));
+    assert!(e3.persisted.failed_digests.is_empty());
+
+    // Restarted in the old slot before the revert was stored: the same, without a reboot.
+    let mut e4 = Engine::new(e.persisted.clone(), config(RebootPolicy::Manual));
+    let a = e4.handle(Event::Started { booted: Slot::A, boot: trying(Slot::B, 3), now: 9 }).unwrap();
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkBad(Slot::B), BootChange::MarkGood(Slot::A)])]);
+    assert_eq!(outcome(&e4.handle(Event::BootStored { now: 9 }).unwrap()), Some(Outcome::Cancelled));
 }

@@ -268,3 +268,46 @@ fn a_failed_reboot_is_reported_and_retried_with_backoff() {
     assert_eq!(platform.reboots.load(Ordering::SeqCst), 0);
     assert!(rt.running());
 }
+
+/// Item 13: Cancel while an update waits for its reboot, with a bootloader env that cannot be written: Cancel
+/// says so (the update is not cancelled), and when the device then boots the trial the bootloader still holds,
+/// it is rolled back, never adopted and committed; the job ends `cancelled` once back in the old slot.
+#[test]
+fn cancel_tells_the_truth_when_the_revert_cannot_be_stored() {
+    let rig = rig();
+    let boot_dir = rig.device.root.join("boot");
+    let boot = Mount::tmpfs(&boot_dir, "1m");
+    let platform = Recorder::default();
+    let rt = Running::start(&rig, platform.clone());
+    rt.handle.install(rig.artifact.to_str().unwrap(), false).unwrap();
+    rt.status_until("the install", |s| s.operation == "awaiting-reboot");
+
+    boot.read_only(true);
+    let r = rt.request(|reply| Command::Cancel { reply });
+    assert!(matches!(&r, Err(Rejection::Bootloader(m)) if m.contains("Read-only")), "{r:?}");
+    assert!(rt.finished.try_recv().is_err(), "no job end is reported");
+    let status = rt.handle.status();
+    assert!(status.job.as_ref().is_some_and(|j| j.cancel_requested), "{status:?}");
+    // Nor does it reboot into the update it was asked to cancel.
+    assert!(matches!(rt.request(|reply| Command::Reboot { reply }), Err(Rejection::NoRebootPending)));
+    drop(rt);
+    boot.read_only(false);
+
+    // The device restarts (power cut); the bootloader still tries the new slot.
+    assert_eq!(otterd::sim::power_on(&rig.device).unwrap(), Slot::B);
+    let platform = Recorder::default();
+    let rt = Running::start(&rig, platform.clone());
+    wait_for("the rollback reboot", || platform.reboots.load(Ordering::SeqCst) >= 1);
+    let status = rt.handle.status();
+    assert_eq!(status.operation, "rolling-back", "{status:?}");
+    assert!(status.slots.contains(&(Slot::B, otter_bootloader::SlotState::Bad)), "{status:?}");
+    assert!(rt.finished.try_recv().is_err(), "nothing committed");
+    drop(rt);
+
+    assert_eq!(otterd::sim::power_on(&rig.device).unwrap(), Slot::A);
+    let rt = Running::start(&rig, Recorder::default());
+    let record = rt.finished.recv_timeout(LONG).unwrap();
+    assert_eq!(record.outcome, Outcome::Cancelled);
+    let status = rt.status_until("idle", |s| s.job.is_none());
+    assert!(status.slots.contains(&(Slot::B, otter_bootloader::SlotState::Bad)), "{status:?}");
+}

@@ -195,12 +195,14 @@ impl Runtime {
         match result {
             Ok(()) => {
                 tracing::info!("bootloader: {changes:?} stored; next boot {:?}", boot.primary());
+                self.last_boot_error = None;
                 Event::BootStored { now }
             }
             Err(e) => {
                 tracing::error!("bootloader: {changes:?} failed: {e}");
                 // Drop the half-applied in-memory changes so the view matches storage again.
                 let _ = boot.reload();
+                self.last_boot_error = Some(e.to_string());
                 Event::BootFailed { message: e.to_string(), now }
             }
         }

@@ -86,6 +86,8 @@ pub struct Runtime {
     /// Set when a request's steps failed after the engine accepted it (the state was not saved, the reboot
     /// failed), so that the request is not answered `Ok`.
     request_error: Option<Rejection>,
+    /// The last bootloader store's error, if it failed.
+    last_boot_error: Option<String>,
 }
 
 impl Runtime {
@@ -139,6 +141,7 @@ impl Runtime {
             unusable,
             unsaved: None,
             request_error: None,
+            last_boot_error: None,
         };
         let handle = Handle { tx, status, subscribers };
         match booted_slot(&rt.settings) {
@@ -219,7 +222,14 @@ impl Runtime {
                 let _ = reply.send(result.map(|()| self.engine.job().map_or(0, |j| j.id)));
             }
             Msg::Command(Command::Cancel { reply }) => {
-                let _ = reply.send(self.request(Event::CancelRequested { now }));
+                let mut result = self.request(Event::CancelRequested { now });
+                // Cancelled means the revert is durable; a job still being cancelled means its store failed.
+                if result.is_ok() && self.engine.job().is_some_and(|j| j.cancel_requested) {
+                    let e = self.last_boot_error.clone().unwrap_or_else(|| "the revert was not stored".into());
+                    tracing::error!("cancel not done: {e}");
+                    result = Err(Rejection::Bootloader(e));
+                }
+                let _ = reply.send(result);
             }
             Msg::Command(Command::Reboot { reply }) => {
                 let _ = reply.send(self.request(Event::RebootRequested { now }));
