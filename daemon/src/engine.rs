@@ -170,6 +170,8 @@ pub struct BootView {
     pub a: SlotState,
     /// State of slot B.
     pub b: SlotState,
+    /// The anti-rollback floor the environment keeps (0 if none).
+    pub security_version: u64,
 }
 
 impl BootView {
@@ -218,6 +220,10 @@ pub struct EngineConfig {
     pub reboot: RebootPolicy,
     /// Seconds the new slot has to pass its health checks.
     pub commit_deadline: u64,
+    /// The `security_version` the running image declares (`/usr/lib/otter/security-version`; 0 if none). It
+    /// becomes part of the floor once the running slot is committed: at start-up outside a trial (seeding a fresh
+    /// device), and when a trial, ours or adopted, commits.
+    pub image_security_version: u64,
 }
 
 /// Something that happened.
@@ -337,6 +343,8 @@ pub enum BootChange {
     TryNext(Slot),
     /// Commit a slot.
     MarkGood(Slot),
+    /// Raise the anti-rollback floor the environment keeps (never lowers it).
+    RaiseSecurityVersion(u64),
 }
 
 /// Something the runtime must do.
@@ -481,6 +489,8 @@ pub struct Engine {
     reboot_failure: Option<RebootFailure>,
     /// No automatic reboot before this time (after a failure, or while a rollback reboot is under way).
     reboot_due: u64,
+    /// The floor the environment holds, as far as the engine asked for it.
+    env_security_version: u64,
 }
 
 /// The reboot command failed: shown in the status until the job ends; the next automatic attempt waits.
@@ -516,6 +526,7 @@ impl Engine {
             boot_pending: false,
             reboot_failure: None,
             reboot_due: 0,
+            env_security_version: 0,
         }
     }
 
@@ -586,6 +597,14 @@ impl Engine {
         self.persisted.job.as_ref().map(|j| j.phase)
     }
 
+    /// The change that raises the environment's floor to `floor`, if it is lower.
+    fn raise_floor(&mut self, floor: u64) -> Option<BootChange> {
+        (floor > self.env_security_version).then(|| {
+            self.env_security_version = floor;
+            BootChange::RaiseSecurityVersion(floor)
+        })
+    }
+
     /// Whether the job in progress was cancelled and its revert is not durable yet.
     fn cancelling(&self) -> bool {
         self.persisted.job.as_ref().is_some_and(|j| j.cancel_requested)
@@ -609,10 +628,11 @@ impl Engine {
         if let (true, Some(a)) = (remember_failure, &job.artifact) {
             self.remember_failed(a.digest.clone());
         }
-        if outcome == Outcome::Committed
-            && let Some(a) = &job.artifact
-        {
-            self.persisted.security_version = self.persisted.security_version.max(a.security_version);
+        if outcome == Outcome::Committed {
+            // Committed only from the new slot itself: the running image is the committed one.
+            let committed = job.artifact.as_ref().map_or(0, |a| a.security_version);
+            self.persisted.security_version =
+                self.persisted.security_version.max(committed).max(self.config.image_security_version);
         }
         let record = JobRecord { job, outcome, finished_at: now };
         self.persisted.history.push_back(record.clone());
@@ -634,6 +654,15 @@ impl Engine {
     fn started(&mut self, booted: Slot, boot: BootView, now: u64) -> Vec<Action> {
         self.booted = Some(booted);
         self.boot_pending = false;
+        // The floor is the highest of what the state file and the environment keep, so that losing either
+        // cannot lower it; the running image's own version counts once its slot is committed (not on trial:
+        // a failing trial goes back to an older image).
+        self.env_security_version = boot.security_version;
+        let mut floor = self.persisted.security_version.max(boot.security_version);
+        if !matches!(boot.state(booted), SlotState::Trying { .. }) {
+            floor = floor.max(self.config.image_security_version);
+        }
+        self.persisted.security_version = floor;
         let Some(job) = self.persisted.job.clone() else {
             return self.started_idle(booted, boot, now);
         };
@@ -770,7 +799,11 @@ impl Engine {
             // Re-confirm the running, committed slot so its boot counter never runs down. A running slot that reads
             // bad had its counter spent by boots the daemon did not confirm (power cuts): it is still the slot the
             // bootloader chose and that runs, so it is confirmed too.
-            SlotState::Good | SlotState::Bad => vec![Action::Boot(vec![BootChange::MarkGood(booted)])],
+            SlotState::Good | SlotState::Bad => {
+                let mut changes = vec![BootChange::MarkGood(booted)];
+                changes.extend(self.raise_floor(self.persisted.security_version));
+                vec![Action::Boot(changes)]
+            }
         }
     }
 
@@ -1008,10 +1041,16 @@ impl Engine {
         }
         // The commit is recorded only once "mark good" is durable (`BootStored`): recorded first, a power cut in
         // between would report a commit while the bootloader still counts the trial down and falls back.
+        // The floor rises in the same store as the commit: the committed image's version (the artifact's, or for an
+        // adopted trial the image's own) is kept in the environment before the commit is recorded.
         let target = job.target;
+        let committed = job.artifact.as_ref().map_or(0, |a| a.security_version);
+        let floor = self.persisted.security_version.max(committed).max(self.config.image_security_version);
         self.set_phase(JobPhase::Assessing, now);
         self.boot_pending = true;
-        Ok(vec![Action::Boot(vec![BootChange::MarkGood(target)])])
+        let mut changes = vec![BootChange::MarkGood(target)];
+        changes.extend(self.raise_floor(floor));
+        Ok(vec![Action::Boot(changes)])
     }
 
     fn health_failed(&mut self, reason: String, now: u64) -> Result<Vec<Action>, Rejection> {

@@ -11,15 +11,15 @@ use proptest::prelude::*;
 const DEADLINE: u64 = 600;
 
 fn config(reboot: RebootPolicy) -> EngineConfig {
-    EngineConfig { reboot, commit_deadline: DEADLINE }
+    EngineConfig { reboot, commit_deadline: DEADLINE, image_security_version: 0 }
 }
 
 fn settled(primary: Slot) -> BootView {
-    BootView { primary: Some(primary), a: SlotState::Good, b: SlotState::Good }
+    BootView { primary: Some(primary), a: SlotState::Good, b: SlotState::Good, security_version: 0 }
 }
 
 fn trying(target: Slot, left: u32) -> BootView {
-    let mut v = BootView { primary: Some(target), a: SlotState::Good, b: SlotState::Good };
+    let mut v = BootView { primary: Some(target), a: SlotState::Good, b: SlotState::Good, security_version: 0 };
     match target {
         Slot::A => v.a = SlotState::Trying { attempts_left: left },
         Slot::B => v.b = SlotState::Trying { attempts_left: left },
@@ -284,7 +284,8 @@ fn cancel_in_each_phase() {
 fn healthy_trial_commits_and_raises_the_security_version() {
     let mut e = assessing();
     let a = e.handle(Event::HealthPassed { now: 20 }).unwrap();
-    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkGood(Slot::B)])]);
+    // The floor rises in the bootloader env in the same store as the commit.
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkGood(Slot::B), BootChange::RaiseSecurityVersion(3)])]);
     // Committed only once the bootloader change is durable.
     assert_eq!(e.job().unwrap().phase, JobPhase::Assessing);
     let a = e.handle(Event::BootStored { now: 21 }).unwrap();
@@ -304,7 +305,7 @@ fn health_failure_rolls_back() {
     assert_eq!(e.job().unwrap().phase, JobPhase::RollingBack);
     // The reboot brings the device back to A.
     let mut e = Engine::new(e.persisted.clone(), config(RebootPolicy::Immediate));
-    let boot = BootView { primary: Some(Slot::A), a: SlotState::Good, b: SlotState::Bad };
+    let boot = BootView { primary: Some(Slot::A), a: SlotState::Good, b: SlotState::Bad, security_version: 0 };
     let a = e.handle(Event::Started { booted: Slot::A, boot, now: 30 }).unwrap();
     assert_eq!(a[0], Action::Boot(vec![BootChange::MarkBad(Slot::B), BootChange::MarkGood(Slot::A)]));
     match outcome(&a) {
@@ -364,7 +365,12 @@ fn bootloader_fallback_is_detected_after_reboot() {
     for phase_engine in [awaiting(RebootPolicy::Immediate), assessing()] {
         let mut e = Engine::new(phase_engine.persisted.clone(), config(RebootPolicy::Immediate));
         // B never came up (or hung in its trial): its attempts ran out and the bootloader booted A.
-        let boot = BootView { primary: Some(Slot::A), a: SlotState::Good, b: SlotState::Trying { attempts_left: 0 } };
+        let boot = BootView {
+            primary: Some(Slot::A),
+            a: SlotState::Good,
+            b: SlotState::Trying { attempts_left: 0 },
+            security_version: 0,
+        };
         let a = e.handle(Event::Started { booted: Slot::A, boot, now: 50 }).unwrap();
         assert_eq!(a[0], Action::Boot(vec![BootChange::MarkBad(Slot::B), BootChange::MarkGood(Slot::A)]));
         assert!(matches!(outcome(&a), Some(Outcome::RolledBack { .. })));
@@ -385,7 +391,7 @@ fn restart_in_the_middle_of_an_install_fails_it_honestly() {
     let mut e = started(RebootPolicy::Immediate);
     install(&mut e);
     let mut e = Engine::new(e.persisted.clone(), config(RebootPolicy::Immediate));
-    let boot = BootView { primary: Some(Slot::A), a: SlotState::Good, b: SlotState::Bad };
+    let boot = BootView { primary: Some(Slot::A), a: SlotState::Good, b: SlotState::Bad, security_version: 0 };
     let a = e.handle(Event::Started { booted: Slot::A, boot, now: 5 }).unwrap();
     assert_eq!(a[0], Action::Boot(vec![BootChange::MarkBad(Slot::B), BootChange::MarkGood(Slot::A)]));
     assert!(matches!(outcome(&a), Some(Outcome::Failed { code, .. }) if code == "interrupted"));
@@ -397,7 +403,7 @@ fn restart_after_install_before_the_flip_flips_again() {
     install(&mut e);
     e.handle(Event::InstallSucceeded { artifact: artifact("2.0", 3), now: 2 }).unwrap();
     let mut e = Engine::new(e.persisted.clone(), config(RebootPolicy::Immediate));
-    let boot = BootView { primary: Some(Slot::A), a: SlotState::Good, b: SlotState::Bad };
+    let boot = BootView { primary: Some(Slot::A), a: SlotState::Good, b: SlotState::Bad, security_version: 0 };
     let a = e.handle(Event::Started { booted: Slot::A, boot, now: 5 }).unwrap();
     assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkGood(Slot::A), BootChange::TryNext(Slot::B)])]);
     assert_eq!(e.handle(Event::BootStored { now: 6 }).unwrap(), vec![Action::Reboot]);
@@ -419,7 +425,7 @@ fn rollback_that_did_not_take_does_not_loop() {
     let mut e = assessing();
     e.handle(Event::HealthFailed { reason: "x".into(), now: 20 }).unwrap();
     let mut e = Engine::new(e.persisted.clone(), config(RebootPolicy::Immediate));
-    let boot = BootView { primary: Some(Slot::B), a: SlotState::Good, b: SlotState::Bad };
+    let boot = BootView { primary: Some(Slot::B), a: SlotState::Good, b: SlotState::Bad, security_version: 0 };
     let a = e.handle(Event::Started { booted: Slot::B, boot, now: 30 }).unwrap();
     assert!(!a.contains(&Action::Reboot));
     assert!(matches!(outcome(&a), Some(Outcome::Failed { code, .. }) if code == "rollback-failed"));
@@ -495,7 +501,12 @@ impl Device {
     }
 
     fn view(&self) -> BootView {
-        BootView { primary: self.boot.primary(), a: self.boot.slot_state(Slot::A), b: self.boot.slot_state(Slot::B) }
+        BootView {
+            primary: self.boot.primary(),
+            a: self.boot.slot_state(Slot::A),
+            b: self.boot.slot_state(Slot::B),
+            security_version: self.boot.security_version().unwrap_or(0),
+        }
     }
 
     /// One boot: what the runtime does, with a power cut possible at every step.
@@ -535,6 +546,7 @@ impl Device {
                                 BootChange::MarkBad(s) => self.boot.mark_bad(s).unwrap(),
                                 BootChange::TryNext(s) => self.boot.set_try_next(s).unwrap(),
                                 BootChange::MarkGood(s) => self.boot.mark_good(s).unwrap(),
+                                BootChange::RaiseSecurityVersion(v) => self.boot.raise_security_version(v).unwrap(),
                             }
                         }
                         if self.tick("before store") {
@@ -781,4 +793,42 @@ fn cancel_is_reported_only_once_the_revert_is_durable_and_a_cancelled_trial_is_n
     let a = e4.handle(Event::Started { booted: Slot::A, boot: trying(Slot::B, 3), now: 9 }).unwrap();
     assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkBad(Slot::B), BootChange::MarkGood(Slot::A)])]);
     assert_eq!(outcome(&e4.handle(Event::BootStored { now: 9 }).unwrap()), Some(Outcome::Cancelled));
+}
+
+fn with_floor(view: BootView, security_version: u64) -> BootView {
+    BootView { security_version, ..view }
+}
+
+#[test]
+fn the_floor_is_the_maximum_of_state_env_and_committed_image_and_never_goes_down() {
+    // The state file was lost (or corrupt): the environment still holds the floor.
+    let mut e = Engine::new(Persisted::default(), config(RebootPolicy::Immediate));
+    let a = e.handle(Event::Started { booted: Slot::A, boot: with_floor(settled(Slot::A), 5), now: 0 }).unwrap();
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkGood(Slot::A)])], "nothing to raise");
+    assert_eq!(e.persisted.security_version, 5);
+    assert!(matches!(&install(&mut e)[..], [Action::Install { min_security_version: 5, .. }]));
+
+    // The environment was reset: the state file raises it back.
+    let p = Persisted { security_version: 6, ..Persisted::default() };
+    let mut e = Engine::new(p, config(RebootPolicy::Immediate));
+    let a = e.handle(Event::Started { booted: Slot::A, boot: with_floor(settled(Slot::A), 2), now: 0 }).unwrap();
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkGood(Slot::A), BootChange::RaiseSecurityVersion(6)])]);
+
+    // A fresh device is seeded from its (committed) image.
+    let cfg = EngineConfig { image_security_version: 4, ..config(RebootPolicy::Immediate) };
+    let mut e = Engine::new(Persisted::default(), cfg);
+    let a = e.handle(Event::Started { booted: Slot::A, boot: settled(Slot::A), now: 0 }).unwrap();
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkGood(Slot::A), BootChange::RaiseSecurityVersion(4)])]);
+    assert_eq!(e.persisted.security_version, 4);
+
+    // A trial's image does not count until it commits; an adopted trial (state lost) raises it when it does.
+    let cfg = EngineConfig { image_security_version: 7, ..config(RebootPolicy::Immediate) };
+    let mut e = Engine::new(Persisted::default(), cfg);
+    let a = e.handle(Event::Started { booted: Slot::B, boot: with_floor(trying(Slot::B, 2), 3), now: 0 }).unwrap();
+    assert_eq!(a, vec![Action::StartHealthChecks]);
+    assert_eq!(e.persisted.security_version, 3, "not raised by a trial");
+    let a = e.handle(Event::HealthPassed { now: 1 }).unwrap();
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkGood(Slot::B), BootChange::RaiseSecurityVersion(7)])]);
+    assert_eq!(outcome(&e.handle(Event::BootStored { now: 2 }).unwrap()), Some(Outcome::Committed));
+    assert_eq!(e.persisted.security_version, 7);
 }

@@ -88,6 +88,25 @@ impl Platform for Recorder {
     }
 }
 
+/// Builds a signed artifact of version `version` with anti-rollback counter `security_version`.
+fn build(dir: &Path, version: &str, security_version: u64) -> PathBuf {
+    let key = otter_artifact::keys::read_signing_key(&dir.join("release.key")).unwrap();
+    let image = dir.join(format!("image-{version}.img"));
+    let data: Vec<u8> =
+        (0..(1u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 ^ version.len() as u8).collect();
+    std::fs::write(&image, data).unwrap();
+    let mut o = BuildOptions::new(vec![TYPE.into()], version);
+    o.chunk_size = 256 << 10;
+    o.level = 1;
+    o.security_version = security_version;
+    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: image };
+    let mut artifact = Vec::new();
+    builder::create(&o, &[src], &[key], &mut artifact).unwrap();
+    let path = dir.join(format!("update-{version}.otter"));
+    std::fs::write(&path, artifact).unwrap();
+    path
+}
+
 struct Rig {
     _dir: tempfile::TempDir,
     device: Device,
@@ -102,17 +121,7 @@ fn rig_with(policy: &str) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let key = otter_artifact::keys::generate().unwrap();
     otter_artifact::keys::write_keypair(&key, &dir.path().join("release")).unwrap();
-    let image = dir.path().join("image.img");
-    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
-    std::fs::write(&image, data).unwrap();
-    let mut o = BuildOptions::new(vec![TYPE.into()], "2.0");
-    o.chunk_size = 256 << 10;
-    o.level = 1;
-    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: image };
-    let mut artifact = Vec::new();
-    builder::create(&o, &[src], &[key], &mut artifact).unwrap();
-    let artifact_path = dir.path().join("update-2.0.otter");
-    std::fs::write(&artifact_path, artifact).unwrap();
+    let artifact_path = build(dir.path(), "2.0", 0);
     let mut spec = DeviceSpec::new(TYPE, &dir.path().join("release.pub"));
     spec.slot_size = 2 << 20;
     spec.reboot_policy = policy.into();
@@ -310,4 +319,74 @@ fn cancel_tells_the_truth_when_the_revert_cannot_be_stored() {
     assert_eq!(record.outcome, Outcome::Cancelled);
     let status = rt.status_until("idle", |s| s.job.is_none());
     assert!(status.slots.contains(&(Slot::B, otter_bootloader::SlotState::Bad)), "{status:?}");
+}
+
+fn env_var(rig: &Rig, name: &str) -> Option<String> {
+    let loaded = otter_bootloader::uboot::EnvStorage::open(&rig.device.env_config).unwrap().read().unwrap();
+    loaded.env.get(name).map(str::to_owned)
+}
+
+/// Installs `artifact` and commits it across a simulated reboot; returns the finished record.
+fn install_and_commit(rig: &Rig, artifact: &Path) -> JobRecord {
+    let rt = Running::start(rig, Recorder::default());
+    rt.handle.install(artifact.to_str().unwrap(), false).unwrap();
+    rt.status_until("the install", |s| s.operation == "awaiting-reboot");
+    rt.request(|reply| Command::Reboot { reply }).unwrap();
+    drop(rt);
+    let slot = otterd::sim::power_on(&rig.device).unwrap();
+    let rt = Running::start(rig, Recorder::default());
+    let record = rt.finished.recv_timeout(LONG).unwrap();
+    assert_eq!(record.job.target, slot);
+    record
+}
+
+/// Item 15: the anti-rollback floor lives in the bootloader env as well as in state.json: losing the state file
+/// does not let an older signed artifact in; a fresh device is seeded from its image's security-version file;
+/// a trial adopted after the state was lost raises the floor when it commits.
+#[test]
+fn the_anti_rollback_floor_survives_a_lost_state_file() {
+    let rig = rig();
+    let v5 = build(rig.device.root.parent().unwrap(), "5.0", 5);
+    let v3 = build(rig.device.root.parent().unwrap(), "3.0", 3);
+    let record = install_and_commit(&rig, &v5);
+    assert_eq!(record.outcome, Outcome::Committed);
+    assert_eq!(env_var(&rig, "OTTER_SECURITY_VERSION").as_deref(), Some("5"));
+
+    // The state file is lost (or was corrupt and moved aside): an older signed artifact is still refused.
+    std::fs::remove_file(state_dir(&rig).join("state.json")).unwrap();
+    let rt = Running::start(&rig, Recorder::default());
+    rt.handle.install(v3.to_str().unwrap(), false).unwrap();
+    let record = rt.finished.recv_timeout(LONG).unwrap();
+    assert!(matches!(&record.outcome, Outcome::Failed { code, .. } if code == "rollback-refused"), "{record:?}");
+}
+
+#[test]
+fn a_fresh_device_is_seeded_from_its_image_and_an_adopted_trial_raises_the_floor() {
+    let rig = rig();
+    let dir = rig.device.root.parent().unwrap().to_owned();
+    let image_file = rig.device.root.join("usr/lib/otter/security-version");
+    std::fs::create_dir_all(image_file.parent().unwrap()).unwrap();
+    std::fs::write(&image_file, "4\n").unwrap();
+    let v3 = build(&dir, "3.0", 3);
+    let rt = Running::start(&rig, Recorder::default());
+    rt.status_until("started", |s| s.booted.is_some());
+    assert_eq!(env_var(&rig, "OTTER_SECURITY_VERSION").as_deref(), Some("4"), "seeded at the first start");
+    rt.handle.install(v3.to_str().unwrap(), false).unwrap();
+    let record = rt.finished.recv_timeout(LONG).unwrap();
+    assert!(matches!(&record.outcome, Outcome::Failed { code, .. } if code == "rollback-refused"), "{record:?}");
+
+    // An update to an image that declares 9 is installed; the state is lost before its trial boot.
+    let v9 = build(&dir, "9.0", 9);
+    rt.handle.install(v9.to_str().unwrap(), false).unwrap();
+    rt.status_until("the install", |s| s.operation == "awaiting-reboot");
+    rt.request(|reply| Command::Reboot { reply }).unwrap();
+    drop(rt);
+    std::fs::remove_file(state_dir(&rig).join("state.json")).unwrap();
+    std::fs::write(&image_file, "9\n").unwrap(); // the simulated root is shared: the new image's file
+    assert_eq!(otterd::sim::power_on(&rig.device).unwrap(), Slot::B);
+    let rt = Running::start(&rig, Recorder::default());
+    let record = rt.finished.recv_timeout(LONG).unwrap();
+    assert_eq!(record.outcome, Outcome::Committed, "{record:?}");
+    assert_eq!(record.job.source, "(adopted trial boot)");
+    assert_eq!(env_var(&rig, "OTTER_SECURITY_VERSION").as_deref(), Some("9"));
 }

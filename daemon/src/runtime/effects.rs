@@ -115,6 +115,32 @@ pub fn open_bootloader(settings: &Settings) -> Result<Box<dyn BootBackend + Send
     }
 }
 
+/// Where the image declares its `security_version`, under the root: one decimal number.
+pub const IMAGE_SECURITY_VERSION_FILE: &str = "usr/lib/otter/security-version";
+
+/// The running image's `security_version` ([`IMAGE_SECURITY_VERSION_FILE`]); 0 when the image has none. A file
+/// that is not a small decimal number is reported and counts as none (it can only fail to raise the floor).
+pub fn image_security_version(settings: &Settings) -> u64 {
+    use std::io::Read;
+    let path = settings.root.join(IMAGE_SECURITY_VERSION_FILE);
+    let mut text = String::new();
+    // Bounded: a number, not whatever the path turns out to be.
+    match std::fs::File::open(&path).and_then(|f| f.take(64).read_to_string(&mut text)) {
+        Ok(_) => match text.trim().parse() {
+            Ok(v) => v,
+            Err(_) => {
+                tracing::warn!("{}: not a security version: {text:?}", path.display());
+                0
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => {
+            tracing::warn!("{}: {e}", path.display());
+            0
+        }
+    }
+}
+
 /// Why the booted slot is not known.
 #[derive(Debug, thiserror::Error)]
 pub enum BootedSlotError {
@@ -190,6 +216,7 @@ impl Runtime {
                 BootChange::MarkBad(s) => boot.mark_bad(s),
                 BootChange::TryNext(s) => boot.set_try_next(s),
                 BootChange::MarkGood(s) => boot.mark_good(s),
+                BootChange::RaiseSecurityVersion(v) => boot.raise_security_version(v),
             })
             .and_then(|()| boot.store());
         match result {

@@ -100,8 +100,11 @@ impl Runtime {
         if let Some(e) = &state_error {
             tracing::error!("{e}");
         }
-        let config =
-            EngineConfig { reboot: settings.reboot_policy, commit_deadline: settings.commit_deadline.as_secs() };
+        let config = EngineConfig {
+            reboot: settings.reboot_policy,
+            commit_deadline: settings.commit_deadline.as_secs(),
+            image_security_version: effects::image_security_version(&settings),
+        };
         let engine = Engine::new(persisted.clone(), config);
         let (tx, rx) = mpsc::channel();
         let notifier = Notifier::from_env();
@@ -147,7 +150,12 @@ impl Runtime {
         match booted_slot(&rt.settings) {
             Ok(booted) if rt.boot.is_some() => {
                 let b = rt.boot.as_ref().expect("checked");
-                let view = BootView { primary: b.primary(), a: b.slot_state(Slot::A), b: b.slot_state(Slot::B) };
+                let view = BootView {
+                    primary: b.primary(),
+                    a: b.slot_state(Slot::A),
+                    b: b.slot_state(Slot::B),
+                    security_version: b.security_version().unwrap_or(0),
+                };
                 tracing::info!(
                     "booted slot {booted}; bootloader: next {:?}, A {:?}, B {:?}",
                     view.primary,
