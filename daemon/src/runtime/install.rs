@@ -137,3 +137,25 @@ impl Runtime {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_errors_are_classified_by_variant() {
+        assert_eq!(failure_cause(&InstallError::Cancelled), FailureCause::Cancelled);
+        assert_eq!(failure_cause(&InstallError::Refused { digest: "d".into() }), FailureCause::Artifact);
+        assert_eq!(
+            failure_cause(&InstallError::Artifact(otter_artifact::ArtifactError::TrailingData)),
+            FailureCause::Artifact
+        );
+        let stalled = InstallError::Stalled { source_name: "x".into(), seconds: 120 };
+        assert_eq!(failure_cause(&stalled), FailureCause::Other);
+        let lost = InstallError::ConnectionLost { url: "u".into(), attempts: 3, position: 0, last_error: "e".into() };
+        assert_eq!(failure_cause(&lost), FailureCause::Other);
+        // A bad signature is not the artifact's fault for blacklisting purposes (a key rotation may fix it).
+        let unsigned = InstallError::Artifact(otter_artifact::ArtifactError::NotSigned);
+        assert_eq!(failure_cause(&unsigned), FailureCause::Other);
+    }
+}
