@@ -631,6 +631,9 @@ fn check_settled(d: &Device) {
             Outcome::Committed => {
                 assert_eq!(booted, last.job.target, "{ctx}");
                 assert!(d.health_ok && d.install_ok, "{ctx}");
+                // The floor rose with the commit, in the bootloader env as well as on disk, whatever the cuts.
+                assert_eq!(d.boot.stored_vars().get("OTTER_SECURITY_VERSION").map(String::as_str), Some("1"), "{ctx}");
+                assert_eq!(d.disk.security_version, 1, "{ctx}");
             }
             _ => {
                 assert_eq!(booted, last.job.from, "{ctx}");
