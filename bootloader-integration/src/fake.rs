@@ -152,6 +152,14 @@ impl BootBackend for FakeBootloader {
         self.memory = self.stored.clone();
         Ok(())
     }
+
+    fn security_version(&self) -> Option<u64> {
+        crate::security_version_of(&self.memory)
+    }
+
+    fn raise_security_version(&mut self, version: u64) -> Result<(), BootError> {
+        crate::raise_security_version_in(&mut self.memory, version)
+    }
 }
 
 #[cfg(test)]
@@ -234,5 +242,16 @@ mod tests {
         assert_eq!(fake.stored_primary(), Some(Slot::A));
         fake.store().unwrap();
         assert_eq!(fake.stored_primary(), Some(Slot::B));
+    }
+
+    #[test]
+    fn the_security_version_floor_only_rises() {
+        let mut fake = FakeBootloader::new(Slot::A);
+        assert_eq!(fake.security_version(), None);
+        fake.raise_security_version(5).unwrap();
+        fake.raise_security_version(3).unwrap();
+        assert_eq!(fake.security_version(), Some(5));
+        fake.store().unwrap();
+        assert_eq!(fake.stored_vars().get(crate::SECURITY_VERSION_VAR).map(String::as_str), Some("5"));
     }
 }

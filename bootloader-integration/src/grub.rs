@@ -280,6 +280,14 @@ impl BootBackend for GrubBackend {
         self.dirty = false;
         Ok(())
     }
+
+    fn security_version(&self) -> Option<u64> {
+        crate::security_version_of(&self.env)
+    }
+
+    fn raise_security_version(&mut self, version: u64) -> Result<(), BootError> {
+        self.apply(|_, e| crate::raise_security_version_in(e, version))
+    }
 }
 
 #[cfg(test)]

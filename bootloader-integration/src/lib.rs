@@ -231,6 +231,36 @@ pub trait BootBackend {
 
     /// Re-reads the environment from storage, dropping unstored changes.
     fn reload(&mut self) -> Result<(), BootError>;
+
+    /// The anti-rollback floor kept in the environment ([`SECURITY_VERSION_VAR`]) in the in-memory view;
+    /// `None` when unset or not a number. No I/O. Default: a backend with no place for it has none.
+    fn security_version(&self) -> Option<u64> {
+        None
+    }
+
+    /// Raises the anti-rollback floor in the environment to `version`; never lowers it. In memory, stored with
+    /// the next [`BootBackend::store`]. Default: nothing is kept.
+    fn raise_security_version(&mut self, version: u64) -> Result<(), BootError> {
+        let _ = version;
+        Ok(())
+    }
+}
+
+/// The environment variable that keeps the anti-rollback floor (the highest committed `security_version`)
+/// next to the daemon's state file, so that losing or corrupting one of them cannot lower it.
+pub const SECURITY_VERSION_VAR: &str = "OTTER_SECURITY_VERSION";
+
+/// The floor as `vars` hold it.
+fn security_version_of(vars: &dyn scheme::EnvVars) -> Option<u64> {
+    vars.var(SECURITY_VERSION_VAR)?.trim().parse().ok()
+}
+
+/// Sets the floor in `vars` to `version` unless it already is at least that.
+fn raise_security_version_in(vars: &mut dyn scheme::EnvVars, version: u64) -> Result<(), BootError> {
+    if security_version_of(vars).is_some_and(|v| v >= version) {
+        return Ok(());
+    }
+    vars.set_var(SECURITY_VERSION_VAR, &version.to_string())
 }
 
 /// The kernel command line parameter that names the booted slot.

@@ -303,21 +303,51 @@ pub fn config_files(root: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Parses a duration: `90s`, `10m`, `1h`, `500ms`, or a plain number of seconds.
+/// The longest duration any key accepts: 7 days. Longer values are typos or attacks on the arithmetic (an
+/// instant that far ahead overflows, and with `panic = "abort"` that kills the daemon).
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Parses a duration: `90s`, `10m`, `1h`, `500ms`, or a plain number of seconds; at most [`MAX_DURATION`]
+/// (checked, never wrapped).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like \"90s\", \"10m\" or \"1h\""))?;
+    let secs = |per: u64| n.checked_mul(per).map(Duration::from_secs);
     let d = match unit.trim() {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" | "min" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+        "" | "s" => secs(1),
+        "ms" => Some(Duration::from_millis(n)),
+        "m" | "min" => secs(60),
+        "h" => secs(3600),
         u => return Err(format!("unknown unit {u:?} in {s:?} (use ms, s, m or h)")),
     };
+    match d {
+        Some(d) if d <= MAX_DURATION => Ok(d),
+        _ => Err(format!("{s:?} is longer than the maximum of 7 days")),
+    }
+}
+
+/// Checks that a duration lies within `min..=max`; the message names the bounds.
+fn within(d: Duration, min: Duration, max: Duration) -> Result<Duration, String> {
+    if d < min || d > max {
+        return Err(format!("{} is not between {} and {}", show(d), show(min), show(max)));
+    }
     Ok(d)
 }
+
+/// A duration as the configuration writes it.
+fn show(d: Duration) -> String {
+    if d.subsec_millis() != 0 { format!("{}ms", d.as_millis()) } else { format!("{}s", d.as_secs()) }
+}
+
+/// Bounds of `health.commit_deadline`: 10 s to 24 h.
+pub const COMMIT_DEADLINE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(24 * 3600));
+/// Bounds of `health.script_timeout` and `health.command[].timeout`: 1 s to 1 h (0 s would fail every check,
+/// rolling back every update).
+pub const CHECK_TIMEOUT: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
+/// Bounds of `install.max_window_mib`: 1 to 1024 MiB (the decoder's window is memory the device must have).
+pub const MAX_WINDOW_MIB: (u64, u64) = (1, 1024);
 
 fn parse_hhmm(s: &str) -> Option<u32> {
     let (h, m) = s.trim().split_once(':')?;
@@ -465,11 +495,12 @@ fn validate(
     };
 
     let h = f.health.unwrap_or_default();
-    let commit_deadline = duration("health.commit_deadline", h.commit_deadline, Duration::from_secs(600))?;
-    if commit_deadline.is_zero() {
-        return Err(invalid("health.commit_deadline", "must be longer than zero".into()));
-    }
-    let script_timeout = duration("health.script_timeout", h.script_timeout, Duration::from_secs(60))?;
+    let bounded = |key: &str, v: Option<String>, default: Duration, (min, max): (Duration, Duration)| {
+        duration(key, v, default).and_then(|d| within(d, min, max).map_err(|m| invalid(key, m)))
+    };
+    let commit_deadline =
+        bounded("health.commit_deadline", h.commit_deadline, Duration::from_secs(600), COMMIT_DEADLINE)?;
+    let script_timeout = bounded("health.script_timeout", h.script_timeout, Duration::from_secs(60), CHECK_TIMEOUT)?;
     let mut commands = Vec::new();
     for (i, c) in h.command.unwrap_or_default().into_iter().enumerate() {
         let key = format!("health.command[{i}]");
@@ -477,7 +508,9 @@ fn validate(
             return Err(invalid("health.command", format!("{key}.run must name a program")));
         }
         let timeout = match c.timeout {
-            Some(t) => parse_duration(&t).map_err(|m| invalid("health.command", format!("{key}.timeout: {m}")))?,
+            Some(t) => parse_duration(&t)
+                .and_then(|d| within(d, CHECK_TIMEOUT.0, CHECK_TIMEOUT.1))
+                .map_err(|m| invalid("health.command", format!("{key}.timeout: {m}")))?,
             None => Duration::from_secs(60),
         };
         commands.push(CommandCheck { name: c.name.unwrap_or_else(|| c.run[0].clone()), argv: c.run, timeout });
@@ -523,6 +556,13 @@ fn validate(
     };
 
     let i = f.install.unwrap_or_default();
+    let window_mib = i.max_window_mib.unwrap_or(8);
+    if !(MAX_WINDOW_MIB.0..=MAX_WINDOW_MIB.1).contains(&window_mib) {
+        return Err(invalid(
+            "install.max_window_mib",
+            format!("{window_mib} is not between {} and {}", MAX_WINDOW_MIB.0, MAX_WINDOW_MIB.1),
+        ));
+    }
     Ok(Settings {
         root: root.to_owned(),
         compatible,
@@ -538,7 +578,7 @@ fn validate(
         commit_deadline,
         reboot_policy,
         reboot_command,
-        max_window: i.max_window_mib.unwrap_or(8) << 20,
+        max_window: window_mib << 20,
         skip_identical: i.skip_identical.unwrap_or(false),
         server,
         files,
@@ -800,6 +840,12 @@ mod tests {
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        // Checked, never wrapped: 307445734561825861 minutes used to become 44 s.
+        assert!(parse_duration("307445734561825861m").is_err());
+        assert!(parse_duration("18446744073709551615").is_err());
+        assert_eq!(parse_duration("7d").unwrap_err(), "unknown unit \"d\" in \"7d\" (use ms, s, m or h)");
+        assert_eq!(parse_duration("168h").unwrap(), MAX_DURATION);
+        assert!(parse_duration("169h").is_err());
         assert!(parse_duration("1y").is_err());
         assert!(parse_duration("m").is_err());
     }

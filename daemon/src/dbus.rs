@@ -307,7 +307,7 @@ fn slot_name(s: Option<Slot>) -> String {
 fn rejected(r: Rejection) -> Error {
     match r {
         Rejection::Busy { .. } => Error::Busy(r.to_string()),
-        Rejection::NotNow(m) => Error::NotNow(m),
+        _ => Error::NotNow(r.to_string()),
     }
 }
 

@@ -109,7 +109,7 @@ fn run(root: &std::path::Path, command: &str, bus: Option<otterd::dbus::Bus>) ->
             stop_on_signal(signals, started.clone());
             let mut dbus_options = bus.map(|b| otterd::dbus::Options::new(b, &settings));
             let server_settings = settings.clone();
-            let (runtime, handle) = Runtime::start(settings, Box::new(SystemPlatform)).map_err(anyhow::Error::msg)?;
+            let (runtime, handle) = Runtime::start(settings, Box::new(SystemPlatform))?;
             let _ = started.set(handle.clone());
             // The hawkBit poller subscribes before `run`, so it hears the result of a trial boot.
             let _poller = match &server_settings.server {

@@ -10,7 +10,7 @@ use otter_bootloader::scheme::{BootOrderScheme, VarScheme};
 use otter_bootloader::uboot::EnvStorage;
 
 use crate::fixture::Device;
-use crate::runtime::Platform;
+use crate::runtime::{Platform, RebootError, Rebooting};
 
 /// Boot attempts per trial (the fixture's `bootloader.attempts`).
 pub const ATTEMPTS: u32 = 3;
@@ -20,8 +20,8 @@ pub const ATTEMPTS: u32 = 3;
 pub struct SimPlatform;
 
 impl Platform for SimPlatform {
-    fn reboot(&mut self, _command: &[String]) -> Result<bool, String> {
-        Ok(true)
+    fn reboot(&mut self, _command: &[String]) -> Result<Rebooting, RebootError> {
+        Ok(Rebooting::Now)
     }
 }
 

@@ -114,6 +114,7 @@ mod tests {
             assess_started_at: None,
             trial_boots: 0,
             rollback_reason: None,
+            cancel_requested: false,
         });
         s.save(&p).unwrap();
         let (loaded, err) = s.load();

@@ -3,23 +3,23 @@
 use otter_bootloader::fake::FakeBootloader;
 use otter_bootloader::{BootBackend, Slot, SlotState};
 use otterd::engine::{
-    Action, ArtifactInfo, BootChange, BootView, Engine, EngineConfig, Event, JobPhase, Outcome, Persisted,
-    RebootPolicy, Rejection,
+    Action, ArtifactInfo, BootChange, BootView, Engine, EngineConfig, Event, FailureCause, Inhibits, JobPhase, Outcome,
+    Persisted, PhaseName, RebootPolicy, Rejection,
 };
 use proptest::prelude::*;
 
 const DEADLINE: u64 = 600;
 
 fn config(reboot: RebootPolicy) -> EngineConfig {
-    EngineConfig { reboot, commit_deadline: DEADLINE }
+    EngineConfig { reboot, commit_deadline: DEADLINE, image_security_version: 0 }
 }
 
 fn settled(primary: Slot) -> BootView {
-    BootView { primary: Some(primary), a: SlotState::Good, b: SlotState::Good }
+    BootView { primary: Some(primary), a: SlotState::Good, b: SlotState::Good, security_version: 0 }
 }
 
 fn trying(target: Slot, left: u32) -> BootView {
-    let mut v = BootView { primary: Some(target), a: SlotState::Good, b: SlotState::Good };
+    let mut v = BootView { primary: Some(target), a: SlotState::Good, b: SlotState::Good, security_version: 0 };
     match target {
         Slot::A => v.a = SlotState::Trying { attempts_left: left },
         Slot::B => v.b = SlotState::Trying { attempts_left: left },
@@ -109,7 +109,7 @@ fn request_before_start_is_refused() {
     let mut e = Engine::new(Persisted::default(), config(RebootPolicy::Immediate));
     assert!(matches!(
         e.handle(Event::InstallRequested { source: "/y".into(), automatic: false, remote_id: None, now: 0 }),
-        Err(Rejection::NotNow(_))
+        Err(Rejection::NotBooted)
     ));
 }
 
@@ -137,7 +137,7 @@ fn manual_policy_waits_for_the_request() {
 #[test]
 fn reboot_request_without_a_pending_update_is_refused() {
     let mut e = started(RebootPolicy::Manual);
-    assert!(matches!(e.handle(Event::RebootRequested { now: 1 }), Err(Rejection::NotNow(_))));
+    assert_eq!(e.handle(Event::RebootRequested { now: 1 }), Err(Rejection::NoRebootPending));
 }
 
 #[test]
@@ -168,7 +168,7 @@ fn inhibitor_blocks_reboots_until_released() {
     e.handle(Event::InstallSucceeded { artifact: artifact("2.0", 3), now: 2 }).unwrap();
     assert_eq!(e.handle(Event::BootStored { now: 3 }).unwrap(), vec![]);
     assert_eq!(e.handle(Event::Tick { now: 4 }).unwrap(), vec![]);
-    assert!(matches!(e.handle(Event::RebootRequested { now: 5 }), Err(Rejection::NotNow(_))));
+    assert_eq!(e.handle(Event::RebootRequested { now: 5 }), Err(Rejection::Inhibited(Inhibits::Reboots)));
     let a = e.handle(Event::InhibitedChanged { inhibited: false, now: 6 }).unwrap();
     assert_eq!(a, vec![Action::Reboot]);
 }
@@ -184,7 +184,7 @@ fn inhibitor_blocks_install_start() {
         let r = e.handle(Event::InstallRequested { source: "/x.otter".into(), automatic, remote_id: None, now: 2 });
         assert_eq!(r.is_ok(), accepted, "inhibited {inhibited}, automatic {automatic}: {r:?}");
         if !accepted {
-            assert!(matches!(r, Err(Rejection::NotNow(ref m)) if m.contains("inhibit")), "{r:?}");
+            assert_eq!(r, Err(Rejection::Inhibited(Inhibits::Updates)));
             assert_eq!(e.persisted, before, "a refused request changes nothing");
         }
     }
@@ -214,7 +214,7 @@ fn failed_artifact_is_not_retried_automatically() {
             code: "corrupt-payload".into(),
             message: "chunk 3: sha256 mismatch".into(),
             digest: Some("bad-digest".into()),
-            artifact_fault: true,
+            cause: FailureCause::Artifact,
             now: 2,
         })
         .unwrap();
@@ -227,7 +227,7 @@ fn failed_artifact_is_not_retried_automatically() {
         code: "previously-failed".into(),
         message: String::new(),
         digest: Some("bad-digest".into()),
-        artifact_fault: true,
+        cause: FailureCause::Artifact,
         now: 4,
     })
     .unwrap();
@@ -243,7 +243,7 @@ fn network_failures_do_not_blacklist() {
         code: "connection-lost".into(),
         message: String::new(),
         digest: Some("d".into()),
-        artifact_fault: false,
+        cause: FailureCause::Other,
         now: 2,
     })
     .unwrap();
@@ -260,7 +260,7 @@ fn cancel_in_each_phase() {
             code: "cancelled".into(),
             message: "install cancelled".into(),
             digest: None,
-            artifact_fault: false,
+            cause: FailureCause::Cancelled,
             now: 3,
         })
         .unwrap();
@@ -268,20 +268,24 @@ fn cancel_in_each_phase() {
 
     let mut e = awaiting(RebootPolicy::Manual);
     let a = e.handle(Event::CancelRequested { now: 4 }).unwrap();
-    assert_eq!(a[0], Action::Boot(vec![BootChange::MarkBad(Slot::B)]));
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkBad(Slot::B)])]);
+    // Cancelled only once the revert is durable.
+    assert!(e.job().unwrap().cancel_requested);
+    let a = e.handle(Event::BootStored { now: 4 }).unwrap();
     assert_eq!(outcome(&a), Some(Outcome::Cancelled));
 
     let mut e = assessing();
-    assert!(matches!(e.handle(Event::CancelRequested { now: 11 }), Err(Rejection::NotNow(_))));
+    assert_eq!(e.handle(Event::CancelRequested { now: 11 }), Err(Rejection::NotCancellable(JobPhase::Assessing)));
     let mut e = started(RebootPolicy::Immediate);
-    assert!(matches!(e.handle(Event::CancelRequested { now: 1 }), Err(Rejection::NotNow(_))));
+    assert_eq!(e.handle(Event::CancelRequested { now: 1 }), Err(Rejection::NothingToCancel));
 }
 
 #[test]
 fn healthy_trial_commits_and_raises_the_security_version() {
     let mut e = assessing();
     let a = e.handle(Event::HealthPassed { now: 20 }).unwrap();
-    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkGood(Slot::B)])]);
+    // The floor rises in the bootloader env in the same store as the commit.
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkGood(Slot::B), BootChange::RaiseSecurityVersion(3)])]);
     // Committed only once the bootloader change is durable.
     assert_eq!(e.job().unwrap().phase, JobPhase::Assessing);
     let a = e.handle(Event::BootStored { now: 21 }).unwrap();
@@ -301,7 +305,7 @@ fn health_failure_rolls_back() {
     assert_eq!(e.job().unwrap().phase, JobPhase::RollingBack);
     // The reboot brings the device back to A.
     let mut e = Engine::new(e.persisted.clone(), config(RebootPolicy::Immediate));
-    let boot = BootView { primary: Some(Slot::A), a: SlotState::Good, b: SlotState::Bad };
+    let boot = BootView { primary: Some(Slot::A), a: SlotState::Good, b: SlotState::Bad, security_version: 0 };
     let a = e.handle(Event::Started { booted: Slot::A, boot, now: 30 }).unwrap();
     assert_eq!(a[0], Action::Boot(vec![BootChange::MarkBad(Slot::B), BootChange::MarkGood(Slot::A)]));
     match outcome(&a) {
@@ -319,8 +323,41 @@ fn commit_deadline_rolls_back() {
     let a = e.handle(Event::Tick { now: 10 + DEADLINE }).unwrap();
     assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkBad(Slot::B)]), Action::Reboot]);
     assert!(e.job().unwrap().rollback_reason.as_ref().unwrap().contains("did not pass within"));
-    // A late "passed" cannot commit any more.
-    assert_eq!(e.handle(Event::HealthPassed { now: 10 + DEADLINE + 1 }).unwrap(), vec![]);
+    // A late "passed" cannot commit any more: the engine says it does not apply (the runtime logs that).
+    let before = e.persisted.clone();
+    assert_eq!(
+        e.handle(Event::HealthPassed { now: 10 + DEADLINE + 1 }),
+        Err(Rejection::WrongPhase { event: "health-passed", phase: PhaseName(Some(JobPhase::RollingBack)) })
+    );
+    assert_eq!(e.persisted, before);
+}
+
+#[test]
+fn events_in_the_wrong_phase_are_refused_not_swallowed() {
+    let wrong = |e: &mut Engine, event: Event| {
+        let before = e.persisted.clone();
+        let r = e.handle(event.clone());
+        assert!(matches!(r, Err(Rejection::WrongPhase { .. })), "{event:?}: {r:?}");
+        assert_eq!(e.persisted, before, "{event:?} changed nothing");
+    };
+    let mut e = started(RebootPolicy::Manual);
+    wrong(&mut e, Event::InstallSucceeded { artifact: artifact("2.0", 1), now: 2 });
+    wrong(
+        &mut e,
+        Event::InstallFailed {
+            code: "x".into(),
+            message: "x".into(),
+            digest: None,
+            cause: FailureCause::Other,
+            now: 2,
+        },
+    );
+    wrong(&mut e, Event::HealthPassed { now: 2 });
+    wrong(&mut e, Event::HealthFailed { reason: "x".into(), now: 2 });
+    let mut e = awaiting(RebootPolicy::Manual);
+    wrong(&mut e, Event::BootStored { now: 3 });
+    wrong(&mut e, Event::InstallSucceeded { artifact: artifact("2.0", 1), now: 3 });
+    wrong(&mut e, Event::HealthPassed { now: 3 });
 }
 
 #[test]
@@ -328,7 +365,12 @@ fn bootloader_fallback_is_detected_after_reboot() {
     for phase_engine in [awaiting(RebootPolicy::Immediate), assessing()] {
         let mut e = Engine::new(phase_engine.persisted.clone(), config(RebootPolicy::Immediate));
         // B never came up (or hung in its trial): its attempts ran out and the bootloader booted A.
-        let boot = BootView { primary: Some(Slot::A), a: SlotState::Good, b: SlotState::Trying { attempts_left: 0 } };
+        let boot = BootView {
+            primary: Some(Slot::A),
+            a: SlotState::Good,
+            b: SlotState::Trying { attempts_left: 0 },
+            security_version: 0,
+        };
         let a = e.handle(Event::Started { booted: Slot::A, boot, now: 50 }).unwrap();
         assert_eq!(a[0], Action::Boot(vec![BootChange::MarkBad(Slot::B), BootChange::MarkGood(Slot::A)]));
         assert!(matches!(outcome(&a), Some(Outcome::RolledBack { .. })));
@@ -349,7 +391,7 @@ fn restart_in_the_middle_of_an_install_fails_it_honestly() {
     let mut e = started(RebootPolicy::Immediate);
     install(&mut e);
     let mut e = Engine::new(e.persisted.clone(), config(RebootPolicy::Immediate));
-    let boot = BootView { primary: Some(Slot::A), a: SlotState::Good, b: SlotState::Bad };
+    let boot = BootView { primary: Some(Slot::A), a: SlotState::Good, b: SlotState::Bad, security_version: 0 };
     let a = e.handle(Event::Started { booted: Slot::A, boot, now: 5 }).unwrap();
     assert_eq!(a[0], Action::Boot(vec![BootChange::MarkBad(Slot::B), BootChange::MarkGood(Slot::A)]));
     assert!(matches!(outcome(&a), Some(Outcome::Failed { code, .. }) if code == "interrupted"));
@@ -361,7 +403,7 @@ fn restart_after_install_before_the_flip_flips_again() {
     install(&mut e);
     e.handle(Event::InstallSucceeded { artifact: artifact("2.0", 3), now: 2 }).unwrap();
     let mut e = Engine::new(e.persisted.clone(), config(RebootPolicy::Immediate));
-    let boot = BootView { primary: Some(Slot::A), a: SlotState::Good, b: SlotState::Bad };
+    let boot = BootView { primary: Some(Slot::A), a: SlotState::Good, b: SlotState::Bad, security_version: 0 };
     let a = e.handle(Event::Started { booted: Slot::A, boot, now: 5 }).unwrap();
     assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkGood(Slot::A), BootChange::TryNext(Slot::B)])]);
     assert_eq!(e.handle(Event::BootStored { now: 6 }).unwrap(), vec![Action::Reboot]);
@@ -383,7 +425,7 @@ fn rollback_that_did_not_take_does_not_loop() {
     let mut e = assessing();
     e.handle(Event::HealthFailed { reason: "x".into(), now: 20 }).unwrap();
     let mut e = Engine::new(e.persisted.clone(), config(RebootPolicy::Immediate));
-    let boot = BootView { primary: Some(Slot::B), a: SlotState::Good, b: SlotState::Bad };
+    let boot = BootView { primary: Some(Slot::B), a: SlotState::Good, b: SlotState::Bad, security_version: 0 };
     let a = e.handle(Event::Started { booted: Slot::B, boot, now: 30 }).unwrap();
     assert!(!a.contains(&Action::Reboot));
     assert!(matches!(outcome(&a), Some(Outcome::Failed { code, .. }) if code == "rollback-failed"));
@@ -419,7 +461,7 @@ fn history_is_bounded() {
             code: "cancelled".into(),
             message: String::new(),
             digest: None,
-            artifact_fault: false,
+            cause: FailureCause::Cancelled,
             now: i,
         })
         .unwrap();
@@ -459,7 +501,12 @@ impl Device {
     }
 
     fn view(&self) -> BootView {
-        BootView { primary: self.boot.primary(), a: self.boot.slot_state(Slot::A), b: self.boot.slot_state(Slot::B) }
+        BootView {
+            primary: self.boot.primary(),
+            a: self.boot.slot_state(Slot::A),
+            b: self.boot.slot_state(Slot::B),
+            security_version: self.boot.security_version().unwrap_or(0),
+        }
     }
 
     /// One boot: what the runtime does, with a power cut possible at every step.
@@ -499,6 +546,7 @@ impl Device {
                                 BootChange::MarkBad(s) => self.boot.mark_bad(s).unwrap(),
                                 BootChange::TryNext(s) => self.boot.set_try_next(s).unwrap(),
                                 BootChange::MarkGood(s) => self.boot.mark_good(s).unwrap(),
+                                BootChange::RaiseSecurityVersion(v) => self.boot.raise_security_version(v).unwrap(),
                             }
                         }
                         if self.tick("before store") {
@@ -518,7 +566,7 @@ impl Device {
                             code: "corrupt-payload".into(),
                             message: "x".into(),
                             digest: Some("d".into()),
-                            artifact_fault: true,
+                            cause: FailureCause::Artifact,
                             now: *now,
                         }
                     }),
@@ -583,6 +631,9 @@ fn check_settled(d: &Device) {
             Outcome::Committed => {
                 assert_eq!(booted, last.job.target, "{ctx}");
                 assert!(d.health_ok && d.install_ok, "{ctx}");
+                // The floor rose with the commit, in the bootloader env as well as on disk, whatever the cuts.
+                assert_eq!(d.boot.stored_vars().get("OTTER_SECURITY_VERSION").map(String::as_str), Some("1"), "{ctx}");
+                assert_eq!(d.disk.security_version, 1, "{ctx}");
             }
             _ => {
                 assert_eq!(booted, last.job.from, "{ctx}");
@@ -643,4 +694,144 @@ proptest! {
     fn random_cut_points(cuts in proptest::collection::vec(1u32..40, 0..4), health_ok: bool, install_ok: bool) {
         check_settled(&run_device(cuts, health_ok, install_ok));
     }
+}
+
+#[test]
+fn a_state_that_cannot_be_saved_ends_the_job_before_the_switch_and_holds_it_after() {
+    let not_saved = |now| Event::StateNotSaved { message: "read-only".into(), now };
+    // Installing: the install is stopped and the job ends; nothing touches the bootloader.
+    let mut e = started(RebootPolicy::Immediate);
+    install(&mut e);
+    let a = e.handle(not_saved(2)).unwrap();
+    assert_eq!(a[0], Action::CancelInstall);
+    assert!(matches!(outcome(&a), Some(Outcome::Failed { code, .. }) if code == "state-not-saved"), "{a:?}");
+    assert!(a.iter().all(|x| matches!(x, Action::CancelInstall | Action::Finished(_))), "{a:?}");
+    // Installed (the "try B" store was not taken): the job ends, B stays marked bad.
+    let mut e = started(RebootPolicy::Immediate);
+    install(&mut e);
+    e.handle(Event::InstallSucceeded { artifact: artifact("2.0", 3), now: 2 }).unwrap();
+    let a = e.handle(not_saved(3)).unwrap();
+    assert!(matches!(outcome(&a), Some(Outcome::Failed { code, .. }) if code == "state-not-saved"), "{a:?}");
+    // Rebooting (the reboot was not taken): back to waiting for it.
+    let mut e = awaiting(RebootPolicy::Immediate);
+    assert_eq!(e.job().unwrap().phase, JobPhase::Rebooting);
+    assert_eq!(e.handle(not_saved(4)).unwrap(), vec![]);
+    assert_eq!(e.job().unwrap().phase, JobPhase::AwaitingReboot);
+}
+
+#[test]
+fn a_failed_reboot_is_fed_back_and_retried_with_backoff() {
+    // Immediate policy: the update reboots at once; the command fails.
+    let mut e = awaiting(RebootPolicy::Immediate);
+    let t0 = 600 * 60;
+    assert_eq!(e.job().unwrap().phase, JobPhase::Rebooting);
+    assert_eq!(e.handle(Event::RebootFailed { message: "logind says no".into(), now: t0 }).unwrap(), vec![]);
+    // Not stuck in Rebooting: waiting for the reboot again, with the error shown.
+    assert_eq!(e.job().unwrap().phase, JobPhase::AwaitingReboot);
+    let f = e.reboot_failure().unwrap();
+    assert_eq!((f.message.as_str(), f.failures, f.retry_at), ("logind says no", 1, t0 + 5));
+    // Backoff: no attempt before it is due, one when it is; each failure doubles the wait, up to 5 minutes.
+    let mut now = t0;
+    for (failures, wait) in [(1u32, 5u64), (2, 10), (3, 20), (4, 40), (5, 80), (6, 160), (7, 300), (8, 300)] {
+        assert_eq!(e.reboot_failure().unwrap().failures, failures);
+        assert_eq!(e.handle(Event::Tick { now: now + wait - 1 }).unwrap(), vec![], "failure {failures}");
+        now += wait;
+        assert_eq!(e.handle(Event::Tick { now }).unwrap(), vec![Action::Reboot], "failure {failures}");
+        e.handle(Event::RebootFailed { message: "still no".into(), now }).unwrap();
+    }
+    // A request reboots at once, whatever the backoff; and Cancel works again.
+    assert_eq!(e.handle(Event::RebootRequested { now: now + 1 }).unwrap(), vec![Action::Reboot]);
+    e.handle(Event::RebootFailed { message: "no".into(), now: now + 1 }).unwrap();
+    assert!(e.handle(Event::CancelRequested { now: now + 2 }).is_ok());
+    e.handle(Event::BootStored { now: now + 2 }).unwrap();
+    assert!(e.reboot_failure().is_none(), "the job ended, and its reboot error with it");
+
+    // Rolling back: the reboot is repeated, not every tick, and backs off after failures.
+    let mut e = assessing();
+    let a = e.handle(Event::HealthFailed { reason: "x".into(), now: 20 }).unwrap();
+    assert_eq!(a.last(), Some(&Action::Reboot));
+    e.handle(Event::RebootFailed { message: "no".into(), now: 20 }).unwrap();
+    assert_eq!(e.job().unwrap().phase, JobPhase::RollingBack);
+    let reboots = |e: &mut Engine, from: u64, to: u64| {
+        (from..to).filter(|&now| e.handle(Event::Tick { now }).unwrap() == vec![Action::Reboot]).count()
+    };
+    assert_eq!(reboots(&mut e, 21, 25), 0);
+    assert_eq!(reboots(&mut e, 25, 26), 1);
+    e.handle(Event::RebootFailed { message: "no".into(), now: 25 }).unwrap();
+    assert_eq!(reboots(&mut e, 26, 35), 0);
+    assert_eq!(reboots(&mut e, 35, 36), 1);
+    // A wrong-phase failure is refused.
+    let mut e = started(RebootPolicy::Immediate);
+    assert!(matches!(e.handle(Event::RebootFailed { message: "x".into(), now: 1 }), Err(Rejection::WrongPhase { .. })));
+}
+
+#[test]
+fn cancel_is_reported_only_once_the_revert_is_durable_and_a_cancelled_trial_is_never_adopted() {
+    let mut e = awaiting(RebootPolicy::Manual);
+    e.handle(Event::CancelRequested { now: 4 }).unwrap();
+    // Storing "mark bad" failed: not cancelled; the job stays, and never reboots into the new slot.
+    assert_eq!(e.handle(Event::BootFailed { message: "read-only".into(), now: 5 }).unwrap(), vec![]);
+    let job = e.job().unwrap().clone();
+    assert_eq!((job.phase, job.cancel_requested), (JobPhase::AwaitingReboot, true));
+    assert_eq!(e.handle(Event::Tick { now: 6 }).unwrap(), vec![]);
+    assert_eq!(e.handle(Event::RebootRequested { now: 6 }), Err(Rejection::NoRebootPending));
+
+    // The device rebooted anyway (power cut) into the trial the bootloader still holds: roll back, don't assess.
+    let mut e2 = Engine::new(e.persisted.clone(), config(RebootPolicy::Manual));
+    let a = e2.handle(Event::Started { booted: Slot::B, boot: trying(Slot::B, 2), now: 7 }).unwrap();
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkBad(Slot::B)]), Action::Reboot]);
+    assert_eq!(e2.job().unwrap().phase, JobPhase::RollingBack);
+    e2.handle(Event::BootStored { now: 7 }).unwrap();
+    // Back in A: the revert is stored again, then the job ends cancelled (not rolled back: the artifact is fine).
+    let mut e3 = Engine::new(e2.persisted.clone(), config(RebootPolicy::Manual));
+    let a = e3.handle(Event::Started { booted: Slot::A, boot: settled(Slot::A), now: 8 }).unwrap();
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkBad(Slot::B), BootChange::MarkGood(Slot::A)])]);
+    assert!(e3.job().is_some(), "not reported before the store");
+    let a = e3.handle(Event::BootStored { now: 8 }).unwrap();
+    assert_eq!(outcome(&a), Some(Outcome::Cancelled));
+    assert!(e3.persisted.failed_digests.is_empty());
+
+    // Restarted in the old slot before the revert was stored: the same, without a reboot.
+    let mut e4 = Engine::new(e.persisted.clone(), config(RebootPolicy::Manual));
+    let a = e4.handle(Event::Started { booted: Slot::A, boot: trying(Slot::B, 3), now: 9 }).unwrap();
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkBad(Slot::B), BootChange::MarkGood(Slot::A)])]);
+    assert_eq!(outcome(&e4.handle(Event::BootStored { now: 9 }).unwrap()), Some(Outcome::Cancelled));
+}
+
+fn with_floor(view: BootView, security_version: u64) -> BootView {
+    BootView { security_version, ..view }
+}
+
+#[test]
+fn the_floor_is_the_maximum_of_state_env_and_committed_image_and_never_goes_down() {
+    // The state file was lost (or corrupt): the environment still holds the floor.
+    let mut e = Engine::new(Persisted::default(), config(RebootPolicy::Immediate));
+    let a = e.handle(Event::Started { booted: Slot::A, boot: with_floor(settled(Slot::A), 5), now: 0 }).unwrap();
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkGood(Slot::A)])], "nothing to raise");
+    assert_eq!(e.persisted.security_version, 5);
+    assert!(matches!(&install(&mut e)[..], [Action::Install { min_security_version: 5, .. }]));
+
+    // The environment was reset: the state file raises it back.
+    let p = Persisted { security_version: 6, ..Persisted::default() };
+    let mut e = Engine::new(p, config(RebootPolicy::Immediate));
+    let a = e.handle(Event::Started { booted: Slot::A, boot: with_floor(settled(Slot::A), 2), now: 0 }).unwrap();
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkGood(Slot::A), BootChange::RaiseSecurityVersion(6)])]);
+
+    // A fresh device is seeded from its (committed) image.
+    let cfg = EngineConfig { image_security_version: 4, ..config(RebootPolicy::Immediate) };
+    let mut e = Engine::new(Persisted::default(), cfg);
+    let a = e.handle(Event::Started { booted: Slot::A, boot: settled(Slot::A), now: 0 }).unwrap();
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkGood(Slot::A), BootChange::RaiseSecurityVersion(4)])]);
+    assert_eq!(e.persisted.security_version, 4);
+
+    // A trial's image does not count until it commits; an adopted trial (state lost) raises it when it does.
+    let cfg = EngineConfig { image_security_version: 7, ..config(RebootPolicy::Immediate) };
+    let mut e = Engine::new(Persisted::default(), cfg);
+    let a = e.handle(Event::Started { booted: Slot::B, boot: with_floor(trying(Slot::B, 2), 3), now: 0 }).unwrap();
+    assert_eq!(a, vec![Action::StartHealthChecks]);
+    assert_eq!(e.persisted.security_version, 3, "not raised by a trial");
+    let a = e.handle(Event::HealthPassed { now: 1 }).unwrap();
+    assert_eq!(a, vec![Action::Boot(vec![BootChange::MarkGood(Slot::B), BootChange::RaiseSecurityVersion(7)])]);
+    assert_eq!(outcome(&e.handle(Event::BootStored { now: 2 }).unwrap()), Some(Outcome::Committed));
+    assert_eq!(e.persisted.security_version, 7);
 }

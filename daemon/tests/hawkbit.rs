@@ -876,3 +876,57 @@ fn a_token_over_plain_http_is_warned_about_and_urls_in_logs_are_redacted() {
     assert!(leaks.is_empty(), "a link query was logged: {leaks:#?}");
     assert!(!last_details(&r, id).contains("sig="), "{}", last_details(&r, id));
 }
+
+// ----- "not now" is not "failed"; secrets stay out of what the device shows -----
+
+#[test]
+fn an_inhibitor_makes_an_action_wait_for_the_next_poll_instead_of_failing_it() {
+    let r = rig(Opts::default());
+    let b = r.boot();
+    b.handle.send(Command::SetInhibitors(vec![("recorder".into(), "recording a call".into())]));
+    wait_for("the inhibitor to be held", || !b.handle.status().inhibitors.is_empty());
+    let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
+    let trigger = b.poller.as_ref().unwrap().trigger().callback();
+    trigger();
+    wait_for("the waiting feedback", || !r.server.action(id).unwrap().feedback.is_empty());
+    let polls = || r.server.requests().iter().filter(|q| q.path.ends_with("/dev1")).count();
+    let seen = polls();
+    wait_for("three more polls", || polls() >= seen + 3);
+    let action = r.server.action(id).unwrap();
+    assert_eq!(action.status, ActionStatus::Running, "the action stays open while inhibited");
+    assert_eq!(action.feedback.len(), 1, "told once, not at every poll: {:#?}", action.feedback);
+    assert_eq!(action.feedback[0]["status"]["execution"], "proceeding");
+    let details = feedback_details(&action.feedback[0]);
+    assert!(details.contains("inhibits updates") && details.contains("next poll"), "{details}");
+    assert!(b.handle.status().job.is_none() && r.slot_head(Slot::B).iter().all(|&x| x == 0), "nothing installed");
+    // Released: the same action installs at the next poll, and commits.
+    b.handle.send(Command::SetInhibitors(Vec::new()));
+    trigger();
+    b.until_reboot();
+    let b = r.boot();
+    assert_eq!(b.slot, Slot::B);
+    assert_eq!(b.until_finished(|| r.action_done(id)).outcome, Outcome::Committed);
+    assert_eq!(r.server.action(id).unwrap().status, ActionStatus::Closed { success: true });
+}
+
+#[test]
+fn a_sources_userinfo_and_query_never_reach_the_job_history_or_status() {
+    let r = rig(Opts::default());
+    let b = r.boot();
+    // A closed port: the install fails, and its message names the URL.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://user:hunter2@127.0.0.1:{port}/update.otter?X-Signature=s3cret");
+    b.handle.install(&url, false).unwrap();
+    let shown = b.handle.status().job.expect("a job").source;
+    let record = b.finished.recv_timeout(LONG).expect("the failed job");
+    let history = {
+        let (reply, rx) = std::sync::mpsc::channel();
+        b.handle.send(Command::History { reply });
+        rx.recv_timeout(LONG).unwrap()
+    };
+    let Outcome::Failed { message, .. } = &record.outcome else { panic!("{record:?}") };
+    for text in [&shown, &record.job.source, message, &format!("{history:?}"), &b.handle.status().line()] {
+        assert!(!text.contains("hunter2") && !text.contains("s3cret"), "a secret shows: {text}");
+    }
+    assert_eq!(record.job.source, format!("http://REDACTED@127.0.0.1:{port}/update.otter?REDACTED"));
+}

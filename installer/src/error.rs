@@ -196,6 +196,39 @@ impl std::fmt::Display for DigestAlgorithm {
 }
 
 impl InstallError {
+    /// Whether the artifact itself is at fault (malformed, not for this device, older than allowed, corrupt
+    /// payload, failed here before), so that retrying the same artifact cannot succeed: an automatic job never
+    /// retries it. Network, disk, key and cancellation errors are not the artifact's fault, nor is an artifact
+    /// error this version does not know (it may be retried; never wrongly blacklisted).
+    pub fn is_artifact_fault(&self) -> bool {
+        use otter_artifact::ArtifactError as A;
+        match self {
+            Self::Artifact(e) => matches!(
+                e,
+                A::Truncated { .. }
+                    | A::TarHeader { .. }
+                    | A::BadEntryName { .. }
+                    | A::NotARegularFile { .. }
+                    | A::UnexpectedEntry { .. }
+                    | A::TrailingData
+                    | A::TooLarge { .. }
+                    | A::MalformedManifest { .. }
+                    | A::InvalidManifest { .. }
+                    | A::UnsupportedFormat { .. }
+                    | A::Incompatible { .. }
+                    | A::SecurityVersionTooLow { .. }
+                    | A::StoredSizeMismatch { .. }
+                    | A::ChunkSizeMismatch { .. }
+                    | A::ChunkHashMismatch { .. }
+                    | A::ImageHashMismatch { .. }
+                    | A::Decompress { .. }
+                    | A::WindowTooLarge { .. }
+            ),
+            Self::Refused { .. } => true,
+            _ => false,
+        }
+    }
+
     /// A stable, machine-readable code for the error class.
     pub fn code(&self) -> &'static str {
         match self {

@@ -221,7 +221,7 @@ fn scenario(sc: Scenario<'_>) -> Result<Outcome> {
             .unwrap_or("?")
             .to_owned();
         let settings = otterd::config::load(&device.root)?;
-        let (runtime, handle) = Runtime::start(settings.clone(), Box::new(SimPlatform)).map_err(anyhow::Error::msg)?;
+        let (runtime, handle) = Runtime::start(settings.clone(), Box::new(SimPlatform))?;
         let finished = handle.subscribe();
         let watch = handle.watch();
         let status = handle.status();

@@ -227,4 +227,12 @@ impl BootBackend for UBootBackend {
         self.changes.clear();
         Ok(())
     }
+
+    fn security_version(&self) -> Option<u64> {
+        crate::security_version_of(&self.env)
+    }
+
+    fn raise_security_version(&mut self, version: u64) -> Result<(), BootError> {
+        self.apply(|_, e| crate::raise_security_version_in(e, version))
+    }
 }

@@ -142,10 +142,10 @@ impl Worker {
         self.handle.send(Command::InstallRemote {
             source: url,
             remote_id: id.to_owned(),
-            options: Box::new(InstallSettings { http, expected_sha256: None, fd: None }),
+            options: Box::new(InstallSettings { http, ..Default::default() }),
             reply,
         });
-        match rx.recv().unwrap_or_else(|_| Err(Rejection::NotNow("the daemon stopped".into()))) {
+        match rx.recv().unwrap_or(Err(Rejection::Stopped)) {
             Ok(job) => {
                 tracing::info!("hawkbit: action {id}: installing {} {} as job {job}", chunk.name, chunk.version);
                 if dep.update == HandlingType::Forced {
@@ -161,9 +161,25 @@ impl Worker {
                 self.feedback(id, &Feedback::new(Execution::Proceeding, Finished::None, details).progress(0, 100));
             }
             Err(Rejection::Busy { id: job, .. }) => tracing::info!("hawkbit: action {id} waits for job {job}"),
-            Err(Rejection::NotNow(m)) => self.fail(id, vec![format!("refused: {m}")]),
+            Err(r) if not_now(&r) => self.wait_for_next_poll(id, &r),
+            Err(r) => self.fail(id, vec![format!("refused: {r}")]),
         }
         Ok(())
+    }
+
+    /// The device says "not now" (a local application inhibits updates, the daemon is still starting or
+    /// stopping): the action stays open and is tried again at the next poll. The server hears why in a
+    /// `proceeding` feedback, once per reason, so a rollout sees a waiting device, not a failed one.
+    fn wait_for_next_poll(&mut self, id: &str, why: &Rejection) {
+        let reason = why.to_string();
+        tracing::info!("hawkbit: action {id} waits for the next poll: {reason}");
+        if self.waiting.get(id) == Some(&reason) {
+            return;
+        }
+        let details = vec![format!("waiting: {reason}; trying again at the next poll")];
+        if self.feedback(id, &Feedback::new(Execution::Proceeding, Finished::None, details)) {
+            self.waiting.insert(id.to_owned(), reason);
+        }
     }
 
     /// `update: skip` (or a closed maintenance window): an A/B device keeps no copy of an artifact outside the
@@ -287,4 +303,10 @@ fn verify_download(client: &DdiClient, url: &str, announced: otter_installer::An
         .map_err(|e| e.to_string())?;
     std::io::copy(&mut src.reader, &mut std::io::sink())
         .map_err(|e| otter_common::redact::text(&format!("reading {url}: {e}")))
+}
+
+/// Whether a refusal means "not now" rather than "this action failed": the same request can succeed later
+/// without anything changing on the server.
+fn not_now(r: &Rejection) -> bool {
+    matches!(r, Rejection::Busy { .. } | Rejection::Inhibited(_) | Rejection::NotBooted | Rejection::Stopped)
 }

@@ -24,7 +24,7 @@ pub mod reported;
 mod trigger;
 mod worker;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -77,6 +77,7 @@ impl Poller {
             pending_final: Vec::new(),
             inventory_sent: None,
             rng: seed(),
+            waiting: HashMap::new(),
         };
         let thread = {
             let (trigger, stopped) = (trigger.clone(), stopped.clone());

@@ -1,7 +1,7 @@
 //! The poller's loop: polls, schedules the next poll, follows the runtime's jobs and reports their progress and
 //! results as DDI feedback.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
@@ -43,6 +43,8 @@ pub(super) struct Worker {
     /// Attributes last uploaded.
     pub(super) inventory_sent: Option<BTreeMap<String, String>>,
     pub(super) rng: u64,
+    /// Actions waiting for a "not now" to pass (an inhibitor, start-up), with the reason last told to the server.
+    pub(super) waiting: HashMap<String, String>,
 }
 
 /// How often the runtime's progress is looked at while a server job runs (200 ms).
