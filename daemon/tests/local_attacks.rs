@@ -142,6 +142,29 @@ fn an_env_lock_held_by_another_user_neither_freezes_otterd_nor_outlives_sigterm(
 }
 
 #[test]
+fn a_lock_held_at_start_up_only_delays_otterd_until_it_is_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = device(dir.path());
+    let lock = device.root.join("run/fw_printenv.lock");
+    std::fs::write(&lock, b"").unwrap();
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let markers = dir.path().join("markers");
+    std::fs::create_dir(&markers).unwrap();
+    std::fs::set_permissions(&markers, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let held = HeldLock::take_as_nobody(&lock, &markers);
+    let mut otterd = Otterd::start(&device.root, &dir.path().join("otterd.log"));
+    assert!(otterd.wait_for_log("env-locked", Duration::from_secs(60)), "otterd never gave up waiting");
+    assert!(!otterd.log().contains("booted slot A"), "the env was read although locked");
+    // Released: the daemon opens the env by itself (no restart) and learns which slot it runs from.
+    drop(held);
+    assert!(
+        otterd.wait_for_log("booted slot A", Duration::from_secs(90)),
+        "otterd stayed without its bootloader after the lock was released"
+    );
+    assert!(otterd.terminate(STOP_TIMEOUT).expect("otterd did not stop").success());
+}
+
+#[test]
 fn sigterm_while_start_up_waits_for_the_env_lock_stops_otterd_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let device = device(dir.path());

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use otter_bootloader::{BootBackend, Slot};
 use otter_installer::CancelToken;
@@ -79,6 +79,8 @@ pub struct Runtime {
     install_settings: Option<InstallSettings>,
     halted: bool,
     tick: Duration,
+    /// When to open the bootloader environment again (it was locked by another process at start-up).
+    boot_retry: Option<Instant>,
     /// A condition that keeps the daemon from updating at all (unusable bootloader env, unknown booted slot).
     unusable: Option<String>,
     /// Why the last save of the state failed, until one succeeds: no step is taken meanwhile.
@@ -89,6 +91,10 @@ pub struct Runtime {
     /// The last bootloader store's error, if it failed.
     last_boot_error: Option<String>,
 }
+
+/// How long after a locked bootloader environment the runtime tries to open it again (15 s). Each attempt waits
+/// for the lock at most `otter_bootloader::uboot::DEFAULT_LOCK_WAIT` (5 s).
+const BOOT_RETRY: Duration = Duration::from_secs(15);
 
 impl Runtime {
     /// Loads the state, opens the bootloader, works out the booted slot and feeds `Started` to the engine.
@@ -109,23 +115,15 @@ impl Runtime {
         let (tx, rx) = mpsc::channel();
         let notifier = Notifier::from_env();
         let tick = notifier.ping_interval().map_or(Duration::from_secs(1), |p| p.min(Duration::from_secs(1)));
-        let mut unusable = None;
-        let boot = match open_bootloader(&settings) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                tracing::error!("bootloader environment unusable: {e}");
-                unusable = Some(format!("bootloader environment unusable: {e}"));
-                None
-            }
-        };
-        let status = Arc::new(Mutex::new(Status { error: unusable.clone(), ..Status::default() }));
+        let status = Arc::new(Mutex::new(Status::default()));
         let subscribers = Arc::new(Mutex::new(Subscribers::default()));
         let mut rt = Self {
             settings,
             engine,
             saved: persisted,
             store,
-            boot,
+            boot: None,
+            boot_retry: None,
             platform,
             notifier,
             tx: tx.clone(),
@@ -141,15 +139,38 @@ impl Runtime {
             install_settings: None,
             halted: false,
             tick,
-            unusable,
+            unusable: None,
             unsaved: None,
             request_error: None,
             last_boot_error: None,
         };
         let handle = Handle { tx, status, subscribers };
-        match booted_slot(&rt.settings) {
-            Ok(booted) if rt.boot.is_some() => {
-                let b = rt.boot.as_ref().expect("checked");
+        rt.attach_bootloader();
+        rt.publish();
+        Ok((rt, handle))
+    }
+
+    /// Opens the bootloader environment and, with the booted slot, feeds `Started` to the engine. An environment
+    /// that is locked by another process (a local user holding libubootenv's lock) is opened again later
+    /// ([`BOOT_RETRY`]) instead of leaving the daemon unable to update until it is restarted.
+    fn attach_bootloader(&mut self) {
+        match open_bootloader(&self.settings) {
+            Ok(b) => {
+                self.boot = Some(b);
+                self.boot_retry = None;
+                self.unusable = None;
+            }
+            Err(e) => {
+                tracing::error!("bootloader environment unusable: {e}");
+                self.unusable = Some(format!("bootloader environment unusable: {e}"));
+                let locked = matches!(e, OpenBootError::Backend(otter_bootloader::BootError::EnvLocked { .. }));
+                self.boot_retry = locked.then(|| Instant::now() + BOOT_RETRY);
+                return;
+            }
+        }
+        match booted_slot(&self.settings) {
+            Ok(booted) if self.boot.is_some() => {
+                let b = self.boot.as_ref().expect("checked");
                 let view = BootView {
                     primary: b.primary(),
                     a: b.slot_state(Slot::A),
@@ -162,17 +183,15 @@ impl Runtime {
                     view.a,
                     view.b
                 );
-                let now = rt.platform.now();
-                rt.dispatch(Event::Started { booted, boot: view, now });
+                let now = self.platform.now();
+                self.dispatch(Event::Started { booted, boot: view, now });
             }
             Ok(_) => {}
             Err(e) => {
                 tracing::error!("{e}");
-                rt.set_error(e.to_string());
+                self.set_error(e.to_string());
             }
         }
-        rt.publish();
-        Ok((rt, handle))
     }
 
     fn set_error(&mut self, e: String) {
@@ -201,6 +220,11 @@ impl Runtime {
             }
             let now = self.platform.now();
             self.dispatch(Event::Tick { now });
+            if self.boot_retry.is_some_and(|at| Instant::now() >= at) {
+                tracing::info!("opening the bootloader environment again");
+                self.attach_bootloader();
+                self.publish();
+            }
         };
         self.notifier.stopping();
         if let Some((thread, cancel)) = self.install.take() {
