@@ -289,8 +289,9 @@ fn install_once(
     reporter.report(Phase::Writing, plan.resumed_bytes(&manifest));
     let outcome =
         pipeline::run(req, &mut reader, &mut plan, cancel, &|written| reporter.report(Phase::Writing, written))?;
+    check_stream_hash(req, &mut reader, cancel)?;
     reporter.report(Phase::Syncing, outcome.written);
-    let checkpoint_error = finish(req, &mut reader, &mut plan, cancel)?;
+    let checkpoint_error = make_valid(req, &mut plan)?;
     reporter.report(Phase::Done, outcome.written);
     Ok(InstallReport {
         manifest_digest: reader.manifest_digest(),
@@ -404,15 +405,12 @@ fn resume_from_record(
     Ok(())
 }
 
-/// Stage 5, after every chunk is written: checks the whole stream's hash when the request names one, then makes
-/// the slots valid (data synced first, then the first block) and removes the resume record. Returns why the record
-/// could not be kept or removed, if it could not.
-fn finish(
+/// Stage 5a, after every chunk is written: checks the whole stream's hash when the request names one.
+fn check_stream_hash(
     req: &InstallRequest,
     reader: &mut ArtifactReader<source::SourceReader>,
-    plan: &mut pipeline::Plan,
     cancel: &CancelToken,
-) -> Result<Option<String>, InstallError> {
+) -> Result<(), InstallError> {
     if let Some(expected) = req.expected_sha256 {
         // The rest of the stream (tar padding and end blocks) belongs to the file the server hashed. A resumed
         // install skipped part of the file, so there is no whole-file hash to compare; the signed chunk hashes
@@ -432,6 +430,12 @@ fn finish(
             });
         }
     }
+    Ok(())
+}
+
+/// Stage 5b, the last: makes the slots valid (data synced first, then the first block) and removes the resume
+/// record. Returns why the record could not be kept or removed, if it could not.
+fn make_valid(req: &InstallRequest, plan: &mut pipeline::Plan) -> Result<Option<String>, InstallError> {
     // Data first, then the head: a power cut in between leaves the slot invalid, never half valid.
     for (slot, head) in plan.slots.iter_mut().zip(&plan.heads) {
         slot.sync()?;
