@@ -236,6 +236,10 @@ fn read_head<R: Read>(input: R) -> Result<(Vec<u8>, SignatureBlock, TarReader<R>
 
 /// Copies an artifact from `input` to `out`, adding a signature by `key` over its manifest. The manifest and the
 /// payload entries are copied byte for byte, so existing signatures stay valid.
+///
+/// A signature vouches for every hash in the manifest, so the payloads are checked against all of them while they
+/// are copied: stored and decoded chunk hashes and each image's hash. Readers take a signed frame's decoding as
+/// the truth without hashing it again; this is where a manifest that contradicts its own frames is refused.
 pub fn add_signature(input: impl Read, key: &SigningKey, out: impl Write) -> Result<Manifest, ArtifactError> {
     let (bytes, mut block, tar) = read_head(input)?;
     // Refuse to vouch for something that is not a valid manifest.
@@ -245,8 +249,22 @@ pub fn add_signature(input: impl Read, key: &SigningKey, out: impl Write) -> Res
     tar_out.append(MANIFEST_ENTRY, &bytes)?;
     tar_out.append(SIGNATURE_ENTRY, &block.to_bytes())?;
     let mut out = tar_out.into_inner();
-    let mut rest = tar.into_rest()?;
-    io::copy(&mut rest, &mut out).map_err(io_err("copying payload entries"))?;
+    let rest = Tee { inner: tar.into_rest()?, copy: &mut out };
+    crate::reader::ArtifactReader::unverified(TarReader::new(rest), manifest.clone(), bytes).audit_all()?;
     out.flush().map_err(io_err("flushing the artifact"))?;
     Ok(manifest)
+}
+
+/// A reader that writes everything it reads to `copy`.
+struct Tee<R, W> {
+    inner: R,
+    copy: W,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        Ok(n)
+    }
 }

@@ -186,6 +186,15 @@ pub enum ArtifactError {
         /// The decoder's message.
         reason: String,
     },
+    /// A chunk with a signed `stored_sha256` is a zstd frame without a content checksum: its decoded bytes would
+    /// go unchecked, since readers rely on the checksum instead of hashing them again.
+    #[error("payload {payload:?} chunk {chunk}: zstd frame has no content checksum (required with a stored_sha256)")]
+    FrameWithoutChecksum {
+        /// The payload name.
+        payload: String,
+        /// The chunk index.
+        chunk: u64,
+    },
     /// A key file cannot be read or parsed.
     #[error("key file {path}: {reason}")]
     BadKeyFile {
@@ -219,7 +228,8 @@ impl ArtifactError {
             | Self::ChunkSizeMismatch { .. }
             | Self::ChunkHashMismatch { .. }
             | Self::ImageHashMismatch { .. }
-            | Self::Decompress { .. } => "corrupt-payload",
+            | Self::Decompress { .. }
+            | Self::FrameWithoutChecksum { .. } => "corrupt-payload",
             Self::WindowTooLarge { .. } => "window-too-large",
             Self::BadKeyFile { .. } => "bad-key",
         }

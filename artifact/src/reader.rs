@@ -55,11 +55,13 @@ pub struct ChunkRef {
 
 /// Decodes and verifies single chunks; reusable across chunks and payloads (one per decoding thread).
 ///
-/// A chunk with a signed `stored_sha256` (format 1.1) is checked *before* decoding, so the zstd decoder only ever
-/// parses authenticated bytes; its decoded bytes are then the deterministic decoding of signed bytes, checked by
-/// the frame's own content checksum and the exact decoded length, and their SHA-256 is not computed again unless
-/// asked for ([`ChunkDecoder::check_decoded`]). A chunk without one (format 1.0) is checked after decoding,
-/// against its decoded `sha256`.
+/// This is the one acceptance rule for chunks, shared by every reader (`otter-artifact verify`, the installer):
+/// a chunk with a signed `stored_sha256` (format 1.1) is checked *before* decoding, so the zstd decoder only ever
+/// parses authenticated bytes; it must be a frame with a content checksum, and its decoded bytes are then the
+/// deterministic decoding of signed bytes, checked by that checksum and the exact decoded length; their SHA-256 is
+/// not computed again. A chunk without one (format 1.0) is checked after decoding, against its decoded `sha256`.
+/// Whether a signed manifest's decoded hashes agree with its own signed frames is the signer's check
+/// ([`ChunkDecoder::check_decoded`], used before signing), not a second rule for readers.
 pub struct ChunkDecoder {
     zstd: zstd::bulk::Decompressor<'static>,
     max_window: u64,
@@ -77,8 +79,8 @@ impl ChunkDecoder {
         Ok(Self { zstd, max_window, check_decoded: false })
     }
 
-    /// Also checks every decoded chunk against its decoded `sha256` when the stored bytes were already checked
-    /// (a full verification, e.g. `otter-artifact verify`).
+    /// Also checks every decoded chunk against its decoded `sha256` when the stored bytes were already checked: the
+    /// consistency check of a manifest before it is signed (`otter-artifact sign`), on top of the acceptance rule.
     pub fn check_decoded(mut self) -> Self {
         self.check_decoded = true;
         self
@@ -117,6 +119,10 @@ impl ChunkDecoder {
             Compression::Zstd => {
                 let bad = |reason: String| ArtifactError::Decompress { payload: payload.name.clone(), chunk, reason };
                 let header = frame_header(stored).map_err(|r| bad(r.into()))?;
+                // With the stored bytes signed, the frame's checksum is what checks the decoder's output.
+                if stored_checked && !header.checksum {
+                    return Err(ArtifactError::FrameWithoutChecksum { payload: payload.name.clone(), chunk });
+                }
                 if header.window > self.max_window {
                     return Err(ArtifactError::WindowTooLarge {
                         payload: payload.name.clone(),
@@ -155,6 +161,8 @@ impl ChunkDecoder {
 struct FrameHeader {
     window: u64,
     content_size: Option<u64>,
+    /// The frame ends with a checksum (XXH64) of its decoded content, which the decoder verifies.
+    checksum: bool,
 }
 
 /// Parses a zstd frame header (RFC 8878 section 3.1.1) far enough to learn the window and content sizes.
@@ -205,7 +213,7 @@ fn frame_header(b: &[u8]) -> Result<FrameHeader, &'static str> {
         Some(w) => w,
         None => content_size.ok_or("single-segment frame without content size")?,
     };
-    Ok(FrameHeader { window, content_size })
+    Ok(FrameHeader { window, content_size, checksum: fhd & 0x04 != 0 })
 }
 
 /// A verified artifact being read. Created by [`ArtifactReader::open`], which has already checked the signature
@@ -220,6 +228,9 @@ pub struct ArtifactReader<R> {
     cursor: (usize, usize),
     finished: bool,
     decoder: Option<ChunkDecoder>,
+    /// Also check the decoded hashes of signed frames and each image's hash (before signing, see
+    /// [`ArtifactReader::audit_all`]); readers that accept artifacts do not.
+    audit: bool,
     image_hash: sha2::Sha256,
     /// Chunks of the current payload were skipped, so `image_hash` does not cover the whole image.
     image_hash_incomplete: bool,
@@ -297,6 +308,7 @@ impl<R: Read> ArtifactReader<R> {
             cursor: (0, 0),
             finished: false,
             decoder: None,
+            audit: false,
             image_hash: sha2::Sha256::new(),
             image_hash_incomplete: false,
             stored: Vec::new(),
@@ -437,8 +449,8 @@ impl<R: Read> ArtifactReader<R> {
         Ok(())
     }
 
-    /// Reads, decodes and verifies the next chunk into `out` (resized to the chunk's length). After a payload's last
-    /// chunk it also checks the SHA-256 of the whole image. Returns `Ok(None)` at the end of the artifact.
+    /// Reads, decodes and verifies the next chunk into `out` (resized to the chunk's length), by the same rule as the
+    /// installer ([`ChunkDecoder`]). Returns `Ok(None)` at the end of the artifact.
     pub fn next_chunk(&mut self, out: &mut Vec<u8>) -> Result<Option<ChunkRef>, ArtifactError> {
         let mut stored = std::mem::take(&mut self.stored);
         let result = self.next_chunk_inner(&mut stored, out);
@@ -454,9 +466,13 @@ impl<R: Read> ArtifactReader<R> {
         out.resize(payload.chunk_len(at.index) as usize, 0);
         let decoder = match &mut self.decoder {
             Some(d) => d,
-            None => self.decoder.insert(ChunkDecoder::new(self.limits.max_window)?.check_decoded()),
+            None if self.audit => self.decoder.insert(ChunkDecoder::new(self.limits.max_window)?.check_decoded()),
+            None => self.decoder.insert(ChunkDecoder::new(self.limits.max_window)?),
         };
         decoder.decode_into(payload, at.index, stored, out)?;
+        if !self.audit {
+            return Ok(Some(at));
+        }
         self.image_hash.update(&out[..]);
         if at.index + 1 == payload.chunks.len() {
             let whole: [u8; 32] = std::mem::take(&mut self.image_hash).finalize().into();
@@ -467,11 +483,40 @@ impl<R: Read> ArtifactReader<R> {
         Ok(Some(at))
     }
 
-    /// Reads every remaining chunk, verifying all of it, and discards the data. Used by `verify`.
+    /// Reads every remaining chunk, verifying all of it exactly as an installer does, and discards the data. Used
+    /// by `verify`: what it rejects, an install rejects with the same error, and the other way round.
     pub fn verify_all(&mut self) -> Result<(), ArtifactError> {
         let mut out = Vec::new();
         while self.next_chunk(&mut out)?.is_some() {}
         Ok(())
+    }
+}
+
+impl<R: Read> ArtifactReader<R> {
+    /// A reader over the payload entries of an artifact whose manifest was read but *not* verified (`tar` is
+    /// positioned after the signature block): for checking what a manifest says before signing it.
+    pub(crate) fn unverified(tar: TarReader<R>, manifest: Manifest, manifest_bytes: Vec<u8>) -> Self {
+        Self {
+            tar,
+            manifest,
+            manifest_bytes,
+            signed_by: KeyId([0; 8]),
+            limits: Limits::default(),
+            cursor: (0, 0),
+            finished: false,
+            decoder: None,
+            audit: true,
+            image_hash: sha2::Sha256::new(),
+            image_hash_incomplete: false,
+            stored: Vec::new(),
+        }
+    }
+
+    /// Reads every remaining chunk and checks, beyond the acceptance rule, that the manifest's decoded hashes and
+    /// image hashes describe its own frames (a broken builder, or a manifest edited after the payloads were made).
+    pub(crate) fn audit_all(&mut self) -> Result<(), ArtifactError> {
+        self.audit = true;
+        self.verify_all()
     }
 }
 

@@ -235,14 +235,25 @@ impl<R: Read> TarReader<R> {
     }
 
     /// Consumes the second zero block of the end-of-archive marker (the first was returned as `None` by
-    /// `next_entry`). Anything other than zeros or a clean end is trailing data.
+    /// `next_entry`) and checks that the stream ends right after it. Anything else, even the zero padding some tar
+    /// writers add to fill a record, is trailing data: the format allows nothing after the marker.
     pub fn finish(&mut self) -> Result<(), ArtifactError> {
         let mut block = [0u8; BLOCK];
         match read_block_or_eof(&mut self.inner, &mut block) {
-            Ok(true) if block.iter().all(|&b| b == 0) => Ok(()),
-            Ok(true) => Err(ArtifactError::TrailingData),
-            Ok(false) => Err(ArtifactError::Truncated { at: "end-of-archive marker".into() }),
-            Err(e) => Err(read_err("end-of-archive marker")(e)),
+            Ok(true) if block.iter().all(|&b| b == 0) => self.position += BLOCK as u64,
+            Ok(true) => return Err(ArtifactError::TrailingData),
+            Ok(false) => return Err(ArtifactError::Truncated { at: "end-of-archive marker".into() }),
+            Err(e) => return Err(read_err("end-of-archive marker")(e)),
+        }
+        // One byte is enough to tell: a stream that has one more is not an artifact.
+        let mut byte = [0u8; 1];
+        loop {
+            return match self.inner.read(&mut byte) {
+                Ok(0) => Ok(()),
+                Ok(_) => Err(ArtifactError::TrailingData),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(read_err("the end of the stream")(e)),
+            };
         }
     }
 }
@@ -347,6 +358,20 @@ mod tests {
         assert!(buf.iter().all(|&b| b == 7));
         assert!(r.next_entry().unwrap().is_none());
         r.finish().unwrap();
+    }
+
+    #[test]
+    fn nothing_may_follow_the_end_of_archive_marker() {
+        let data = archive(&[("a", b"hello")]);
+        for extra in [&[0u8; BLOCK][..], &[0u8; 1][..], b"x"] {
+            let mut long = data.clone();
+            long.extend_from_slice(extra);
+            let mut r = TarReader::new(&long[..]);
+            r.next_entry().unwrap();
+            r.read_data(&mut [0u8; 5], "a").unwrap();
+            assert!(r.next_entry().unwrap().is_none());
+            assert!(matches!(r.finish(), Err(ArtifactError::TrailingData)), "{} bytes after the marker", extra.len());
+        }
     }
 
     #[test]

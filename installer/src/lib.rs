@@ -16,19 +16,19 @@
 //! it had made durable, when the request names a resume record (see [`resume`]).
 
 mod error;
+mod pipeline;
 pub mod resume;
 pub mod slot;
 pub mod source;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use otter_artifact::{ArtifactError, ArtifactReader, ChunkDecoder, ChunkRef, Digest, KeyId, Keyring, Manifest, Policy};
+use otter_artifact::{ArtifactError, ArtifactReader, Digest, KeyId, Keyring, Manifest, Policy};
 
 pub use error::{DigestAlgorithm, InstallError};
-use slot::{AlignedBuf, HEAD, SlotWriter};
+use slot::SlotWriter;
 pub use source::{Announced, HttpOptions, Source, UrlRefresh};
 
 /// A cancellation flag shared between the installer and whoever may cancel it.
@@ -245,84 +245,114 @@ fn from_artifact(e: ArtifactError, source: &Source, cancel: &CancelToken) -> Ins
     }
 }
 
-/// Records the first error of any pipeline stage; later ones are consequences.
-#[derive(Default)]
-struct FirstError {
-    error: Mutex<Option<InstallError>>,
-    failed: AtomicBool,
+/// Reports progress of one install attempt: the phase and counts, with what is known so far about the source and
+/// the artifact.
+struct Reporter<'a> {
+    progress: &'a (dyn Fn(&Progress) + Sync),
+    received: &'a source::ByteCounter,
+    length: Option<u64>,
+    digest: Option<Digest>,
+    total: u64,
 }
 
-impl FirstError {
-    fn set(&self, e: InstallError) {
-        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = Some(e);
-        }
-        self.failed.store(true, Ordering::SeqCst);
-    }
-    fn failed(&self) -> bool {
-        self.failed.load(Ordering::SeqCst)
-    }
-    fn take(&self) -> Option<InstallError> {
-        self.error.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-}
-
-/// A small free list so chunk buffers are reused instead of reallocated (and re-faulted) per chunk.
-struct Pool<T>(Mutex<Vec<T>>);
-
-impl<T> Pool<T> {
-    fn get(&self, make: impl FnOnce() -> T) -> T {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_else(make)
-    }
-    fn put(&self, t: T) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(t);
+impl Reporter<'_> {
+    fn report(&self, phase: Phase, written: u64) {
+        (self.progress)(&Progress {
+            phase,
+            bytes_read: self.received.get(),
+            bytes_written: written,
+            total: self.total,
+            source_length: self.length,
+            manifest_digest: self.digest,
+        });
     }
 }
 
-/// Chunks in flight between two stages. With N decoders the pipeline holds at most about 2 + N + 2 + 1 chunks, so
-/// 4 MiB chunks and two decoders need ~30 MiB of buffers.
-const CHANNEL_DEPTH: usize = 2;
-
+/// One attempt at an install, in stages: open the source, read and verify the manifest, plan the slots (and what a
+/// previous attempt left in them), run the chunk pipeline, finish.
 fn install_once(
     req: &InstallRequest,
     progress: &(dyn Fn(&Progress) + Sync),
     cancel: &CancelToken,
     received: &source::ByteCounter,
 ) -> Result<InstallReport, InstallError> {
-    let digest = std::cell::Cell::new(None);
-    let report = |phase, written, total, length| Progress {
-        phase,
-        bytes_read: received.get(),
-        bytes_written: written,
-        total,
-        source_length: length,
-        manifest_digest: digest.get(),
-    };
-    progress(&report(Phase::Connecting, 0, 0, None));
-    let opened = source::open_with_stall_timeout(&req.source, &req.http, cancel, received.clone(), req.stall_timeout)?;
-    let length = opened.length;
-    progress(&report(Phase::Verifying, 0, 0, length));
-    let mut stream = opened.reader;
-    if req.expected_sha256.is_some() {
-        stream.hash_stream();
-    }
-    let mut reader =
-        ArtifactReader::open(stream, &req.keyring, &req.policy).map_err(|e| from_artifact(e, &req.source, cancel))?;
+    let mut reporter = Reporter { progress, received, length: None, digest: None, total: 0 };
+    reporter.report(Phase::Connecting, 0);
+    let opened = open_source(req, cancel, received)?;
+    reporter.length = opened.length;
+    reporter.report(Phase::Verifying, 0);
+    let mut reader = read_manifest(req, opened.reader, cancel)?;
     let manifest = reader.manifest().clone();
+    reporter.digest = Some(reader.manifest_digest());
+    reporter.total = manifest.payloads.iter().map(|p| p.size).sum();
+    let mut plan = plan_slots(req, &manifest, &reader.manifest_digest(), cancel)?;
+    reporter.report(Phase::Writing, plan.resumed_bytes(&manifest));
+    let outcome =
+        pipeline::run(req, &mut reader, &mut plan, cancel, &|written| reporter.report(Phase::Writing, written))?;
+    check_stream_hash(req, &mut reader, cancel)?;
+    reporter.report(Phase::Syncing, outcome.written);
+    let checkpoint_error = make_valid(req, &mut plan)?;
+    reporter.report(Phase::Done, outcome.written);
+    Ok(InstallReport {
+        manifest_digest: reader.manifest_digest(),
+        signed_by: reader.signed_by(),
+        manifest,
+        bytes_received: received.get(),
+        bytes_written: outcome.written,
+        chunks_skipped: outcome.skipped,
+        chunks_resumed: plan.resumed.iter().sum::<usize>() as u64,
+        checkpoint_error,
+        elapsed: Duration::ZERO,
+    })
+}
+
+/// Stage 1: opens the source, hashing the whole stream when the request names its expected hash.
+fn open_source(
+    req: &InstallRequest,
+    cancel: &CancelToken,
+    received: &source::ByteCounter,
+) -> Result<source::OpenedSource, InstallError> {
+    let mut opened =
+        source::open_with_stall_timeout(&req.source, &req.http, cancel, received.clone(), req.stall_timeout)?;
+    if req.expected_sha256.is_some() {
+        opened.reader.hash_stream();
+    }
+    Ok(opened)
+}
+
+/// Stage 2: reads the manifest and signature, verifies them and checks the device policy and the refused list.
+/// Nothing has touched a slot yet.
+fn read_manifest(
+    req: &InstallRequest,
+    stream: source::SourceReader,
+    cancel: &CancelToken,
+) -> Result<ArtifactReader<source::SourceReader>, InstallError> {
+    let reader =
+        ArtifactReader::open(stream, &req.keyring, &req.policy).map_err(|e| from_artifact(e, &req.source, cancel))?;
     // The version the server named for this download (a server that serves "whatever is assigned now").
     if let Some(expected) = &req.http.announced.version
-        && *expected != manifest.version
+        && *expected != reader.manifest().version
     {
-        return Err(InstallError::VersionMismatch { expected: expected.clone(), actual: manifest.version });
+        return Err(InstallError::VersionMismatch {
+            expected: expected.clone(),
+            actual: reader.manifest().version.clone(),
+        });
     }
-    digest.set(Some(reader.manifest_digest()));
     if req.refuse.contains(&reader.manifest_digest()) {
         return Err(InstallError::Refused { digest: reader.manifest_digest().to_string() });
     }
-    let total: u64 = manifest.payloads.iter().map(|p| p.size).sum();
+    Ok(reader)
+}
 
-    // Every target must exist and be large enough before the first byte is written anywhere.
+/// Stage 3: opens every target and checks its size before the first byte is written anywhere, invalidates the
+/// slots, and finds the chunks a previous, interrupted install of this artifact left in them (each checked against
+/// the manifest).
+fn plan_slots(
+    req: &InstallRequest,
+    manifest: &Manifest,
+    digest: &Digest,
+    cancel: &CancelToken,
+) -> Result<pipeline::Plan, InstallError> {
     let mut slots = Vec::new();
     for p in &manifest.payloads {
         let t = req
@@ -344,206 +374,53 @@ fn install_once(
     for s in &mut slots {
         s.invalidate()?;
     }
-
-    // Chunks a previous, interrupted install of this artifact left in the slots, each checked against the manifest.
-    let checkpoint_error = Mutex::new(None);
-    let mut resumed = vec![0usize; manifest.payloads.len()];
-    let mut heads: Vec<Vec<u8>> = vec![Vec::new(); manifest.payloads.len()];
+    let n = manifest.payloads.len();
+    let mut plan =
+        pipeline::Plan { slots, resumed: vec![0; n], heads: vec![Vec::new(); n], checkpoint_error: Mutex::new(None) };
     if let Some(record_path) = &req.resume_file {
-        let paths: Vec<&std::path::Path> = slots.iter().map(|s| s.path()).collect();
-        let record = resume::Record::load(record_path);
-        match record.as_ref().and_then(|r| r.progress_for(&reader.manifest_digest(), &paths)) {
-            Some(progress) => {
-                for (p, payload) in manifest.payloads.iter().enumerate() {
-                    let head = hex::decode(&progress[p].head).unwrap_or_default();
-                    resumed[p] = resume::verified_prefix(&mut slots[p], payload, progress[p].chunks, &head)?;
-                    if resumed[p] > 0 {
-                        heads[p] = head;
-                    }
-                }
-            }
-            // A record of another artifact or slot is stale: this install overwrites what it describes. Should it
-            // stay, it is harmless: it names another artifact, and whatever a record claims is verified.
-            None if record.is_some() => {
-                if let Err(e) = resume::Record::remove(record_path) {
-                    *checkpoint_error.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(format!("removing the stale {}: {e}", record_path.display()));
-                }
-            }
-            None => {}
-        }
+        resume_from_record(record_path, manifest, digest, &mut plan)?;
     }
-    let resumed_bytes = |p: usize| (0..resumed[p]).map(|i| manifest.payloads[p].chunk_len(i)).sum::<u64>();
-    let written = AtomicU64::new((0..resumed.len()).map(resumed_bytes).sum());
-    progress(&report(Phase::Writing, written.load(Ordering::Relaxed), total, length));
+    Ok(plan)
+}
 
-    let threads = match req.decode_threads {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4),
-        n => n,
-    };
-    let max_chunk = manifest.payloads.iter().map(|p| p.chunk_size).max().unwrap_or(0) as usize;
-    let max_window = req.policy.limits.max_window;
-    let first_error = FirstError::default();
-    let skipped = AtomicU64::new(0);
-    let stored_pool: Pool<Vec<u8>> = Pool(Mutex::new(Vec::new()));
-    let decoded_pool: Pool<AlignedBuf> = Pool(Mutex::new(Vec::new()));
-    let (stored_tx, stored_rx) = mpsc::sync_channel::<(ChunkRef, Vec<u8>)>(CHANNEL_DEPTH);
-    // Shared by the decoders only: when the last decoder exits, the receiver drops and the reading loop's `send`
-    // fails instead of blocking forever.
-    let stored_rx = Arc::new(Mutex::new(stored_rx));
-    let (decoded_tx, decoded_rx) = mpsc::sync_channel::<(ChunkRef, AlignedBuf)>(CHANNEL_DEPTH);
-
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            let decoded_tx = decoded_tx.clone();
-            let stored_rx = Arc::clone(&stored_rx);
-            let (manifest, first_error) = (&manifest, &first_error);
-            let (stored_pool, decoded_pool) = (&stored_pool, &decoded_pool);
-            s.spawn(move || {
-                let mut decoder = match ChunkDecoder::new(max_window) {
-                    Ok(d) => d,
-                    Err(e) => return first_error.set(e.into()),
-                };
-                loop {
-                    // Holding the lock only to receive keeps the decoders pulling work as they become free.
-                    let next = stored_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    let Ok((at, stored)) = next else { return };
-                    if first_error.failed() {
-                        return;
-                    }
-                    let payload = &manifest.payloads[at.payload];
-                    let mut out = decoded_pool.get(|| AlignedBuf::new(max_chunk));
-                    let buf = out.resize(payload.chunk_len(at.index) as usize);
-                    let result = decoder.decode_into(payload, at.index, &stored, buf);
-                    stored_pool.put(stored);
-                    if let Err(e) = result {
-                        return first_error.set(e.into());
-                    }
-                    if decoded_tx.send((at, out)).is_err() {
-                        return;
-                    }
+/// Fills `plan` with the chunks the resume record at `record_path` claims and the slots really hold.
+fn resume_from_record(
+    record_path: &std::path::Path,
+    manifest: &Manifest,
+    digest: &Digest,
+    plan: &mut pipeline::Plan,
+) -> Result<(), InstallError> {
+    let paths: Vec<&std::path::Path> = plan.slots.iter().map(|s| s.path()).collect();
+    let record = resume::Record::load(record_path);
+    match record.as_ref().and_then(|r| r.progress_for(digest, &paths)) {
+        Some(progress) => {
+            for (p, payload) in manifest.payloads.iter().enumerate() {
+                let head = hex::decode(&progress[p].head).unwrap_or_default();
+                plan.resumed[p] = resume::verified_prefix(&mut plan.slots[p], payload, progress[p].chunks, &head)?;
+                if plan.resumed[p] > 0 {
+                    plan.heads[p] = head;
                 }
-            });
-        }
-        drop(decoded_tx);
-        drop(stored_rx);
-
-        let writer = {
-            let (manifest, first_error, written, skipped) = (&manifest, &first_error, &written, &skipped);
-            let (decoded_pool, slots, heads) = (&decoded_pool, &mut slots, &mut heads);
-            let skip_identical = req.skip_identical;
-            let mut checkpoints = req.resume_file.as_ref().map(|path| Checkpoints {
-                path,
-                digest: digest.get().expect("set after verification"),
-                interval: req.checkpoint_interval,
-                last: Instant::now(),
-                have: manifest
-                    .payloads
-                    .iter()
-                    .zip(&resumed)
-                    .map(|(p, &r)| (0..p.chunks.len()).map(|i| i < r).collect())
-                    .collect(),
-                prefix: resumed.clone(),
-                recorded: resumed.clone(),
-                error: &checkpoint_error,
-            });
-            let resumed = &resumed;
-            s.spawn(move || {
-                let mut done = resumed.clone();
-                for (at, buf) in decoded_rx {
-                    if first_error.failed() {
-                        return;
-                    }
-                    if cancel.is_cancelled() {
-                        return first_error.set(InstallError::Cancelled);
-                    }
-                    let payload = &manifest.payloads[at.payload];
-                    let slot = &mut slots[at.payload];
-                    let offset = payload.chunk_offset(at.index);
-                    let data = buf.as_slice();
-                    // The first block is held back and written last (see `SlotWriter::write_head`).
-                    let (data, offset) = if at.index == 0 {
-                        let h = data.len().min(HEAD);
-                        heads[at.payload] = data[..h].to_vec();
-                        (&data[h..], offset + h as u64)
-                    } else {
-                        (data, offset)
-                    };
-                    let result = match skip_identical {
-                        true => slot.holds(data, offset).and_then(|same| {
-                            if same {
-                                skipped.fetch_add(1, Ordering::Relaxed);
-                                Ok(())
-                            } else {
-                                slot.write_at(data, offset)
-                            }
-                        }),
-                        false => slot.write_at(data, offset),
-                    };
-                    if let Err(e) = result {
-                        return first_error.set(e);
-                    }
-                    written.fetch_add(buf.as_slice().len() as u64, Ordering::Relaxed);
-                    decoded_pool.put(buf);
-                    done[at.payload] += 1;
-                    if let Some(c) = &mut checkpoints
-                        && let Err(e) = c.written(at, slots, heads)
-                    {
-                        return first_error.set(e);
-                    }
-                }
-                if !first_error.failed() && done.iter().zip(&manifest.payloads).any(|(d, p)| *d != p.chunks.len()) {
-                    first_error.set(InstallError::Artifact(ArtifactError::Truncated { at: "payload data".into() }));
-                }
-            })
-        };
-
-        // This thread reads the stream: network or file I/O overlaps with decoding and writing.
-        let mut last_report = Instant::now();
-        loop {
-            if first_error.failed() {
-                break;
-            }
-            if cancel.is_cancelled() {
-                first_error.set(InstallError::Cancelled);
-                break;
-            }
-            // Chunks already in the slot: move the source past them instead of reading them.
-            if let Some(at) = reader.cursor()
-                && at.index == 0
-                && resumed[at.payload] > 0
-            {
-                if let Err(e) = reader.skip_chunks(resumed[at.payload], |s, n| s.skip(n)) {
-                    first_error.set(from_artifact(e, &req.source, cancel));
-                    break;
-                }
-                continue;
-            }
-            let mut buf = stored_pool.get(Vec::new);
-            match reader.read_stored_chunk(&mut buf) {
-                Ok(Some(at)) => {
-                    if stored_tx.send((at, buf)).is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    first_error.set(from_artifact(e, &req.source, cancel));
-                    break;
-                }
-            }
-            if last_report.elapsed() >= Duration::from_millis(100) {
-                last_report = Instant::now();
-                progress(&report(Phase::Writing, written.load(Ordering::Relaxed), total, length));
             }
         }
-        drop(stored_tx);
-        let _ = writer.join();
-    });
-    if let Some(e) = first_error.take() {
-        return Err(e);
+        // A record of another artifact or slot is stale: this install overwrites what it describes. Should it
+        // stay, it is harmless: it names another artifact, and whatever a record claims is verified.
+        None if record.is_some() => {
+            if let Err(e) = resume::Record::remove(record_path) {
+                *plan.checkpoint_error.get_mut().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("removing the stale {}: {e}", record_path.display()));
+            }
+        }
+        None => {}
     }
+    Ok(())
+}
 
+/// Stage 5a, after every chunk is written: checks the whole stream's hash when the request names one.
+fn check_stream_hash(
+    req: &InstallRequest,
+    reader: &mut ArtifactReader<source::SourceReader>,
+    cancel: &CancelToken,
+) -> Result<(), InstallError> {
     if let Some(expected) = req.expected_sha256 {
         // The rest of the stream (tar padding and end blocks) belongs to the file the server hashed. A resumed
         // install skipped part of the file, so there is no whole-file hash to compare; the signed chunk hashes
@@ -570,88 +447,22 @@ fn install_once(
             from_artifact(ArtifactError::Io { context, source }, &req.source, cancel)
         })?;
     }
-    progress(&report(Phase::Syncing, written.load(Ordering::Relaxed), total, length));
+    Ok(())
+}
+
+/// Stage 5b, the last: makes the slots valid (data synced first, then the first block) and removes the resume
+/// record. Returns why the record could not be kept or removed, if it could not.
+fn make_valid(req: &InstallRequest, plan: &mut pipeline::Plan) -> Result<Option<String>, InstallError> {
     // Data first, then the head: a power cut in between leaves the slot invalid, never half valid.
-    for (slot, head) in slots.iter_mut().zip(&heads) {
+    for (slot, head) in plan.slots.iter_mut().zip(&plan.heads) {
         slot.sync()?;
         slot.write_head(head)?;
     }
-    let mut checkpoint_error = checkpoint_error.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut checkpoint_error = plan.checkpoint_error.get_mut().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(path) = &req.resume_file
         && let Err(e) = resume::Record::remove(path)
     {
         checkpoint_error.get_or_insert(format!("removing {}: {e}", path.display()));
     }
-    let bytes_written = written.load(Ordering::Relaxed);
-    progress(&report(Phase::Done, bytes_written, total, length));
-    Ok(InstallReport {
-        manifest_digest: reader.manifest_digest(),
-        signed_by: reader.signed_by(),
-        manifest,
-        bytes_received: received.get(),
-        bytes_written,
-        chunks_skipped: skipped.load(Ordering::Relaxed),
-        chunks_resumed: resumed.iter().sum::<usize>() as u64,
-        checkpoint_error,
-        elapsed: Duration::ZERO,
-    })
-}
-
-/// Resume checkpoints, kept by the writer thread.
-struct Checkpoints<'a> {
-    path: &'a PathBuf,
-    digest: Digest,
-    interval: Duration,
-    last: Instant,
-    /// Which chunks of each payload are written.
-    have: Vec<Vec<bool>>,
-    /// Leading chunks of each payload that are written.
-    prefix: Vec<usize>,
-    /// What the record on disk says.
-    recorded: Vec<usize>,
-    /// The first failure to write the record; checkpoints stop after it.
-    error: &'a Mutex<Option<String>>,
-}
-
-impl Checkpoints<'_> {
-    /// Notes that chunk `at` is written and, when the interval has passed, syncs the slots and records the
-    /// progress. Only a slot that cannot be synced is an install error.
-    fn written(&mut self, at: ChunkRef, slots: &mut [SlotWriter], heads: &[Vec<u8>]) -> Result<(), InstallError> {
-        let have = &mut self.have[at.payload];
-        have[at.index] = true;
-        let prefix = &mut self.prefix[at.payload];
-        while *prefix < have.len() && have[*prefix] {
-            *prefix += 1;
-        }
-        if self.last.elapsed() < self.interval || self.prefix == self.recorded {
-            return Ok(());
-        }
-        if self.error.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
-            return Ok(());
-        }
-        self.last = Instant::now();
-        // The data the record will claim must be durable before the record says so.
-        for (slot, (now, before)) in slots.iter_mut().zip(self.prefix.iter().zip(&self.recorded)) {
-            if now != before {
-                slot.sync()?;
-            }
-        }
-        let progress = slots
-            .iter()
-            .zip(&self.prefix)
-            .zip(heads)
-            .map(|((slot, &chunks), head)| resume::PayloadProgress {
-                slot: slot.path().to_owned(),
-                chunks,
-                head: if chunks > 0 { hex::encode(head) } else { String::new() },
-            })
-            .collect();
-        match resume::Record::new(&self.digest, progress).store(self.path) {
-            Ok(()) => self.recorded.clone_from(&self.prefix),
-            Err(e) => {
-                *self.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{}: {e}", self.path.display()))
-            }
-        }
-        Ok(())
-    }
+    Ok(checkpoint_error)
 }

@@ -258,6 +258,13 @@ fn payload_larger_than_declared() {
     assert_slot(&slot, &old, &f.image, SlotAfter::Invalidated);
 }
 
+/// One zstd frame of `data` with a content checksum, as signed frames must have.
+fn compress_checked(data: &[u8], level: i32) -> Vec<u8> {
+    let mut c = zstd::bulk::Compressor::new(level).unwrap();
+    c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true)).unwrap();
+    c.compress(data).unwrap()
+}
+
 /// The fixture's artifact with its first chunk's frame replaced by `frame`, the manifest's sizes adjusted and
 /// re-signed; with `sign_frame` the manifest also carries the frame's stored hash (a signed bad frame), else the
 /// original chunk's.
@@ -283,7 +290,7 @@ fn replace_first_chunk(f: &Fixture, frame: Vec<u8>, sign_frame: bool) -> Vec<u8>
 fn chunk_decoding_to_more_than_declared() {
     // The signed manifest says the first chunk is CHUNK bytes; its frame decodes to twice that.
     let f = Fixture::new(IMAGE_LEN);
-    let big = zstd::bulk::compress(&vec![7u8; 2 * CHUNK as usize], 3).unwrap();
+    let big = compress_checked(&vec![7u8; 2 * CHUNK as usize], 3);
     // Signed as it is: the decoder's own guard must catch it.
     let (res, slot, old) = f.install_bytes(&replace_first_chunk(&f, big, true));
     assert!(matches!(artifact_error(res), ArtifactError::ChunkSizeMismatch { chunk: 0, .. }));
@@ -295,7 +302,7 @@ fn zstd_bomb() {
     // A few hundred stored bytes that decode to 1 GiB, in a validly signed artifact that declares one small chunk.
     let f = Fixture::new(IMAGE_LEN);
     let zeros = vec![0u8; 1 << 30];
-    let bomb = zstd::bulk::compress(&zeros, 19).unwrap();
+    let bomb = compress_checked(&zeros, 19);
     drop(zeros);
     assert!(bomb.len() < 64 << 10, "bomb is {} bytes", bomb.len());
     let mut e = entries(&f.artifact());
@@ -592,17 +599,166 @@ fn full_disk_is_a_typed_no_space_error() {
     }
 }
 
+/// The fixture's artifact with `extra` bytes after its end-of-archive marker.
+fn with_trailing(artifact: &[u8], extra: &[u8]) -> Vec<u8> {
+    let mut a = artifact.to_vec();
+    a.extend_from_slice(extra);
+    a
+}
+
+/// The fixture's first chunk compressed as one frame, with or without zstd's content checksum.
+fn first_chunk_frame(f: &Fixture, checksum: bool) -> Vec<u8> {
+    match checksum {
+        true => compress_checked(&f.image[..CHUNK as usize], 3),
+        false => zstd::bulk::compress(&f.image[..CHUNK as usize], 3).unwrap(),
+    }
+}
+
+/// What `otter-artifact verify` does with an artifact: the full reader over every byte.
+fn verify(f: &Fixture, artifact: &[u8]) -> Result<(), ArtifactError> {
+    otter_artifact::ArtifactReader::open(artifact, &f.keyring, &f.policy())?.verify_all()
+}
+
 #[test]
-fn a_full_verify_also_checks_the_decoded_chunk_hashes() {
-    // A manifest whose stored hashes are right but one decoded hash is not (a broken builder): `verify` (the
-    // reader's full check) reports it, so such an artifact never leaves the build host.
+fn whatever_verify_rejects_install_rejects_with_the_same_error() {
     let f = Fixture::new(IMAGE_LEN);
-    let mut e = entries(&f.artifact());
+    let good = f.artifact();
+    let cut = |n: usize| good[..good.len() - n].to_vec();
+    let format_1_0_with_a_wrong_decoded_hash = {
+        let mut e = entries(&good);
+        let mut m = parse_manifest(&e[0].1);
+        m.format_version = "1.0".into();
+        m.payloads[0].chunks.iter_mut().for_each(|c| c.stored_sha256 = None);
+        m.payloads[0].chunks[3].sha256 = otter_artifact::Digest::of(b"something else");
+        e[0].1 = m.to_bytes();
+        e[1].1 = f.sign(&e[0].1);
+        assemble(&e)
+    };
+    let mut flipped = good.clone();
+    let payload_end = good.len() - 1024 - 512;
+    flipped[payload_end - 3000] ^= 0x10;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a zero block after the end-of-archive marker", with_trailing(&good, &[0; 512])),
+        ("one byte after the end-of-archive marker", with_trailing(&good, b"x")),
+        ("a second artifact after the first", with_trailing(&good, &good)),
+        ("a signed zstd frame without a content checksum", replace_first_chunk(&f, first_chunk_frame(&f, false), true)),
+        ("a stored byte flipped", flipped),
+        ("a format 1.0 chunk that does not decode to its signed hash", format_1_0_with_a_wrong_decoded_hash),
+        ("the end-of-archive marker cut short", cut(600)),
+        ("the end-of-archive marker missing", cut(1024)),
+    ];
+    for (what, artifact) in cases {
+        let verified = verify(&f, &artifact).expect_err(what);
+        let (res, slot, old) = f.install_bytes(&artifact);
+        let installed = artifact_error(res);
+        assert_eq!(
+            std::mem::discriminant(&installed),
+            std::mem::discriminant(&verified),
+            "{what}: verify says {verified}, install says {installed}"
+        );
+        assert_eq!(installed.code(), verified.code(), "{what}");
+        // Every payload byte was read before these failures: the slot was written to and must be left invalid.
+        assert_slot(&slot, &old, &f.image, SlotAfter::Invalidated);
+    }
+}
+
+#[test]
+fn bytes_after_the_end_of_archive_marker_are_trailing_data_whatever_the_source() {
+    // The whole-file hash (a hawkBit download) reads to the end of the stream too; the trailing bytes are refused
+    // before it, and a pipe gets the same answer as a file.
+    let f = Fixture::new(IMAGE_LEN);
+    let artifact = with_trailing(&f.artifact(), b"appended");
+    let a = f.path("a.otter");
+    std::fs::write(&a, &artifact).unwrap();
+    let (slot, old) = f.old_slot("slot.img");
+    let mut req = f.request(Source::File(a), &slot);
+    req.expected_sha256 = Some(otter_artifact::Digest::of(&artifact).0);
+    let res = otter_installer::install(&req, &|_: &Progress| {}, &CancelToken::new());
+    assert!(matches!(artifact_error(res), ArtifactError::TrailingData));
+    assert_slot(&slot, &old, &f.image, SlotAfter::Invalidated);
+
+    let fifo = f.path("pipe");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let writer = {
+        let (artifact, fifo) = (artifact.clone(), fifo.clone());
+        std::thread::spawn(move || std::fs::write(&fifo, artifact).ok())
+    };
+    let (slot, old) = f.old_slot("slot2.img");
+    let res = otter_installer::install(&f.request(Source::File(fifo), &slot), &|_: &Progress| {}, &CancelToken::new());
+    writer.join().unwrap();
+    assert!(matches!(artifact_error(res), ArtifactError::TrailingData));
+    assert_slot(&slot, &old, &f.image, SlotAfter::Invalidated);
+}
+
+#[test]
+fn a_signed_frame_must_carry_zstd_s_content_checksum() {
+    // The installer does not hash a signed frame's decoded bytes again: the frame's checksum and exact length catch
+    // a faulty decode. A frame without the checksum would leave the decoded bytes unchecked, so it is refused, by
+    // verify and install alike; the same frame with it installs.
+    let f = Fixture::new(IMAGE_LEN);
+    let (res, slot, old) = f.install_bytes(&replace_first_chunk(&f, first_chunk_frame(&f, false), true));
+    match artifact_error(res) {
+        ArtifactError::FrameWithoutChecksum { payload, chunk: 0 } => assert_eq!(payload, "rootfs"),
+        other => panic!("{other:?}"),
+    }
+    assert_slot(&slot, &old, &f.image, SlotAfter::Invalidated);
+    let (res, slot, _) = f.install_bytes(&replace_first_chunk(&f, first_chunk_frame(&f, true), true));
+    res.unwrap();
+    assert_eq!(&std::fs::read(&slot).unwrap()[..IMAGE_LEN], &f.image[..]);
+}
+
+#[test]
+fn a_format_1_0_frame_without_checksum_still_installs_on_its_decoded_hash() {
+    // 1.0 artifacts were written without the frame checksum; their chunks are checked after decoding instead.
+    let f = Fixture::new(IMAGE_LEN);
+    let mut e = entries(&replace_first_chunk(&f, first_chunk_frame(&f, false), false));
     let mut m = parse_manifest(&e[0].1);
-    m.payloads[0].chunks[2].sha256 = otter_artifact::Digest::of(b"not the chunk");
+    m.format_version = "1.0".into();
+    m.payloads[0].chunks.iter_mut().for_each(|c| c.stored_sha256 = None);
     e[0].1 = m.to_bytes();
     e[1].1 = f.sign(&e[0].1);
     let artifact = assemble(&e);
-    let mut reader = otter_artifact::ArtifactReader::open(&artifact[..], &f.keyring, &f.policy()).unwrap();
-    assert!(matches!(reader.verify_all(), Err(ArtifactError::ChunkHashMismatch { chunk: 2, .. })));
+    verify(&f, &artifact).unwrap();
+    let (res, slot, _) = f.install_bytes(&artifact);
+    res.unwrap();
+    assert_eq!(&std::fs::read(&slot).unwrap()[..IMAGE_LEN], &f.image[..]);
+}
+
+#[test]
+fn a_signed_frame_decides_what_installs_and_signing_refuses_a_manifest_that_contradicts_it() {
+    // Stored hashes right, but a decoded chunk hash or the image hash wrong: only whoever holds a trusted key can
+    // make such a manifest (a broken builder). verify and install agree on it: both take the signed frames'
+    // decoding, checked by the frames' checksums and exact lengths, and the slot holds exactly that. Signing is
+    // where the contradiction is caught: `sign` checks every hash before it vouches for them.
+    let f = Fixture::new(IMAGE_LEN);
+    let resigned = |edit: &dyn Fn(&mut otter_artifact::Manifest)| {
+        let mut e = entries(&f.artifact());
+        let mut m = parse_manifest(&e[0].1);
+        edit(&mut m);
+        e[0].1 = m.to_bytes();
+        e[1].1 = f.sign(&e[0].1);
+        assemble(&e)
+    };
+    let wrong_chunk = resigned(&|m| m.payloads[0].chunks[2].sha256 = otter_artifact::Digest::of(b"not the chunk"));
+    let wrong_image = resigned(&|m| m.payloads[0].sha256 = otter_artifact::Digest::of(b"not the image"));
+    let other_key = otter_artifact::keys::generate().unwrap();
+    for (what, artifact) in [("decoded chunk hash", &wrong_chunk), ("image hash", &wrong_image)] {
+        verify(&f, artifact).unwrap_or_else(|e| panic!("wrong {what}: verify says {e}"));
+        let (res, slot, _) = f.install_bytes(artifact);
+        res.unwrap_or_else(|e| panic!("wrong {what}: install says {e}"));
+        assert_eq!(&std::fs::read(&slot).unwrap()[..IMAGE_LEN], &f.image[..], "wrong {what}");
+    }
+    let refused = otter_artifact::builder::add_signature(&wrong_chunk[..], &other_key, std::io::sink());
+    assert!(matches!(refused, Err(ArtifactError::ChunkHashMismatch { chunk: 2, .. })), "{refused:?}");
+    let refused = otter_artifact::builder::add_signature(&wrong_image[..], &other_key, std::io::sink());
+    assert!(matches!(refused, Err(ArtifactError::ImageHashMismatch { .. })), "{refused:?}");
+    let refused =
+        otter_artifact::builder::add_signature(&with_trailing(&f.artifact(), b"x")[..], &other_key, std::io::sink());
+    assert!(matches!(refused, Err(ArtifactError::TrailingData)), "{refused:?}");
+    // A consistent artifact gets the signature, byte for byte what it was plus one signature line.
+    let mut out = Vec::new();
+    otter_artifact::builder::add_signature(&f.artifact()[..], &other_key, &mut out).unwrap();
+    let mut ring = f.keyring.clone();
+    ring.add(other_key.verifying_key());
+    otter_artifact::ArtifactReader::open(&out[..], &ring, &f.policy()).unwrap().verify_all().unwrap();
 }

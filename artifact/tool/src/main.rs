@@ -32,7 +32,8 @@ enum Command {
     },
     /// Create a signed artifact from one or more images.
     Create(CreateArgs),
-    /// Add a signature to an artifact (for key rotation or multi-party signing).
+    /// Add a signature to an artifact (for key rotation or multi-party signing), after checking every hash its
+    /// manifest lists against the payloads.
     Sign {
         /// Secret key file.
         #[arg(long)]
@@ -43,7 +44,7 @@ enum Command {
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
     },
-    /// Verify an artifact completely: signature, manifest, and every payload byte.
+    /// Verify an artifact completely, exactly as a device installs it: signature, manifest, every payload byte.
     Verify {
         #[command(flatten)]
         trust: TrustArgs,

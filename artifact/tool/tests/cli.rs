@@ -123,6 +123,25 @@ fn sign_adds_a_signature_for_key_rotation() {
 }
 
 #[test]
+fn verify_install_and_sign_all_refuse_bytes_after_the_end_of_the_archive() {
+    let d = setup();
+    create(d.path(), "old.key", "a.otter");
+    let mut bytes = std::fs::read(d.path().join("a.otter")).unwrap();
+    bytes.extend_from_slice(&[0u8; 512]);
+    std::fs::write(d.path().join("padded.otter"), bytes).unwrap();
+    let trailing = "unexpected data after the end-of-archive marker";
+    let e = fails(d.path(), &["verify", "--key", "old.pub", "padded.otter"]);
+    assert!(e.contains(trailing), "{e}");
+    let e = fails(d.path(), &["install", "--key", "old.pub", "--slot", "slot.img", "padded.otter"]);
+    assert!(e.contains(trailing), "{e}");
+    // The slot was written but never made valid: its first block is zeroed.
+    assert!(std::fs::read(d.path().join("slot.img")).unwrap()[..4096].iter().all(|&b| b == 0));
+    let e = fails(d.path(), &["sign", "--key", "new.key", "padded.otter", "-o", "signed.otter"]);
+    assert!(e.contains(trailing), "{e}");
+    assert!(!d.path().join("signed.otter").exists());
+}
+
+#[test]
 fn install_from_stdin_into_a_file_slot() {
     let d = setup();
     create(d.path(), "old.key", "a.otter");
