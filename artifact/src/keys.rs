@@ -2,8 +2,6 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -64,6 +62,7 @@ fn parse_key_line(path: &Path, text: &str, tag: &str) -> Result<[u8; 32], Artifa
 }
 
 /// Generates a new signing key from the operating system's random source.
+#[cfg(any(test, feature = "build-host"))]
 pub fn generate() -> Result<SigningKey, ArtifactError> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| ArtifactError::Io {
@@ -73,8 +72,13 @@ pub fn generate() -> Result<SigningKey, ArtifactError> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
-/// Writes `NAME.key` (mode 0600, never overwriting) and `NAME.pub` for `key`, where `base` is `PATH/NAME`.
+/// Writes `NAME.key` (mode 0600, never overwriting) and `NAME.pub` for `key`, where `base` is `PATH/NAME`. The
+/// public key goes through [`otter_common::durable::replace`]: a link planted at `NAME.pub` is replaced, never
+/// written through.
+#[cfg(any(test, feature = "build-host"))]
 pub fn write_keypair(key: &SigningKey, base: &Path) -> Result<(), ArtifactError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let with_ext = |ext: &str| {
         let mut p = base.as_os_str().to_owned();
         p.push(ext);
@@ -91,7 +95,7 @@ pub fn write_keypair(key: &SigningKey, base: &Path) -> Result<(), ArtifactError>
     f.sync_all().map_err(io(&secret))?;
     let vk = key.verifying_key();
     let text = format!("{PUBLIC_TAG} {}\n# key id {}\n", hex::encode(vk.as_bytes()), KeyId::of(&vk));
-    fs::write(&public, text).map_err(io(&public))?;
+    otter_common::durable::replace(&public, text.as_bytes()).map_err(|e| io(&public)(e.into()))?;
     Ok(())
 }
 

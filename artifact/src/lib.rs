@@ -3,8 +3,10 @@
 //!
 //! - [`ArtifactReader`] reads an artifact from any `Read` without seeking or temporary storage: signature first,
 //!   then policy, then payload chunks, each verified against the signed manifest before it is handed out.
-//! - [`builder`] creates and re-signs artifacts on build hosts.
+//! - `builder` (feature `build-host`) creates and re-signs artifacts, and `keys::generate`/`keys::write_keypair`
+//!   make signing keys: build-host code that a device binary (`cargo build -p otterd`) does not compile in.
 
+#[cfg(any(test, feature = "build-host"))]
 pub mod builder;
 mod error;
 pub mod keys;

@@ -492,6 +492,8 @@ impl<R: Read> ArtifactReader<R> {
     }
 }
 
+/// What the builder needs of the reader when it signs (build hosts only).
+#[cfg(any(test, feature = "build-host"))]
 impl<R: Read> ArtifactReader<R> {
     /// A reader over the payload entries of an artifact whose manifest was read but *not* verified (`tar` is
     /// positioned after the signature block): for checking what a manifest says before signing it.

@@ -5,20 +5,22 @@
 //!   and keeps the systemd watchdog fed.
 //! - [`config`], [`state`], [`health`], [`notify`]: layered configuration, the atomically persisted state, health
 //!   assessment of trial boots, and systemd notifications.
-//! - [`sim`]: simulated power-ons of a [`fixture`] device (the U-Boot boot script's slot choice on the env file).
 //! - [`hawkbit`]: the Eclipse hawkBit DDI client (polling, deployments, feedback, inventory).
 //! - [`dbus`]: the `io.otter.Updater1` D-Bus service in front of the runtime.
 //! - [`secrets`]: files holding the server's token must be owner-only.
-//! - [`fixture`]: a simulated device root (file-backed slots, U-Boot env file) for tests and demos.
+//! - `fixture` and `sim` (feature `sim`: the simulator, the demo and the tests; not in the device binary): a
+//!   simulated device root and its power-ons (the U-Boot boot script's slot choice on the env file).
 
 pub mod config;
 pub mod dbus;
 pub mod engine;
+#[cfg(any(test, feature = "sim"))]
 pub mod fixture;
 pub mod hawkbit;
 pub mod health;
 pub mod notify;
 pub mod runtime;
 pub mod secrets;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod state;
