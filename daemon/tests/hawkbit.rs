@@ -497,8 +497,8 @@ fn gateway_token_is_sent() {
     assert!(r.server.requests().iter().all(|q| q.header("authorization") == Some("GatewayToken gw-secret")));
 }
 
-#[test]
-fn client_certificate_with_a_private_ca() {
+/// A private CA (its PEM and issuer) and a server certificate for 127.0.0.1 it signed, with the server's key.
+fn private_pki() -> (String, rcgen::Issuer<'static, rcgen::KeyPair>, rcgen::Certificate, rcgen::KeyPair) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -510,12 +510,19 @@ fn client_certificate_with_a_private_ca() {
         .unwrap()
         .signed_by(&server_key, &issuer)
         .unwrap();
+    (ca.pem(), issuer, server_cert, server_key)
+}
+
+#[test]
+fn client_certificate_with_a_private_ca() {
+    use rcgen::{CertificateParams, KeyPair};
+    let (ca_pem, issuer, server_cert, server_key) = private_pki();
     let client_key = KeyPair::generate().unwrap();
     let client_cert = CertificateParams::new(vec!["dev1".into()]).unwrap().signed_by(&client_key, &issuer).unwrap();
     let server = DdiServer::start_tls(&TlsSetup {
         cert_pem: server_cert.pem(),
         key_pem: server_key.serialize_pem(),
-        client_ca_pem: Some(ca.pem()),
+        client_ca_pem: Some(ca_pem.clone()),
     })
     .unwrap();
     let pki = tempfile::tempdir().unwrap();
@@ -526,7 +533,7 @@ fn client_certificate_with_a_private_ca() {
                 .into(),
         ..Opts::default()
     });
-    std::fs::write(r.device.root.join("etc/otter/ca.pem"), ca.pem()).unwrap();
+    std::fs::write(r.device.root.join("etc/otter/ca.pem"), &ca_pem).unwrap();
     std::fs::write(
         r.device.root.join("etc/otter/client.pem"),
         format!("{}{}", client_cert.pem(), client_key.serialize_pem()),
@@ -778,19 +785,9 @@ fn action_links_outside_the_servers_origin_are_not_followed() {
 
 /// An HTTPS DDI server with a private CA; returns it and the CA's PEM.
 fn tls_server() -> (DdiServer, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let server_cert = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
+    let (ca_pem, _, server_cert, server_key) = private_pki();
     let tls = TlsSetup { cert_pem: server_cert.pem(), key_pem: server_key.serialize_pem(), client_ca_pem: None };
-    (DdiServer::start_tls(&tls).unwrap(), ca.pem())
+    (DdiServer::start_tls(&tls).unwrap(), ca_pem)
 }
 
 #[test]

@@ -117,18 +117,24 @@ impl Drop for HeldLock {
     }
 }
 
-#[test]
-fn an_env_lock_held_by_another_user_neither_freezes_otterd_nor_outlives_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let device = device(dir.path());
-    // The lock file as an older otter or libubootenv left it (0666), so `nobody` can open and hold it.
+/// A device whose env lock file is as an older otter or libubootenv left it (0666, so `nobody` can open it), held
+/// by `nobody`; returns the device, the lock's path and the holder.
+fn device_with_env_lock_held_by_nobody(dir: &Path) -> (Device, PathBuf, HeldLock) {
+    let device = device(dir);
     let lock = device.root.join("run/fw_printenv.lock");
     std::fs::write(&lock, b"").unwrap();
     std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let markers = dir.path().join("markers");
+    let markers = dir.join("markers");
     std::fs::create_dir(&markers).unwrap();
     std::fs::set_permissions(&markers, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let held = HeldLock::take_as_nobody(&lock, &markers);
+    (device, lock, held)
+}
+
+#[test]
+fn an_env_lock_held_by_another_user_neither_freezes_otterd_nor_outlives_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (device, lock, held) = device_with_env_lock_held_by_nobody(dir.path());
 
     let mut otterd = Otterd::start(&device.root, &dir.path().join("otterd.log"));
     // A blocking flock would keep otterd in its start-up forever; the bounded wait gives up with `env-locked`.
@@ -144,14 +150,7 @@ fn an_env_lock_held_by_another_user_neither_freezes_otterd_nor_outlives_sigterm(
 #[test]
 fn a_lock_held_at_start_up_only_delays_otterd_until_it_is_released() {
     let dir = tempfile::tempdir().unwrap();
-    let device = device(dir.path());
-    let lock = device.root.join("run/fw_printenv.lock");
-    std::fs::write(&lock, b"").unwrap();
-    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let markers = dir.path().join("markers");
-    std::fs::create_dir(&markers).unwrap();
-    std::fs::set_permissions(&markers, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let held = HeldLock::take_as_nobody(&lock, &markers);
+    let (device, _, held) = device_with_env_lock_held_by_nobody(dir.path());
     let mut otterd = Otterd::start(&device.root, &dir.path().join("otterd.log"));
     assert!(otterd.wait_for_log("env-locked", Duration::from_secs(60)), "otterd never gave up waiting");
     assert!(!otterd.log().contains("booted slot A"), "the env was read although locked");
@@ -167,14 +166,7 @@ fn a_lock_held_at_start_up_only_delays_otterd_until_it_is_released() {
 #[test]
 fn sigterm_while_start_up_waits_for_the_env_lock_stops_otterd_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let device = device(dir.path());
-    let lock = device.root.join("run/fw_printenv.lock");
-    std::fs::write(&lock, b"").unwrap();
-    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let markers = dir.path().join("markers");
-    std::fs::create_dir(&markers).unwrap();
-    std::fs::set_permissions(&markers, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let held = HeldLock::take_as_nobody(&lock, &markers);
+    let (device, _, held) = device_with_env_lock_held_by_nobody(dir.path());
     let mut otterd = Otterd::start(&device.root, &dir.path().join("otterd.log"));
     // Give it time to reach the lock (it waits up to 5 s there); the stop must not wait for the lock.
     std::thread::sleep(Duration::from_millis(500));

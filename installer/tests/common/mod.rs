@@ -239,19 +239,24 @@ impl HttpServer {
     }
 }
 
-fn serve(mut conn: TcpStream, body: &[u8], faults: &Faults, sent: &AtomicU64, requests: &Mutex<Vec<String>>) {
+/// Reads a request's head (request line and headers, without the blank line); `None` if the peer closed first.
+fn read_head(conn: &TcpStream) -> Option<String> {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut head = String::new();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
+            return None;
         }
         if line == "\r\n" {
-            break;
+            return Some(head);
         }
         head.push_str(&line);
     }
+}
+
+fn serve(mut conn: TcpStream, body: &[u8], faults: &Faults, sent: &AtomicU64, requests: &Mutex<Vec<String>>) {
+    let Some(head) = read_head(&conn) else { return };
     requests.lock().unwrap().push(head.clone());
     if let Some(status) = faults.status {
         let _ = write!(conn, "HTTP/1.1 {status} Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -303,7 +308,7 @@ fn serve(mut conn: TcpStream, body: &[u8], faults: &Faults, sent: &AtomicU64, re
     }
     let _ = conn.flush();
     let mut rest = Vec::new();
-    let _ = reader.read_to_end(&mut rest);
+    let _ = conn.read_to_end(&mut rest);
 }
 
 /// A loopback HTTP server whose answers a test writes itself, raw: redirects, endless or trickling bodies, a
@@ -341,18 +346,7 @@ impl ScriptedServer {
                     let Ok(mut conn) = conn else { continue };
                     let (heads, answer) = (heads.clone(), answer.clone());
                     std::thread::spawn(move || {
-                        let mut reader = BufReader::new(conn.try_clone().unwrap());
-                        let mut head = String::new();
-                        loop {
-                            let mut line = String::new();
-                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if line == "\r\n" {
-                                break;
-                            }
-                            head.push_str(&line);
-                        }
+                        let Some(head) = read_head(&conn) else { return };
                         let n = {
                             let mut h = heads.lock().unwrap();
                             h.push(head.clone());
