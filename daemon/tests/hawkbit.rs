@@ -927,3 +927,35 @@ fn a_sources_userinfo_and_query_never_reach_the_job_history_or_status() {
     }
     assert_eq!(record.job.source, format!("http://REDACTED@127.0.0.1:{port}/update.otter?REDACTED"));
 }
+
+#[test]
+fn an_action_stays_bound_to_its_artifact_across_a_power_cut() {
+    let r = rig(Opts::default());
+    let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
+    r.server.inject(Fault::SlowBody { piece: 64 << 10, delay: Duration::from_millis(150) });
+    let record = r.device.root.join("var/lib/otter/install-resume.json");
+    {
+        let _boot = r.boot();
+        wait_for("a resume checkpoint", || record.exists());
+        // The power failure: the loop stops with the job still installing.
+    }
+    r.server.clear_faults();
+    // Meanwhile the server serves another build of "2.0" for the same action (same name, same version).
+    let key = otter_artifact::keys::read_signing_key(&r.dir.path().join("release.key")).unwrap();
+    let mut o = BuildOptions::new(vec![TYPE.into()], "2.0");
+    o.chunk_size = 256 << 10;
+    o.level = 1;
+    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: image(r.dir.path(), 4) };
+    let mut rebuilt = Vec::new();
+    builder::create(&o, &[src], &[key], &mut rebuilt).unwrap();
+    r.server.add_artifact("update-2.0.otter", rebuilt);
+    let downloads = r.server.requests_to("/artifacts/").len();
+    let b = r.boot();
+    wait_for("the action to be closed", || r.action_done(id));
+    assert_eq!(r.server.action(id).unwrap().status, ActionStatus::Closed { success: false });
+    let details = last_details(&r, id);
+    assert!(details.contains("now names another artifact") && details.contains("not restarted"), "{details}");
+    assert_eq!(r.server.requests_to("/artifacts/").len(), downloads, "the other file was not even downloaded");
+    assert!(b.handle.status().job.is_none(), "nothing installing");
+    assert!(r.slot_head(Slot::B).iter().all(|&x| x == 0), "slot B holds no valid image");
+}

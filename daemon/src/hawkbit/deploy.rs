@@ -116,6 +116,23 @@ impl Worker {
         if dep.update == HandlingType::Skip || window_closed {
             return self.download_only(id, artifact, &url, announced, window_closed);
         }
+        // Bound before the first byte is installed, and kept in the report log: after a restart (a power cut mid
+        // install) the same action must still name the same file.
+        let bound = fingerprint(chunk, artifact);
+        match self.reported.get(id).artifact {
+            Some(was) if was != bound => {
+                self.fail(
+                    id,
+                    vec![format!(
+                        "action {id} now names another artifact than the one it started installing (was {was}; now \
+                         {bound}); the action is failed, not restarted"
+                    )],
+                );
+                return Ok(());
+            }
+            Some(_) => {}
+            None => self.reported.update(id, |r| r.artifact = Some(bound)),
+        }
         let mut http = self.client.download_options();
         let (client, href_owned) = (self.client.clone(), href.to_owned());
         let (chunk_bound, artifact_bound) = (chunk.clone(), artifact.clone());
@@ -291,6 +308,16 @@ fn announced(chunk: &model::Chunk, artifact: &model::Artifact) -> Result<otter_i
         sha256: digest("sha256", f, artifact.hashes.sha256.as_deref())?,
         version: (!chunk.version.is_empty()).then(|| chunk.version.clone()),
     })
+}
+
+/// What identifies the file an action names: name, version, size and every hash the server gave.
+fn fingerprint(chunk: &model::Chunk, artifact: &model::Artifact) -> String {
+    let h = &artifact.hashes;
+    let hashes: Vec<String> = [("sha256", &h.sha256), ("sha1", &h.sha1), ("md5", &h.md5)]
+        .iter()
+        .filter_map(|(name, v)| v.as_ref().map(|v| format!("{name} {}", v.to_ascii_lowercase())))
+        .collect();
+    format!("{} version {} ({} bytes; {})", artifact.filename, chunk.version, artifact.size, hashes.join(", "))
 }
 
 /// Downloads `url` to nowhere; the installer's HTTP source enforces the announced size and hashes. Returns the

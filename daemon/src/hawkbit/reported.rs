@@ -29,6 +29,11 @@ pub struct ActionReport {
     /// (a server that reuses action ids).
     #[serde(default)]
     pub final_feedback: Option<super::model::Feedback>,
+    /// The artifact the action started installing (name, version, size, hashes): the action stays bound to it
+    /// across restarts, so a server that now serves another file under the same action cannot get it installed
+    /// and reported as this action's result.
+    #[serde(default)]
+    pub artifact: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
