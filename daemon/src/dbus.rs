@@ -291,6 +291,10 @@ fn last_error_of(s: &Status) -> LastError {
     if let Some(e) = &s.error {
         return LastError { code: "cannot-update".into(), message: e.clone() };
     }
+    if let Some(e) = &s.reboot_error {
+        // The job waits for a reboot that failed; it is retried with backoff.
+        return LastError { code: "reboot-failed".into(), message: e.clone() };
+    }
     match s.last.as_ref().map(|r| &r.outcome) {
         Some(o @ (Outcome::Failed { .. } | Outcome::RolledBack { .. })) => {
             let (code, message) = outcome_detail(o);
@@ -854,6 +858,16 @@ pub const MAX_TLS_FILE: u64 = 1 << 20;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_reboot_is_the_last_error_until_the_reboot_happens() {
+        let mut s =
+            Status { reboot_error: Some("[\"systemctl\", \"reboot\"] exited with 1".into()), ..Status::default() };
+        let e = last_error_of(&s);
+        assert_eq!((e.code.as_str(), e.message.contains("exited with 1")), ("reboot-failed", true));
+        s.reboot_error = None;
+        assert_eq!(last_error_of(&s).code, "");
+    }
 
     fn held(uid: u32) -> Held {
         Held { uid, who: format!("uid {uid}"), why: "test".into() }
