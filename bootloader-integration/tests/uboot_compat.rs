@@ -325,3 +325,17 @@ fn a_symlinked_env_file_is_written_through_so_u_boot_sees_the_switch() {
     let leftovers: Vec<_> = std::fs::read_dir(dir.join("firmware")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers, ["uboot.env"]);
 }
+
+#[test]
+fn a_higher_floor_stored_by_another_writer_meanwhile_is_never_lowered() {
+    let files = EnvFiles::new(Layout::RedundantFiles, SIZE);
+    provision(&files.config(), &sample(), 0).unwrap();
+    let mut otter = UBootBackend::open(&files.config(), UBootScheme::default(), Some(files.lock.as_path())).unwrap();
+    otter.raise_security_version(5).unwrap();
+    // Between otter's read and its store, another writer raises the floor further.
+    fw_setenv(&files.config_path, otter_bootloader::SECURITY_VERSION_VAR, "9");
+    otter.store().unwrap();
+    let env: std::collections::BTreeMap<_, _> = fw_printenv(&files.config_path).into_iter().collect();
+    assert_eq!(env.get(otter_bootloader::SECURITY_VERSION_VAR).map(String::as_str), Some("9"));
+    assert_eq!(otter.security_version(), Some(9));
+}

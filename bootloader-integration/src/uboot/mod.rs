@@ -207,6 +207,11 @@ impl BootBackend for UBootBackend {
         let mut env = loaded.env.clone();
         for change in &self.changes {
             match change {
+                // The anti-rollback floor only rises: a higher floor another writer stored since our read stays.
+                Change::Set(n, v) if n == crate::SECURITY_VERSION_VAR => match v.parse() {
+                    Ok(ours) => crate::raise_security_version_in(&mut env, ours)?,
+                    Err(_) => env.set_var(n, v)?,
+                },
                 Change::Set(n, v) => env.set_var(n, v)?,
                 Change::Remove(n) => env.remove_var(n),
             }
