@@ -662,7 +662,7 @@ fn server_settings(
     if jitter_percent > 50 {
         return Err(invalid("server.jitter_percent", format!("{jitter_percent} is not between 0 and 50")));
     }
-    let stall_timeout = duration("server.stall_timeout", sf.stall_timeout, Duration::from_secs(120))?;
+    let stall_timeout = duration("server.stall_timeout", sf.stall_timeout, otter_installer::DEFAULT_STALL_TIMEOUT)?;
     if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&stall_timeout) {
         return Err(invalid("server.stall_timeout", format!("{stall_timeout:?} is not between 1s and 1h")));
     }

@@ -49,6 +49,17 @@ fn image(dir: &Path, seed: u8) -> PathBuf {
     p
 }
 
+/// A signed artifact of `version` holding `image`, in 256 KiB chunks.
+fn artifact_of(key: &ed25519_dalek::SigningKey, version: &str, image: &Path) -> Vec<u8> {
+    let mut o = BuildOptions::new(vec![TYPE.into()], version);
+    o.chunk_size = 256 << 10;
+    o.level = 1;
+    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: image.to_owned() };
+    let mut out = Vec::new();
+    builder::create(&o, &[src], std::slice::from_ref(key), &mut out).unwrap();
+    out
+}
+
 struct Rig {
     dir: tempfile::TempDir,
     server: DdiServer,
@@ -81,17 +92,8 @@ fn rig(opts: Opts) -> Rig {
     otter_artifact::keys::write_keypair(&key, &dir.path().join("release")).unwrap();
     let old = image(dir.path(), 1);
     let new_image = image(dir.path(), 2);
-    let mut o = BuildOptions::new(vec![TYPE.into()], "2.0");
-    o.chunk_size = 256 << 10;
-    o.level = 1;
-    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: new_image.clone() };
-    let mut other_artifact = Vec::new();
-    let mut o3 = o.clone();
-    o3.version = "3.0".into();
-    let other = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: image(dir.path(), 3) };
-    builder::create(&o3, &[other], std::slice::from_ref(&key), &mut other_artifact).unwrap();
-    let mut artifact = Vec::new();
-    builder::create(&o, &[src], &[key], &mut artifact).unwrap();
+    let other_artifact = artifact_of(&key, "3.0", &image(dir.path(), 3));
+    let artifact = artifact_of(&key, "2.0", &new_image);
     let server = opts.server.unwrap_or_else(|| DdiServer::start().unwrap());
     server.add_target("dev1", Some("tok-1"));
     server.add_artifact("update-2.0.otter", artifact.clone());
@@ -178,6 +180,21 @@ impl Rig {
         let words: Vec<&str> = seq.iter().map(|(e, _)| e.as_str()).collect();
         assert_eq!(words, ["proceeding", "downloaded", "closed"]);
         assert_eq!(seq[2].1, "success");
+    }
+
+    /// Boots, lets the install of the offered action run over a slow link until the installer made some chunks
+    /// durable (its resume record exists), and cuts the power; returns the record's path.
+    fn power_cut_mid_install(&self) -> PathBuf {
+        self.server.inject(Fault::SlowBody { piece: 64 << 10, delay: Duration::from_millis(150) });
+        let record = self.device.root.join("var/lib/otter/install-resume.json");
+        {
+            let _boot = self.boot();
+            // The installer checkpoints every 2 s: once there is a record, some chunks are durable in the slot.
+            wait_for("a resume checkpoint", || record.exists());
+            // The power failure: the loop stops with the job still installing.
+        }
+        self.server.clear_faults();
+        record
     }
 
     fn slot_head(&self, slot: Slot) -> Vec<u8> {
@@ -390,15 +407,7 @@ fn dropped_connection_resumes_without_downloading_twice() {
 fn an_install_cut_off_by_a_power_failure_continues_after_the_restart() {
     let r = rig(Opts::default());
     let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
-    r.server.inject(Fault::SlowBody { piece: 64 << 10, delay: Duration::from_millis(150) });
-    let record = r.device.root.join("var/lib/otter/install-resume.json");
-    {
-        let _boot = r.boot();
-        // The installer checkpoints every 2 s: once there is a record, some chunks are durable in the slot.
-        wait_for("a resume checkpoint", || record.exists());
-        // The power failure: the loop stops with the job still installing.
-    }
-    r.server.clear_faults();
+    let record = r.power_cut_mid_install();
     let first_downloads = r.server.requests_to("/artifacts/").len();
     r.complete(id);
     let downloads = r.server.requests_to("/artifacts/");
@@ -932,23 +941,10 @@ fn a_sources_userinfo_and_query_never_reach_the_job_history_or_status() {
 fn an_action_stays_bound_to_its_artifact_across_a_power_cut() {
     let r = rig(Opts::default());
     let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
-    r.server.inject(Fault::SlowBody { piece: 64 << 10, delay: Duration::from_millis(150) });
-    let record = r.device.root.join("var/lib/otter/install-resume.json");
-    {
-        let _boot = r.boot();
-        wait_for("a resume checkpoint", || record.exists());
-        // The power failure: the loop stops with the job still installing.
-    }
-    r.server.clear_faults();
+    r.power_cut_mid_install();
     // Meanwhile the server serves another build of "2.0" for the same action (same name, same version).
     let key = otter_artifact::keys::read_signing_key(&r.dir.path().join("release.key")).unwrap();
-    let mut o = BuildOptions::new(vec![TYPE.into()], "2.0");
-    o.chunk_size = 256 << 10;
-    o.level = 1;
-    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: image(r.dir.path(), 4) };
-    let mut rebuilt = Vec::new();
-    builder::create(&o, &[src], &[key], &mut rebuilt).unwrap();
-    r.server.add_artifact("update-2.0.otter", rebuilt);
+    r.server.add_artifact("update-2.0.otter", artifact_of(&key, "2.0", &image(r.dir.path(), 4)));
     let downloads = r.server.requests_to("/artifacts/").len();
     let b = r.boot();
     wait_for("the action to be closed", || r.action_done(id));
