@@ -19,7 +19,7 @@ pub fn read_pem(path: &Path) -> std::io::Result<Vec<u8>> {
     let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
     let meta = f.metadata()?;
     if !meta.is_file() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "is not a regular file"));
     }
     let mut pem = Vec::new();
     f.take(MAX_PEM + 1).read_to_end(&mut pem)?;

@@ -799,7 +799,7 @@ fn check_readable(fd: &std::os::fd::OwnedFd) -> Result<(), Error> {
 ///
 /// `tls-ca` and `tls-cert` make otterd read a file with its own (root) rights, and `tls-cert` makes it present
 /// whatever key that file holds to a server the caller chose: only root may pass them ([`Error::NotAuthorized`]
-/// for anyone else), and only as regular files of at most [`MAX_TLS_FILE`] bytes (`/dev/zero` would be read until
+/// for anyone else), and only as regular files of at most [`otter_common::http::MAX_PEM`] bytes (`/dev/zero` would be read until
 /// memory runs out).
 fn install_options(
     options: HashMap<String, OwnedValue>,
@@ -820,14 +820,9 @@ fn install_options(
         let path = PathBuf::from(
             String::try_from(v).map_err(|_| Error::InvalidArgument(format!("option {key:?} must be a string")))?,
         );
-        match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() && m.len() <= MAX_TLS_FILE => Ok(path),
-            Ok(m) if m.is_file() => Err(Error::InvalidArgument(format!(
-                "option {key:?}: {} has {} bytes (at most {MAX_TLS_FILE})",
-                path.display(),
-                m.len()
-            ))),
-            Ok(_) => Err(Error::InvalidArgument(format!("option {key:?}: {} is not a regular file", path.display()))),
+        // The same bounded read the HTTP client does later, so a bad file is the caller's error now.
+        match otter_common::http::read_pem(&path) {
+            Ok(_) => Ok(path),
             Err(e) => Err(Error::InvalidArgument(format!("option {key:?}: {}: {e}", path.display()))),
         }
     };
@@ -851,9 +846,6 @@ fn install_options(
     }
     Ok(Some(Box::new(InstallSettings { http, ..Default::default() })))
 }
-
-/// Largest `tls-ca` / `tls-cert` file otterd reads: 1 MiB (a CA bundle of a few hundred certificates).
-pub const MAX_TLS_FILE: u64 = 1 << 20;
 
 #[cfg(test)]
 mod tests {
