@@ -1,0 +1,131 @@
+//! Actions: one deployment of one artifact to one device (hawkBit's action), created by a rollout group or
+//! directly by an operator, and driven to a terminal state by the device's feedback or a cancel.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::db::{Db, now_ms};
+use crate::error::{HttpError, HttpResult};
+use crate::model::{ActionKind, ActionState};
+
+/// An action as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Action {
+    /// Id (the DDI action id).
+    pub id: i64,
+    /// The device's row id.
+    pub device_id: i64,
+    /// The rollout it belongs to, if any.
+    pub rollout_id: Option<i64>,
+    /// The rollout group, if any.
+    pub group_idx: Option<i64>,
+    /// The artifact.
+    pub artifact_id: i64,
+    /// Forced, soft, download-only.
+    pub kind: ActionKind,
+    /// Where it stands.
+    pub state: ActionState,
+    /// Created (ms).
+    pub created_ms: i64,
+    /// Last change (ms).
+    pub updated_ms: i64,
+    /// The device's last message (details of its last feedback).
+    pub last_message: Option<String>,
+}
+
+/// Builds an action from its row.
+pub fn from_row(r: &sqlx::any::AnyRow) -> Result<Action, sqlx::Error> {
+    let kind: String = r.try_get("kind")?;
+    let state: String = r.try_get("state")?;
+    Ok(Action {
+        id: r.try_get("id")?,
+        device_id: r.try_get("device_id")?,
+        rollout_id: r.try_get("rollout_id")?,
+        group_idx: r.try_get("group_idx")?,
+        artifact_id: r.try_get("artifact_id")?,
+        kind: ActionKind::parse(&kind).ok_or_else(|| sqlx::Error::Decode(format!("action kind {kind:?}").into()))?,
+        state: ActionState::parse(&state)
+            .ok_or_else(|| sqlx::Error::Decode(format!("action state {state:?}").into()))?,
+        created_ms: r.try_get("created_ms")?,
+        updated_ms: r.try_get("updated_ms")?,
+        last_message: r.try_get("last_message")?,
+    })
+}
+
+/// The device's open action (at most one: the oldest wins if a race made two).
+pub async fn active_for(db: &Db, device_id: i64) -> Result<Option<Action>, sqlx::Error> {
+    let r = sqlx::query("SELECT * FROM actions WHERE device_id = $1 AND active = 1 ORDER BY id LIMIT 1")
+        .bind(device_id)
+        .fetch_optional(&db.pool)
+        .await?;
+    r.as_ref().map(from_row).transpose()
+}
+
+/// The action with this id.
+pub async fn get(db: &Db, id: i64) -> Result<Option<Action>, sqlx::Error> {
+    let r = sqlx::query("SELECT * FROM actions WHERE id = $1").bind(id).fetch_optional(&db.pool).await?;
+    r.as_ref().map(from_row).transpose()
+}
+
+/// Creates an action for a device. Refuses (409) when the device already has an open action: one deployment at a
+/// time, as a device can only install one thing at a time.
+pub async fn create(
+    db: &Db,
+    device_id: i64,
+    artifact_id: i64,
+    kind: ActionKind,
+    rollout: Option<(i64, i64)>,
+    confirmation_required: bool,
+) -> HttpResult<i64> {
+    if active_for(db, device_id).await?.is_some() {
+        return Err(HttpError::Conflict("the device already has an open action".into()));
+    }
+    let state = if confirmation_required { ActionState::WaitConfirmation } else { ActionState::Running };
+    let now = now_ms();
+    let r = sqlx::query(
+        "INSERT INTO actions (device_id, rollout_id, group_idx, artifact_id, kind, state, active, created_ms, updated_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7) RETURNING id",
+    )
+    .bind(device_id)
+    .bind(rollout.map(|r| r.0))
+    .bind(rollout.map(|r| r.1))
+    .bind(artifact_id)
+    .bind(kind.as_str())
+    .bind(state.as_str())
+    .bind(now)
+    .fetch_one(&db.pool)
+    .await?;
+    Ok(r.try_get("id")?)
+}
+
+/// Moves an action to `to` if it is currently in one of `from` (compare-and-set: two instances, or a feedback
+/// racing a cancel, cannot both win). Returns whether it moved.
+pub async fn transition(
+    db: &Db,
+    id: i64,
+    from: &[ActionState],
+    to: ActionState,
+    message: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let mut moved = false;
+    for f in from {
+        let n = sqlx::query(
+            "UPDATE actions SET state = $1, active = $2, updated_ms = $3, last_message = COALESCE($4, last_message) \
+             WHERE id = $5 AND state = $6",
+        )
+        .bind(to.as_str())
+        .bind(i64::from(!to.is_terminal()))
+        .bind(now_ms())
+        .bind(message)
+        .bind(id)
+        .bind(f.as_str())
+        .execute(&db.pool)
+        .await?
+        .rows_affected();
+        if n > 0 {
+            moved = true;
+            break;
+        }
+    }
+    Ok(moved)
+}

@@ -1,0 +1,200 @@
+//! The device registry: identities, target tokens, tags, inventory attributes and what each device reports.
+//! Shared by the device API (authentication, inventory) and the operator API (registry, tokens).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::auth::{new_secret, prefix, secret_hash};
+use crate::db::{Db, now_ms};
+use crate::error::{HttpError, HttpResult};
+
+/// Longest controller id accepted (hawkBit allows 256).
+pub const MAX_ID: usize = 256;
+
+/// A registered device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Device {
+    /// Row id.
+    pub id: i64,
+    /// The DDI controller id.
+    pub controller_id: String,
+    /// Device type (set at registration, or from the `compatible` inventory attribute).
+    pub compatible: Option<String>,
+    /// When it was registered (ms).
+    pub created_ms: i64,
+    /// Its last request (ms).
+    pub last_seen_ms: Option<i64>,
+    /// The version it last reported running (set when an update closes with success, or from inventory).
+    pub reported_version: Option<String>,
+    /// `registered`, `in-sync`, `pending`, `error`.
+    pub reported_state: String,
+    /// Inventory attributes (DDI `configData`).
+    pub attributes: BTreeMap<String, String>,
+    /// When the attributes were last sent (ms); `None` = never, so the device is asked for them.
+    pub attributes_ms: Option<i64>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Whether the device has a target token (false = revoked or never issued).
+    pub has_token: bool,
+}
+
+/// Whether `id` is acceptable as a controller id: 1–256 characters, no control characters, no `/`.
+pub fn valid_controller_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID && !id.chars().any(|c| c.is_control() || c == '/' || c == '\\')
+}
+
+async fn tags_of(db: &Db, id: i64) -> Result<Vec<String>, sqlx::Error> {
+    let rows = sqlx::query("SELECT tag FROM device_tags WHERE device_id = $1 ORDER BY tag")
+        .bind(id)
+        .fetch_all(&db.pool)
+        .await?;
+    rows.iter().map(|r| r.try_get("tag")).collect()
+}
+
+/// Builds a device from its row (tags read separately).
+pub fn from_row(r: &sqlx::any::AnyRow, tags: Vec<String>) -> Result<Device, sqlx::Error> {
+    let attributes: String = r.try_get("attributes")?;
+    let token: Option<String> = r.try_get("token_hash")?;
+    Ok(Device {
+        id: r.try_get("id")?,
+        controller_id: r.try_get("controller_id")?,
+        compatible: r.try_get("compatible")?,
+        created_ms: r.try_get("created_ms")?,
+        last_seen_ms: r.try_get("last_seen_ms")?,
+        reported_version: r.try_get("reported_version")?,
+        reported_state: r.try_get("reported_state")?,
+        attributes: serde_json::from_str(&attributes).unwrap_or_default(),
+        attributes_ms: r.try_get("attributes_ms")?,
+        tags,
+        has_token: token.is_some(),
+    })
+}
+
+/// The device with this controller id, if registered.
+pub async fn by_controller_id(db: &Db, controller_id: &str) -> Result<Option<Device>, sqlx::Error> {
+    let Some(r) = sqlx::query("SELECT * FROM devices WHERE controller_id = $1")
+        .bind(controller_id)
+        .fetch_optional(&db.pool)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let id: i64 = r.try_get("id")?;
+    Ok(Some(from_row(&r, tags_of(db, id).await?)?))
+}
+
+/// The device holding this target token, if any.
+pub async fn by_token(db: &Db, token: &str) -> Result<Option<Device>, sqlx::Error> {
+    let Some(r) = sqlx::query("SELECT * FROM devices WHERE token_hash = $1")
+        .bind(secret_hash(token))
+        .fetch_optional(&db.pool)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let id: i64 = r.try_get("id")?;
+    Ok(Some(from_row(&r, tags_of(db, id).await?)?))
+}
+
+/// Registers a device and issues its target token (shown once). Refuses an id already registered.
+pub async fn register(
+    db: &Db,
+    controller_id: &str,
+    compatible: Option<&str>,
+    tags: &[String],
+    with_token: bool,
+    by: &str,
+) -> HttpResult<(Device, Option<String>)> {
+    if !valid_controller_id(controller_id) {
+        return Err(HttpError::BadRequest(format!(
+            "controller id {controller_id:?}: 1–{MAX_ID} characters, no '/' or control characters"
+        )));
+    }
+    let token = with_token.then(|| new_secret(prefix::TARGET));
+    let row = sqlx::query(
+        "INSERT INTO devices (controller_id, token_hash, compatible, created_ms, enrolled_by) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (controller_id) DO NOTHING RETURNING id",
+    )
+    .bind(controller_id)
+    .bind(token.as_deref().map(secret_hash))
+    .bind(compatible)
+    .bind(now_ms())
+    .bind(by)
+    .fetch_optional(&db.pool)
+    .await?;
+    let Some(row) = row else {
+        return Err(HttpError::Conflict(format!("device {controller_id} is already registered")));
+    };
+    let id: i64 = row.try_get("id")?;
+    set_tags(db, id, tags).await?;
+    crate::audit::append(
+        db,
+        by,
+        "device.registered",
+        &format!("device:{controller_id}"),
+        serde_json::json!({"compatible": compatible, "tags": tags}),
+    )
+    .await?;
+    let device = by_controller_id(db, controller_id).await?.expect("just inserted");
+    Ok((device, token))
+}
+
+/// Replaces a device's tags.
+pub async fn set_tags(db: &Db, id: i64, tags: &[String]) -> HttpResult<()> {
+    for t in tags {
+        if t.is_empty() || t.len() > 100 || t.chars().any(char::is_control) {
+            return Err(HttpError::BadRequest(format!("tag {t:?}: 1–100 characters, no control characters")));
+        }
+    }
+    let mut tx = db.pool.begin().await?;
+    sqlx::query("DELETE FROM device_tags WHERE device_id = $1").bind(id).execute(&mut *tx).await?;
+    for t in tags {
+        sqlx::query("INSERT INTO device_tags (device_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(id)
+            .bind(t)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Issues a new target token for a device (the old one stops working at once). Shown once.
+pub async fn rotate_token(db: &Db, controller_id: &str, by: &str) -> HttpResult<String> {
+    let token = new_secret(prefix::TARGET);
+    let n = sqlx::query("UPDATE devices SET token_hash = $1 WHERE controller_id = $2")
+        .bind(secret_hash(&token))
+        .bind(controller_id)
+        .execute(&db.pool)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(HttpError::NotFound(format!("no device {controller_id}")));
+    }
+    crate::audit::append(db, by, "device.token-rotated", &format!("device:{controller_id}"), serde_json::json!({}))
+        .await?;
+    Ok(token)
+}
+
+/// Revokes a device's target token: it can no longer authenticate until a new one is issued.
+pub async fn revoke_token(db: &Db, controller_id: &str, by: &str) -> HttpResult<()> {
+    let n = sqlx::query("UPDATE devices SET token_hash = NULL WHERE controller_id = $1")
+        .bind(controller_id)
+        .execute(&db.pool)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(HttpError::NotFound(format!("no device {controller_id}")));
+    }
+    crate::audit::append(db, by, "device.token-revoked", &format!("device:{controller_id}"), serde_json::json!({}))
+        .await?;
+    Ok(())
+}
+
+/// Records that the device was heard from.
+pub async fn touch(db: &Db, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE devices SET last_seen_ms = $1 WHERE id = $2").bind(now_ms()).bind(id).execute(&db.pool).await?;
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! otter-server: the fleet side of otter in one binary.
+//!
+//! - [`ddi`]: hawkBit's Direct Device Integration API for devices (otterd, or any DDI client), and the signed
+//!   artifact downloads ([`links`]).
+//! - [`api`]: the operator's versioned REST API (`/api/v1`), with role-checked tokens ([`auth`]).
+//! - [`rollout`]: staged rollouts; decisions in a pure engine, effects on the database in a scheduler tick.
+//! - [`audit`]: the hash-chained audit log.
+//! - [`db`]: one schema on SQLite or PostgreSQL.
+//!
+//! The server keeps no state outside the database and the artifact store, so instances sharing one PostgreSQL
+//! database (and one artifact directory) are interchangeable.
+
+pub mod actions;
+pub mod artifacts;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod devices;
+pub mod error;
+pub mod links;
+pub mod model;
+
+use std::sync::Arc;
+
+use otter_artifact::Keyring;
+
+use crate::artifacts::Store;
+use crate::config::Config;
+use crate::db::Db;
+use crate::links::LinkSigner;
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+/// The shared parts of [`AppState`].
+pub struct Inner {
+    /// The settings.
+    pub config: Config,
+    /// The database.
+    pub db: Db,
+    /// Keys artifacts must be signed with.
+    pub keyring: Keyring,
+    /// Signs and checks download links (key shared by every instance through the database).
+    pub links: LinkSigner,
+    /// The artifact files.
+    pub store: Store,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Opens the database (migrating it), the keyring and the artifact store.
+    pub async fn open(config: Config) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        std::fs::create_dir_all(&config.data).with_context(|| format!("creating {}", config.data.display()))?;
+        let keyring = if config.keyring.is_dir() {
+            Keyring::from_dir(&config.keyring)
+        } else {
+            Keyring::from_file(&config.keyring)
+        }
+        .with_context(|| format!("reading the keyring {}", config.keyring.display()))?;
+        let db = Db::open(&config.database_url()).await.context("opening the database")?;
+        let key =
+            db.setting_or_init("link_key", || auth::new_secret("")).await.context("reading the download link key")?;
+        let links = LinkSigner::new(key.into_bytes());
+        let store = Store::open(config.artifacts_dir()).context("opening the artifact store")?;
+        Ok(Self(Arc::new(Inner { config, db, keyring, links, store })))
+    }
+}
