@@ -18,6 +18,7 @@ pub mod config;
 pub mod db;
 pub mod devices;
 pub mod error;
+pub mod hints;
 pub mod links;
 pub mod model;
 

@@ -91,6 +91,54 @@ impl ActionState {
     }
 }
 
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutState {
+    /// Created; waiting for its start time.
+    Scheduled,
+    /// A group is running.
+    Running,
+    /// The next group waits for an approver.
+    WaitingApproval,
+    /// Stopped by an operator, or by itself (a group crossed its error threshold); `reason` says which.
+    Paused,
+    /// Every group is done.
+    Finished,
+    /// Cancelled by an operator; open actions were cancelled.
+    Cancelled,
+}
+
+impl RolloutState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Scheduled => "scheduled",
+            RolloutState::Running => "running",
+            RolloutState::WaitingApproval => "waiting-approval",
+            RolloutState::Paused => "paused",
+            RolloutState::Finished => "finished",
+            RolloutState::Cancelled => "cancelled",
+        }
+    }
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "scheduled" => RolloutState::Scheduled,
+            "running" => RolloutState::Running,
+            "waiting-approval" => RolloutState::WaitingApproval,
+            "paused" => RolloutState::Paused,
+            "finished" => RolloutState::Finished,
+            "cancelled" => RolloutState::Cancelled,
+            _ => return None,
+        })
+    }
+    /// Whether the rollout is over.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RolloutState::Finished | RolloutState::Cancelled)
+    }
+}
+
 /// Standard or fast release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
