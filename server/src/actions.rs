@@ -129,3 +129,70 @@ pub async fn transition(
     }
     Ok(moved)
 }
+
+/// Asks for an action to be cancelled: one the device has not been offered yet (waiting for consent) is cancelled
+/// at once; one it may be working on goes to `Canceling`, so the device is offered `cancelAction` and decides
+/// (it refuses once its slot flip is done). Returns the state it moved to, or `None` if it was already over or
+/// being cancelled.
+pub async fn request_cancel(db: &Db, id: i64, message: &str) -> Result<Option<ActionState>, sqlx::Error> {
+    if transition(db, id, &[ActionState::WaitConfirmation], ActionState::Canceled, Some(message)).await? {
+        return Ok(Some(ActionState::Canceled));
+    }
+    if transition(db, id, &[ActionState::Running, ActionState::Downloaded], ActionState::Canceling, Some(message))
+        .await?
+    {
+        return Ok(Some(ActionState::Canceling));
+    }
+    Ok(None)
+}
+
+/// One status a device reported for an action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Status {
+    /// When (ms).
+    pub at_ms: i64,
+    /// DDI execution (`proceeding`, `closed`, …).
+    pub execution: String,
+    /// DDI finished (`none`, `success`, `failure`).
+    pub finished: String,
+    /// The device's code, if it sent one.
+    pub code: Option<i64>,
+    /// The device's messages.
+    pub details: Vec<String>,
+}
+
+/// The statuses of an action, oldest first (at most the last `limit`).
+pub async fn statuses(db: &Db, action_id: i64, limit: i64) -> Result<Vec<Status>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT at_ms, execution, finished, code, details FROM action_status WHERE action_id = $1 ORDER BY id DESC LIMIT $2",
+    )
+    .bind(action_id)
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?;
+    let mut out = rows
+        .iter()
+        .map(|r| {
+            let details: String = r.try_get("details")?;
+            Ok(Status {
+                at_ms: r.try_get("at_ms")?,
+                execution: r.try_get("execution")?,
+                finished: r.try_get("finished")?,
+                code: r.try_get("code")?,
+                details: serde_json::from_str(&details).unwrap_or_else(|_| vec![details]),
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    out.reverse();
+    Ok(out)
+}
+
+/// A device's actions, newest first.
+pub async fn of_device(db: &Db, device_id: i64, limit: i64) -> Result<Vec<Action>, sqlx::Error> {
+    let rows = sqlx::query("SELECT * FROM actions WHERE device_id = $1 ORDER BY id DESC LIMIT $2")
+        .bind(device_id)
+        .bind(limit)
+        .fetch_all(&db.pool)
+        .await?;
+    rows.iter().map(from_row).collect()
+}

@@ -265,6 +265,12 @@ pub async fn verify(db: &Db) -> Result<Verification, DbError> {
     Ok(Verification { entries: found, head: prev_hash, broken })
 }
 
+/// Whether an entry with this hash is in the chain (an auditor's saved head must still be there after a later
+/// check; a rewritten chain has other hashes).
+pub async fn chain_contains(db: &Db, hash: &str) -> Result<bool, DbError> {
+    Ok(sqlx::query("SELECT seq FROM audit WHERE hash = $1").bind(hash).fetch_optional(&db.pool).await?.is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@
 //! database (and one artifact directory) are interchangeable.
 
 pub mod actions;
+pub mod api;
 pub mod artifacts;
 pub mod audit;
 pub mod auth;
@@ -74,4 +75,18 @@ impl AppState {
         let store = Store::open(config.artifacts_dir()).context("opening the artifact store")?;
         Ok(Self(Arc::new(Inner { config, db, keyring, links, store })))
     }
+}
+
+/// The whole HTTP application: the device API, the operator API.
+pub fn app(state: AppState) -> axum::Router {
+    axum::Router::new().merge(api::router(state.clone()))
+}
+
+/// Serves `state` on `listener` until `shutdown` completes, with the rollout scheduler running beside it.
+pub async fn serve(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
 }
