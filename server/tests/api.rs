@@ -1,7 +1,11 @@
 //! The operator API against a real server on a temp SQLite database: roles, artifact upload and refusal, the
 //! device registry, direct deployments, the compliance report, the audit log, and the OpenAPI document.
 
+mod support;
+
 use std::path::Path;
+
+use support::Backend;
 
 use ed25519_dalek::SigningKey;
 use otter_artifact::builder::{self, BuildOptions, ImageSource};
@@ -21,7 +25,7 @@ struct Server {
     http: reqwest::Client,
 }
 
-async fn server(tune: impl FnOnce(&mut Config)) -> Server {
+async fn server(backend: Backend, tune: impl FnOnce(&mut Config)) -> Server {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_owned();
     let key = otter_artifact::keys::generate().unwrap();
@@ -30,6 +34,7 @@ async fn server(tune: impl FnOnce(&mut Config)) -> Server {
     let addr = listener.local_addr().unwrap();
     let mut config = Config::new(dir.join("data"), dir.join("release.pub"));
     config.public_url = format!("http://{addr}");
+    config.database = backend.url();
     tune(&mut config);
     let state = AppState::open(config).await.unwrap();
     let (_, admin) = api::issue_api_token(&state.db, "root", Role::Admin, "test").await.unwrap();
@@ -85,9 +90,8 @@ impl Server {
 
 use reqwest::Method;
 
-#[tokio::test]
-async fn every_call_needs_a_valid_token_and_the_right_role() {
-    let s = server(|_| {}).await;
+async fn every_call_needs_a_valid_token_and_the_right_role(b: Backend) {
+    let s = server(b, |_| {}).await;
     let (st, v) = s.call("", Method::GET, "/api/v1/whoami", None).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
     let (st, _) = s.call("otk_nonsense", Method::GET, "/api/v1/whoami", None).await;
@@ -120,9 +124,8 @@ async fn every_call_needs_a_valid_token_and_the_right_role() {
     assert!(stored.iter().all(|h| h != &viewer && h.len() == 64));
 }
 
-#[tokio::test]
-async fn a_signed_artifact_is_stored_once_and_a_bad_one_is_refused_without_a_trace() {
-    let s = server(|_| {}).await;
+async fn a_signed_artifact_is_stored_once_and_a_bad_one_is_refused_without_a_trace(b: Backend) {
+    let s = server(b, |_| {}).await;
     let good = artifact(&s.dir, &s.key, "2.1", "gw");
     let (st, a) = s.upload(&s.admin, good.clone()).await;
     assert_eq!(st, StatusCode::CREATED, "{a}");
@@ -158,17 +161,15 @@ async fn a_signed_artifact_is_stored_once_and_a_bad_one_is_refused_without_a_tra
     assert_eq!(leftovers, 0, "refused uploads leave no file behind");
 }
 
-#[tokio::test]
-async fn an_oversized_upload_is_refused() {
-    let s = server(|c| c.max_upload = 1_000).await;
+async fn an_oversized_upload_is_refused(b: Backend) {
+    let s = server(b, |c| c.max_upload = 1_000).await;
     let (st, v) = s.upload(&s.admin, artifact(&s.dir, &s.key, "1.0", "gw")).await;
     assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
     assert_eq!(std::fs::read_dir(s.dir.join("data/artifacts/tmp")).unwrap().count(), 0);
 }
 
-#[tokio::test]
-async fn the_registry_filters_pages_and_manages_tokens() {
-    let s = server(|_| {}).await;
+async fn the_registry_filters_pages_and_manages_tokens(b: Backend) {
+    let s = server(b, |_| {}).await;
     for i in 0..25 {
         let tags = if i % 5 == 0 { json!(["canary", "lab"]) } else { json!(["field"]) };
         let (st, v) = s
@@ -217,9 +218,8 @@ async fn the_registry_filters_pages_and_manages_tokens() {
     assert_eq!(one["device"]["has_token"], false);
 }
 
-#[tokio::test]
-async fn a_direct_deployment_shows_as_desired_and_can_be_cancelled() {
-    let s = server(|_| {}).await;
+async fn a_direct_deployment_shows_as_desired_and_can_be_cancelled(b: Backend) {
+    let s = server(b, |_| {}).await;
     let (_, a) = s.upload(&s.admin, artifact(&s.dir, &s.key, "3.0", "gw")).await;
     s.call(&s.admin, Method::POST, "/api/v1/devices", Some(json!({"controller_id": "gw-1", "compatible": "gw"}))).await;
     s.call(&s.admin, Method::POST, "/api/v1/devices", Some(json!({"controller_id": "other", "compatible": "other"})))
@@ -244,9 +244,8 @@ async fn a_direct_deployment_shows_as_desired_and_can_be_cancelled() {
     assert_eq!(st, StatusCode::CONFLICT);
 }
 
-#[tokio::test]
-async fn the_compliance_report_and_the_audit_chain() {
-    let s = server(|_| {}).await;
+async fn the_compliance_report_and_the_audit_chain(b: Backend) {
+    let s = server(b, |_| {}).await;
     let (_, a) = s.upload(&s.admin, artifact(&s.dir, &s.key, "4.0", "gw")).await;
     for id in ["gw-a", "gw-b", "=cmd"] {
         s.call(&s.admin, Method::POST, "/api/v1/devices", Some(json!({"controller_id": id, "compatible": "gw"}))).await;
@@ -288,7 +287,7 @@ async fn the_compliance_report_and_the_audit_chain() {
 
 #[tokio::test]
 async fn the_openapi_document_lists_every_route() {
-    let s = server(|_| {}).await;
+    let s = server(Backend::Sqlite, |_| {}).await;
     let doc: Value = serde_json::from_str(api::OPENAPI).unwrap();
     let paths = doc["paths"].as_object().unwrap();
     // Every `.route("…")` in the API's sources is documented…
@@ -325,3 +324,29 @@ async fn the_openapi_document_lists_every_route() {
         }
     }
 }
+
+/// Each scenario runs on SQLite and on a real PostgreSQL server.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+on_both!(
+    every_call_needs_a_valid_token_and_the_right_role,
+    a_signed_artifact_is_stored_once_and_a_bad_one_is_refused_without_a_trace,
+    an_oversized_upload_is_refused,
+    the_registry_filters_pages_and_manages_tokens,
+    a_direct_deployment_shows_as_desired_and_can_be_cancelled,
+    the_compliance_report_and_the_audit_chain
+);
