@@ -117,7 +117,8 @@ fn cluster() -> &'static Cluster {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
-        watcher.spawn().expect("starting the PostgreSQL watcher");
+        // Deliberately not waited for: it outlives this process to stop the server after it.
+        std::mem::forget(watcher.spawn().expect("starting the PostgreSQL watcher"));
         Cluster { bin, port, _dir: dir }
     })
 }
