@@ -165,8 +165,14 @@ fn json_arg(s: &str) -> anyhow::Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("not JSON: {text}"))
 }
 
+/// Prints to stdout; a reader that went away (`| head`) ends the output quietly instead of a panic.
 fn print(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("values serialise"));
+    out(&format!("{}\n", serde_json::to_string_pretty(v).expect("values serialise")));
+}
+
+fn out(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().write_all(text.as_bytes());
 }
 
 /// Runs a client command.
@@ -201,9 +207,9 @@ pub fn run(c: ClientCommand) -> anyhow::Result<ExitCode> {
             let mut q = vec![("format", if csv { "csv" } else { "json" }.to_owned())];
             q.extend(min_security_version.map(|m| ("min_security_version", m.to_string())));
             let text = api.send(api.req(Method::GET, "/api/v1/compliance").query(&q))?.text()?;
-            print!("{text}");
+            out(&text);
             if !csv {
-                println!();
+                out("\n");
             }
         }
         ClientCommand::Rollout(r) => return rollout(r),
@@ -237,7 +243,7 @@ fn rollout(r: RolloutCommand) -> anyhow::Result<ExitCode> {
                 let v = api.json(api.req(Method::GET, &format!("/api/v1/rollouts/{id}")))?;
                 let line = summary(&v);
                 if line != last {
-                    println!("{line}");
+                    out(&format!("{line}\n"));
                     last = line;
                 }
                 match v.get("state").and_then(Value::as_str) {

@@ -17,7 +17,7 @@ pub enum DbError {
     #[error("database url {0}: expected sqlite://PATH or postgres://…")]
     BadUrl(String),
     /// sqlx failed.
-    #[error("database: {0}")]
+    #[error("database error")]
     Sql(#[from] sqlx::Error),
     /// The database holds a schema newer than this binary knows.
     #[error("database schema version {found} is newer than this otter-server ({known}); upgrade the server")]
@@ -186,6 +186,16 @@ impl Db {
     /// `sqlite://PATH` is one file; WAL mode lets readers go on while a writer commits. `postgres://…` is shared by
     /// every instance; migrations take an advisory lock so two instances starting together don't race.
     pub async fn open(url: &str) -> Result<Self, DbError> {
+        Self::open_with(url, true).await
+    }
+
+    /// Opens an existing database: a SQLite file that is not there is an error, not a new empty database (for
+    /// checks such as `audit-verify`, where an empty database would pass).
+    pub async fn open_existing(url: &str) -> Result<Self, DbError> {
+        Self::open_with(url, false).await
+    }
+
+    async fn open_with(url: &str, create: bool) -> Result<Self, DbError> {
         sqlx::any::install_default_drivers();
         let engine = if url.starts_with("sqlite:") {
             Engine::Sqlite
@@ -198,7 +208,7 @@ impl Db {
             Engine::Sqlite => {
                 // The Any driver takes only the URL; the pragmas are set on each new connection.
                 let sep = if url.contains('?') { '&' } else { '?' };
-                let full = format!("{url}{sep}mode=rwc");
+                let full = format!("{url}{sep}mode={}", if create { "rwc" } else { "rw" });
                 let opts = AnyConnectOptions::from_str(&full)?.disable_statement_logging();
                 AnyPoolOptions::new()
                     .max_connections(4)

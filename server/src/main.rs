@@ -152,6 +152,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let role = otter_server::auth::Role::parse(&role)
                 .with_context(|| format!("role {role:?}: viewer, operator, approver or admin"))?;
             runtime()?.block_on(async move {
+                std::fs::create_dir_all(&storage.data)
+                    .with_context(|| format!("creating {}", storage.data.display()))?;
                 let db = otter_server::db::Db::open(&config_of(&storage, PathBuf::new()).database_url()).await?;
                 let (id, token) = otter_server::api::issue_api_token(&db, &name, role, "local:otter-server token")
                     .await
@@ -162,7 +164,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
         Command::AuditVerify { storage, expect_head } => runtime()?.block_on(async move {
-            let db = otter_server::db::Db::open(&config_of(&storage, PathBuf::new()).database_url()).await?;
+            let url = config_of(&storage, PathBuf::new()).database_url();
+            let db = otter_server::db::Db::open_existing(&url).await.with_context(|| format!("opening {url}"))?;
             let v = otter_server::audit::verify(&db).await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             if let Some(b) = &v.broken {
