@@ -20,8 +20,12 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     match args.get(1).map(String::as_str) {
         Some("populate") if args.len() == 4 => rt.block_on(populate(&args[2], args[3].parse()?)),
-        Some("poll") if args.len() == 7 => rt.block_on(poll(&args[2], args[3].parse()?, args[4].parse()?, args[5].parse()?, args[6].parse()?)),
-        _ => bail!("usage: otter-server-bench populate DATABASE_URL DEVICES | poll URL DEVICES RATE SECONDS SERVER_PID"),
+        Some("poll") if args.len() == 7 => {
+            rt.block_on(poll(&args[2], args[3].parse()?, args[4].parse()?, args[5].parse()?, args[6].parse()?))
+        }
+        _ => {
+            bail!("usage: otter-server-bench populate DATABASE_URL DEVICES | poll URL DEVICES RATE SECONDS SERVER_PID")
+        }
     }
 }
 
@@ -30,7 +34,9 @@ async fn populate(url: &str, n: usize) -> Result<()> {
     let start = Instant::now();
     let now = otter_server::db::now_ms();
     for batch in (0..n).collect::<Vec<_>>().chunks(500) {
-        let mut sql = String::from("INSERT INTO devices (controller_id, token_hash, compatible, created_ms, attributes_ms) VALUES ");
+        let mut sql = String::from(
+            "INSERT INTO devices (controller_id, token_hash, compatible, created_ms, attributes_ms) VALUES ",
+        );
         for (k, _) in batch.iter().enumerate() {
             if k > 0 {
                 sql.push(',');
@@ -53,7 +59,11 @@ async fn populate(url: &str, n: usize) -> Result<()> {
 fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -62,7 +72,8 @@ fn cpu_ticks(pid: u32) -> u64 {
     let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of stat; after the ")" they are the 12th and 13th.
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 async fn poll(url: &str, devices: usize, rate: f64, secs: f64, pid: u32) -> Result<()> {
@@ -86,7 +97,8 @@ async fn poll(url: &str, devices: usize, rate: f64, secs: f64, pid: u32) -> Resu
             tokio::time::sleep(due - now).await;
         }
         let id = format!("bench-{}", (k as usize * 7919) % devices);
-        let (c, u, lat, errors) = (client.clone(), format!("{url}/DEFAULT/controller/v1/{id}"), lat.clone(), errors.clone());
+        let (c, u, lat, errors) =
+            (client.clone(), format!("{url}/DEFAULT/controller/v1/{id}"), lat.clone(), errors.clone());
         tasks.spawn(async move {
             let ok = match c.get(&u).header("Authorization", format!("TargetToken {id}")).send().await {
                 Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),

@@ -20,6 +20,8 @@
 //! `otter-simulate [--work DIR]`; `otter-simulate check-health ROOT` is the health check the simulated device
 //! runs (it reads the booted slot's image).
 
+mod fleet;
+
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 use std::time::{Duration, Instant};
@@ -99,7 +101,15 @@ fn check_health(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn device_spec(exe: &Path, root: &Path, public_key: &Path, server: &DdiServer) -> DeviceSpec {
+/// Where a simulated device's hawkBit client connects, and as whom.
+struct ServerLink<'a> {
+    url: &'a str,
+    tenant: &'a str,
+    controller: &'a str,
+    token: &'a str,
+}
+
+fn device_spec(exe: &Path, root: &Path, public_key: &Path, server: &ServerLink<'_>) -> DeviceSpec {
     let mut spec = DeviceSpec::new(DEVICE_TYPE, public_key);
     spec.slot_size = SLOT_SIZE;
     spec.extra_config = format!(
@@ -112,20 +122,22 @@ name = "application"
 run = ["{exe}", "check-health", "{root}"]
 timeout = "10s"
 
-# The update server: the in-process hawkBit DDI test server.
+# The update server.
 [server]
 url = "{url}"
 tenant = "{tenant}"
-controller_id = "{CONTROLLER}"
+controller_id = "{controller}"
 auth = "target-token"
-token = "{TOKEN}"
+token = "{token}"
 poll_min = "500ms"
 progress_interval = "1s"
 "#,
         exe = exe.display(),
         root = root.display(),
-        url = server.url(),
-        tenant = server.tenant(),
+        url = server.url,
+        tenant = server.tenant,
+        controller = server.controller,
+        token = server.token,
     );
     spec
 }
@@ -201,7 +213,9 @@ fn scenario(sc: Scenario<'_>) -> Result<Outcome> {
         &sha[..16]
     ));
     let root = dir.join("root");
-    let device = Device::create(&root, &device_spec(exe, &root, public_key, &server), Some(initial))?;
+    let (url, tenant) = (server.url(), server.tenant());
+    let link = ServerLink { url: &url, tenant: &tenant, controller: CONTROLLER, token: TOKEN };
+    let device = Device::create(&root, &device_spec(exe, &root, public_key, &link), Some(initial))?;
     let mut seen = 0;
     // A slow link (~1.3 MB/s), so the power can fail in the middle of the download.
     let mut cut_pending = power_cut;
@@ -409,6 +423,9 @@ fn main() -> Result<()> {
         public_key: &public,
         power_cut,
     };
+    if args.iter().any(|a| a == "--fleet-only") {
+        return fleet::run(&work, &exe, &public, &v1, &artifacts[0], &artifacts[1]);
+    }
     let good = scenario(sc("scenario 1: update 1.0 -> 2.0, healthy: commit", "good", &artifacts[0], false))?;
     let bad = scenario(sc("scenario 2: update 1.0 -> 2.1, application broken: rollback", "bad", &artifacts[1], false))?;
     let cut = scenario(sc(
@@ -424,7 +441,7 @@ fn main() -> Result<()> {
                 "ok: the healthy update was committed, the broken one rolled back, the interrupted one resumed and \
                  was committed"
             );
-            Ok(())
+            fleet::run(&work, &exe, &public, &v1, &artifacts[0], &artifacts[1])
         }
         _ => bail!("unexpected outcomes: {good:?}, {bad:?}, {cut:?}"),
     }
