@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_otter-server");
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let out = Command::new(BIN).args(args).envs(env.iter().copied()).stdin(Stdio::null()).output().unwrap();
-    out
+    Command::new(BIN).args(args).envs(env.iter().copied()).stdin(Stdio::null()).output().unwrap()
 }
 
 fn ok(args: &[&str], env: &[(&str, &str)]) -> String {
