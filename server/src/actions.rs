@@ -54,9 +54,14 @@ pub fn from_row(r: &sqlx::any::AnyRow) -> Result<Action, sqlx::Error> {
 
 /// The device's open action (at most one: the oldest wins if a race made two).
 pub async fn active_for(db: &Db, device_id: i64) -> Result<Option<Action>, sqlx::Error> {
+    active_for_in(&mut *db.pool.acquire().await?, device_id).await
+}
+
+/// [`active_for`] on a connection (or inside a transaction: `&mut *tx`).
+pub async fn active_for_in(conn: &mut sqlx::AnyConnection, device_id: i64) -> Result<Option<Action>, sqlx::Error> {
     let r = sqlx::query("SELECT * FROM actions WHERE device_id = $1 AND active = 1 ORDER BY id LIMIT 1")
         .bind(device_id)
-        .fetch_optional(&db.pool)
+        .fetch_optional(&mut *conn)
         .await?;
     r.as_ref().map(from_row).transpose()
 }
@@ -77,7 +82,20 @@ pub async fn create(
     rollout: Option<(i64, i64)>,
     confirmation_required: bool,
 ) -> HttpResult<i64> {
-    if active_for(db, device_id).await?.is_some() {
+    create_in(&mut *db.pool.acquire().await?, device_id, artifact_id, kind, rollout, confirmation_required).await
+}
+
+/// [`create`] on a connection, so a rollout creates its group's actions in the transaction that starts the group
+/// (two scheduler instances cannot both start it, and a crash leaves all of it or none).
+pub async fn create_in(
+    conn: &mut sqlx::AnyConnection,
+    device_id: i64,
+    artifact_id: i64,
+    kind: ActionKind,
+    rollout: Option<(i64, i64)>,
+    confirmation_required: bool,
+) -> HttpResult<i64> {
+    if active_for_in(conn, device_id).await?.is_some() {
         return Err(HttpError::Conflict("the device already has an open action".into()));
     }
     let state = if confirmation_required { ActionState::WaitConfirmation } else { ActionState::Running };
@@ -93,7 +111,7 @@ pub async fn create(
     .bind(kind.as_str())
     .bind(state.as_str())
     .bind(now)
-    .fetch_one(&db.pool)
+    .fetch_one(&mut *conn)
     .await?;
     Ok(r.try_get("id")?)
 }

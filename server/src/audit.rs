@@ -88,6 +88,27 @@ pub async fn append(
 
 async fn try_append(db: &Db, actor: &str, event: &str, subject: &str, detail: &str) -> Result<i64, DbError> {
     let mut tx = db.pool.begin().await?;
+    let seq = append_in(&mut tx, actor, event, subject, detail).await?;
+    tx.commit().await?;
+    Ok(seq)
+}
+
+/// Appends an entry inside the caller's transaction (`&mut *tx`), so the entry commits with the change it records
+/// or not at all (the rollout scheduler records each step this way).
+///
+/// On PostgreSQL it first takes a transaction-scoped advisory lock: appenders inside longer transactions then
+/// queue for the head instead of colliding on the next sequence number and aborting their whole transaction. On
+/// SQLite the transaction's write lock already serialises appenders.
+pub async fn append_in(
+    tx: &mut sqlx::AnyConnection,
+    actor: &str,
+    event: &str,
+    subject: &str,
+    detail: &str,
+) -> Result<i64, DbError> {
+    if tx.backend_name().eq_ignore_ascii_case("postgresql") {
+        sqlx::query("SELECT pg_advisory_xact_lock(7402)").execute(&mut *tx).await?;
+    }
     let last = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *tx).await?;
     let (prev_seq, prev_hash) = match last {
         Some(r) => (r.try_get::<i64, _>("seq")?, r.try_get::<String, _>("hash")?),
@@ -114,7 +135,6 @@ async fn try_append(db: &Db, actor: &str, event: &str, subject: &str, detail: &s
         .bind(format!("{seq}:{hash}"))
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
     Ok(seq)
 }
 

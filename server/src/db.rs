@@ -178,6 +178,10 @@ CREATE TABLE audit (
     hash TEXT NOT NULL
 );
 "#,
+    // 2: failures an operator accepted by resuming a self-paused rollout (the rollout engine's module doc).
+    r#"
+ALTER TABLE rollout_groups ADD COLUMN accepted_failures BIGINT NOT NULL DEFAULT 0;
+"#,
 ];
 
 impl Db {

@@ -22,6 +22,7 @@ pub mod error;
 pub mod hints;
 pub mod links;
 pub mod model;
+pub mod rollout;
 
 use std::sync::Arc;
 
