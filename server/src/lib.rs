@@ -89,5 +89,8 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+    let scheduler = rollout::spawn_scheduler(state.clone());
+    let served = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await;
+    scheduler.abort();
+    served
 }

@@ -125,9 +125,13 @@ fn progress_line(r: &Value) -> String {
             " | {} {} {}/{}{}",
             g["name"].as_str().unwrap_or("?"),
             g["state"].as_str().unwrap_or("?"),
-            g["finished"],
-            g["total"],
-            if g["failed"].as_i64().unwrap_or(0) > 0 { format!(" ({} failed)", g["failed"]) } else { String::new() }
+            g["counts"]["finished"],
+            g["counts"]["total"],
+            if g["counts"]["failed"].as_i64().unwrap_or(0) > 0 {
+                format!(" ({} failed)", g["counts"]["failed"])
+            } else {
+                String::new()
+            }
         ));
     }
     s

@@ -7,6 +7,7 @@ pub use admin::issue_api_token;
 mod artifacts;
 mod audit;
 mod devices;
+mod rollouts;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -91,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         .merge(artifacts::routes())
         .merge(audit::routes())
         .merge(devices::routes())
+        .merge(rollouts::routes())
         .with_state(state)
 }
 
