@@ -285,6 +285,84 @@ async fn the_compliance_report_and_the_audit_chain(b: Backend) {
     assert_eq!(v["broken"]["problem"], "edited");
 }
 
+async fn rollouts_through_the_api_follow_the_roles(b: Backend) {
+    let s = server(b, |_| {}).await;
+    let (_, a) = s.upload(&s.admin, artifact(&s.dir, &s.key, "5.0", "gw")).await;
+    for i in 0..4 {
+        let tags = if i == 0 { json!(["canary"]) } else { json!([]) };
+        s.call(
+            &s.admin,
+            Method::POST,
+            "/api/v1/devices",
+            Some(json!({"controller_id": format!("gw-{i}"), "compatible": "gw", "tags": tags})),
+        )
+        .await;
+    }
+    let (viewer, operator, approver) = (s.token("viewer").await, s.token("operator").await, s.token("approver").await);
+    let (_, n) =
+        s.call(&viewer, Method::POST, "/api/v1/rollouts/preview", Some(json!({"filter": {"compatible": "gw"}}))).await;
+    assert_eq!(n["matching"], 4);
+    let (_, n) =
+        s.call(&viewer, Method::POST, "/api/v1/rollouts/preview", Some(json!({"filter": {"tags": ["canary"]}}))).await;
+    assert_eq!(n["matching"], 1);
+    let body = json!({"name": "5.0", "artifact_id": a["id"], "filter": {"compatible": "gw"},
+        "spec": {"groups": [{"name": "canary", "devices": ["gw-0"]}, {"name": "rest", "percent": 100, "approval": true}]}});
+    let (st, _) = s.call(&viewer, Method::POST, "/api/v1/rollouts", Some(body.clone())).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, bad) = s
+        .call(
+            &operator,
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(json!({"name": "x", "artifact_id": a["id"], "spec": {"groups": []}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}");
+    let (st, r) = s.call(&operator, Method::POST, "/api/v1/rollouts", Some(body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{r}");
+    let id = r["id"].as_i64().unwrap();
+    // The canary's action exists once the scheduler has run; finish it as the device would.
+    let start = std::time::Instant::now();
+    let canary = otter_server::devices::by_controller_id(&s.state.db, "gw-0").await.unwrap().unwrap();
+    let action = loop {
+        if let Some(a) = otter_server::actions::active_for(&s.state.db, canary.id).await.unwrap() {
+            break a;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "the scheduler never started the canary");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    use otter_server::model::ActionState;
+    otter_server::actions::transition(&s.state.db, action.id, &[ActionState::Running], ActionState::Finished, None)
+        .await
+        .unwrap();
+    let r = loop {
+        let (_, r) = s.call(&viewer, Method::GET, &format!("/api/v1/rollouts/{id}"), None).await;
+        if r["state"] == "waiting-approval" {
+            break r;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "never waited for approval: {r}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(r["current_group"], 1);
+    // An operator may not approve; an approver may; nobody approves twice.
+    let (st, _) =
+        s.call(&operator, Method::POST, &format!("/api/v1/rollouts/{id}/approve"), Some(json!({"group": 1}))).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, v) =
+        s.call(&approver, Method::POST, &format!("/api/v1/rollouts/{id}/approve"), Some(json!({"group": 1}))).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, _) =
+        s.call(&approver, Method::POST, &format!("/api/v1/rollouts/{id}/approve"), Some(json!({"group": 1}))).await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    let (st, v) = s.call(&operator, Method::POST, &format!("/api/v1/rollouts/{id}/cancel"), None).await;
+    assert_eq!((st, v["state"].as_str()), (StatusCode::OK, Some("cancelled")), "{v}");
+    let (_, log) = s.call(&viewer, Method::GET, &format!("/api/v1/audit?subject=rollout:{id}&limit=50"), None).await;
+    let events: Vec<&str> = log.as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    for e in ["rollout.created", "rollout.approved", "rollout.cancelled"] {
+        assert!(events.contains(&e), "{e} missing from {events:?}");
+    }
+}
+
 #[tokio::test]
 async fn the_openapi_document_lists_every_route() {
     let s = server(Backend::Sqlite, |_| {}).await;
@@ -343,6 +421,7 @@ macro_rules! on_both {
 }
 
 on_both!(
+    rollouts_through_the_api_follow_the_roles,
     every_call_needs_a_valid_token_and_the_right_role,
     a_signed_artifact_is_stored_once_and_a_bad_one_is_refused_without_a_trace,
     an_oversized_upload_is_refused,

@@ -21,7 +21,11 @@ impl Drop for Kill {
 }
 
 fn tool(name: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {name}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,7 +66,9 @@ async fn swupdate_suricatta_speaks_ddi_with_otter_server() {
         .unwrap();
     let (device, token) = devices::register(&state.db, "swu-1", Some("gw"), &[], true, "test").await.unwrap();
     let token = token.unwrap();
-    let action = actions::create(&state.db, device.id, a["id"].as_i64().unwrap(), ActionKind::Forced, None, false).await.unwrap();
+    let action = actions::create(&state.db, device.id, a["id"].as_i64().unwrap(), ActionKind::Forced, None, false)
+        .await
+        .unwrap();
 
     // SWUpdate is built to accept signed images only: it wants a certificate even though it will never get that far.
     let ok = Command::new("openssl")

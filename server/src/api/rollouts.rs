@@ -25,7 +25,11 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/v1/rollouts/{id}/cancel", post(cancel))
 }
 
-async fn create(State(st): State<AppState>, caller: Caller, Json(req): Json<CreateRollout>) -> HttpResult<(StatusCode, Json<RolloutView>)> {
+async fn create(
+    State(st): State<AppState>,
+    caller: Caller,
+    Json(req): Json<CreateRollout>,
+) -> HttpResult<(StatusCode, Json<RolloutView>)> {
     caller.require(Permission::Operate)?;
     Ok((StatusCode::CREATED, Json(rollout::create(&st, req, &caller.actor()).await?)))
 }
@@ -47,7 +51,11 @@ struct Preview {
 }
 
 /// How many devices a filter matches now (the rollout form's live count).
-async fn preview(State(st): State<AppState>, caller: Caller, Json(req): Json<Preview>) -> HttpResult<Json<serde_json::Value>> {
+async fn preview(
+    State(st): State<AppState>,
+    caller: Caller,
+    Json(req): Json<Preview>,
+) -> HttpResult<Json<serde_json::Value>> {
     caller.require(Permission::Read)?;
     Ok(Json(serde_json::json!({"matching": rollout::count_matching(&st.db, &req.filter).await?})))
 }
@@ -58,7 +66,12 @@ struct Approve {
     group: i64,
 }
 
-async fn approve(State(st): State<AppState>, caller: Caller, Path(id): Path<i64>, Json(req): Json<Approve>) -> HttpResult<Json<RolloutView>> {
+async fn approve(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    Json(req): Json<Approve>,
+) -> HttpResult<Json<RolloutView>> {
     caller.require(Permission::Approve)?;
     Ok(Json(rollout::approve(&st, id, req.group, &caller.actor()).await?))
 }
