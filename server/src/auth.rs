@@ -36,13 +36,13 @@ pub enum Permission {
 impl Role {
     /// Whether this role may do `p`.
     pub fn allows(self, p: Permission) -> bool {
-        match (self, p) {
-            (_, Permission::Read) => true,
-            (Role::Admin, _) => true,
-            (Role::Operator, Permission::Operate) => true,
-            (Role::Approver, Permission::Approve) => true,
-            _ => false,
-        }
+        matches!(
+            (self, p),
+            (_, Permission::Read)
+                | (Role::Admin, _)
+                | (Role::Operator, Permission::Operate)
+                | (Role::Approver, Permission::Approve)
+        )
     }
 
     /// The role's name as the API spells it.
