@@ -16,6 +16,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod ddi;
 pub mod devices;
 pub mod error;
 pub mod hints;
