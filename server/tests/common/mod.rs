@@ -1,5 +1,8 @@
 //! A real otter-server device API on 127.0.0.1: a temp data directory (SQLite), a temp keyring with a fresh
 //! signing key, `ddi::router` behind `axum::serve`. Shared by `ddi.rs` and `otterd.rs`.
+//!
+//! With `OTTER_TEST_POSTGRES=postgres://USER@HOST:PORT` (a server where USER may create databases) each server
+//! gets a fresh PostgreSQL database there instead, so the same tests check the queries on both engines.
 
 #![allow(dead_code)]
 
@@ -50,11 +53,29 @@ pub async fn start_with(
     let url = format!("http://{}", listener.local_addr().unwrap());
     let mut config = Config::new(dir.path().join("data"), public_key.clone());
     config.public_url = url.clone();
+    config.database = postgres_database().await;
     configure(&mut config);
     let state = AppState::open(config).await.unwrap();
     let app = wrap(otter_server::ddi::router(state.clone()));
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     Server { state, url, dir, key, public_key }
+}
+
+/// A fresh database on the PostgreSQL server named by `OTTER_TEST_POSTGRES`, if set.
+async fn postgres_database() -> Option<String> {
+    let base = std::env::var("OTTER_TEST_POSTGRES").ok()?;
+    let base = base.trim_end_matches('/');
+    sqlx::any::install_default_drivers();
+    let name = format!("otter_test_{}", hex::encode(rand_bytes()));
+    let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&format!("{base}/postgres")).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+    Some(format!("{base}/{name}"))
+}
+
+fn rand_bytes() -> [u8; 8] {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).unwrap();
+    b
 }
 
 /// A deterministic image of `len` bytes (half noise, half runs).
