@@ -164,25 +164,58 @@ pub async fn request_cancel(db: &Db, id: i64, message: &str) -> Result<Option<Ac
     Ok(None)
 }
 
-/// One status a device reported for an action.
+/// One status a device reported on an action (DDI feedback), as stored in `action_status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Status {
-    /// When (ms).
+pub struct StatusEntry {
+    /// When it arrived (ms).
     pub at_ms: i64,
-    /// DDI execution (`proceeding`, `closed`, …).
+    /// DDI `execution` (`proceeding`, `closed`, …), or `cancel-…`/`confirmation-…` for those channels.
     pub execution: String,
-    /// DDI finished (`none`, `success`, `failure`).
+    /// DDI `finished` (`success`, `failure`, `none`).
     pub finished: String,
     /// The device's code, if it sent one.
     pub code: Option<i64>,
-    /// The device's messages.
+    /// The device's details.
     pub details: Vec<String>,
 }
 
-/// The statuses of an action, oldest first (at most the last `limit`).
-pub async fn statuses(db: &Db, action_id: i64, limit: i64) -> Result<Vec<Status>, sqlx::Error> {
+/// Appends a status to an action's history.
+pub async fn add_status(
+    db: &Db,
+    action_id: i64,
+    execution: &str,
+    finished: &str,
+    code: Option<i64>,
+    details: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO action_status (action_id, at_ms, execution, finished, code, details) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(action_id)
+    .bind(now_ms())
+    .bind(execution)
+    .bind(finished)
+    .bind(code)
+    .bind(serde_json::to_string(details).expect("strings serialise"))
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// How many statuses an action has.
+pub async fn status_count(db: &Db, action_id: i64) -> Result<i64, sqlx::Error> {
+    let r = sqlx::query("SELECT COUNT(*) AS n FROM action_status WHERE action_id = $1")
+        .bind(action_id)
+        .fetch_one(&db.pool)
+        .await?;
+    r.try_get("n")
+}
+
+/// The newest `limit` statuses of an action, oldest first.
+pub async fn statuses(db: &Db, action_id: i64, limit: i64) -> Result<Vec<StatusEntry>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT at_ms, execution, finished, code, details FROM action_status WHERE action_id = $1 ORDER BY id DESC LIMIT $2",
+        "SELECT at_ms, execution, finished, code, details FROM action_status WHERE action_id = $1 \
+         ORDER BY id DESC LIMIT $2",
     )
     .bind(action_id)
     .bind(limit)
@@ -192,12 +225,12 @@ pub async fn statuses(db: &Db, action_id: i64, limit: i64) -> Result<Vec<Status>
         .iter()
         .map(|r| {
             let details: String = r.try_get("details")?;
-            Ok(Status {
+            Ok(StatusEntry {
                 at_ms: r.try_get("at_ms")?,
                 execution: r.try_get("execution")?,
                 finished: r.try_get("finished")?,
                 code: r.try_get("code")?,
-                details: serde_json::from_str(&details).unwrap_or_else(|_| vec![details]),
+                details: serde_json::from_str(&details).unwrap_or_default(),
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -213,4 +246,24 @@ pub async fn of_device(db: &Db, device_id: i64, limit: i64) -> Result<Vec<Action
         .fetch_all(&db.pool)
         .await?;
     rows.iter().map(from_row).collect()
+}
+
+/// The device's last finished install: DDI `installedBase`. A download-only action that finished installed
+/// nothing, so it is not one.
+pub async fn last_finished(db: &Db, device_id: i64) -> Result<Option<Action>, sqlx::Error> {
+    let r = sqlx::query(
+        "SELECT * FROM actions WHERE device_id = $1 AND state = $2 AND kind <> $3 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(device_id)
+    .bind(ActionState::Finished.as_str())
+    .bind(ActionKind::DownloadOnly.as_str())
+    .fetch_optional(&db.pool)
+    .await?;
+    r.as_ref().map(from_row).transpose()
+}
+
+/// Records the device's latest message on an action without changing its state.
+pub async fn set_message(db: &Db, id: i64, message: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE actions SET last_message = $1 WHERE id = $2").bind(message).bind(id).execute(&db.pool).await?;
+    Ok(())
 }

@@ -107,28 +107,11 @@ pub async fn register(
     with_token: bool,
     by: &str,
 ) -> HttpResult<(Device, Option<String>)> {
-    if !valid_controller_id(controller_id) {
-        return Err(HttpError::BadRequest(format!(
-            "controller id {controller_id:?}: 1–{MAX_ID} characters, no '/' or control characters"
-        )));
-    }
-    let token = with_token.then(|| new_secret(prefix::TARGET));
-    let row = sqlx::query(
-        "INSERT INTO devices (controller_id, token_hash, compatible, created_ms, enrolled_by) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (controller_id) DO NOTHING RETURNING id",
-    )
-    .bind(controller_id)
-    .bind(token.as_deref().map(secret_hash))
-    .bind(compatible)
-    .bind(now_ms())
-    .bind(by)
-    .fetch_optional(&db.pool)
-    .await?;
-    let Some(row) = row else {
+    let mut tx = db.pool.begin().await?;
+    let Some((_, token)) = insert(&mut tx, controller_id, compatible, tags, with_token, by).await? else {
         return Err(HttpError::Conflict(format!("device {controller_id} is already registered")));
     };
-    let id: i64 = row.try_get("id")?;
-    set_tags(db, id, tags).await?;
+    tx.commit().await?;
     crate::audit::append(
         db,
         by,
@@ -141,13 +124,59 @@ pub async fn register(
     Ok((device, token))
 }
 
-/// Replaces a device's tags.
-pub async fn set_tags(db: &Db, id: i64, tags: &[String]) -> HttpResult<()> {
+/// Inserts a device with its tags inside the caller's transaction (enrollment consumes its provisioning token in
+/// the same one), issuing a target token when asked. `None` when the id is already registered. No audit entry:
+/// the caller writes it after its commit.
+pub async fn insert(
+    conn: &mut sqlx::AnyConnection,
+    controller_id: &str,
+    compatible: Option<&str>,
+    tags: &[String],
+    with_token: bool,
+    by: &str,
+) -> HttpResult<Option<(i64, Option<String>)>> {
+    if !valid_controller_id(controller_id) {
+        return Err(HttpError::BadRequest(format!(
+            "controller id {controller_id:?}: 1–{MAX_ID} characters, no '/' or control characters"
+        )));
+    }
+    check_tags(tags)?;
+    let token = with_token.then(|| new_secret(prefix::TARGET));
+    let row = sqlx::query(
+        "INSERT INTO devices (controller_id, token_hash, compatible, created_ms, enrolled_by) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (controller_id) DO NOTHING RETURNING id",
+    )
+    .bind(controller_id)
+    .bind(token.as_deref().map(secret_hash))
+    .bind(compatible)
+    .bind(now_ms())
+    .bind(by)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let id: i64 = row.try_get("id")?;
+    for t in tags {
+        sqlx::query("INSERT INTO device_tags (device_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(id)
+            .bind(t)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Some((id, token)))
+}
+
+fn check_tags(tags: &[String]) -> HttpResult<()> {
     for t in tags {
         if t.is_empty() || t.len() > 100 || t.chars().any(char::is_control) {
             return Err(HttpError::BadRequest(format!("tag {t:?}: 1–100 characters, no control characters")));
         }
     }
+    Ok(())
+}
+
+/// Replaces a device's tags.
+pub async fn set_tags(db: &Db, id: i64, tags: &[String]) -> HttpResult<()> {
+    check_tags(tags)?;
     let mut tx = db.pool.begin().await?;
     sqlx::query("DELETE FROM device_tags WHERE device_id = $1").bind(id).execute(&mut *tx).await?;
     for t in tags {
@@ -196,5 +225,88 @@ pub async fn revoke_token(db: &Db, controller_id: &str, by: &str) -> HttpResult<
 /// Records that the device was heard from.
 pub async fn touch(db: &Db, id: i64) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE devices SET last_seen_ms = $1 WHERE id = $2").bind(now_ms()).bind(id).execute(&db.pool).await?;
+    Ok(())
+}
+
+/// What authenticating a device request needs: one row, no tags (the poll is the hot path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Row id.
+    pub id: i64,
+    /// The DDI controller id.
+    pub controller_id: String,
+    /// SHA-256 of its target token; `None` = revoked or never issued.
+    pub token_hash: Option<String>,
+    /// Its last request (ms).
+    pub last_seen_ms: Option<i64>,
+    /// When it last sent attributes (ms); `None` = never, or asked for them again.
+    pub attributes_ms: Option<i64>,
+}
+
+/// The identity of the device with this controller id, if registered.
+pub async fn identity(db: &Db, controller_id: &str) -> Result<Option<Identity>, sqlx::Error> {
+    let r = sqlx::query(
+        "SELECT id, controller_id, token_hash, last_seen_ms, attributes_ms FROM devices WHERE controller_id = $1",
+    )
+    .bind(controller_id)
+    .fetch_optional(&db.pool)
+    .await?;
+    r.map(|r| {
+        Ok(Identity {
+            id: r.try_get("id")?,
+            controller_id: r.try_get("controller_id")?,
+            token_hash: r.try_get("token_hash")?,
+            last_seen_ms: r.try_get("last_seen_ms")?,
+            attributes_ms: r.try_get("attributes_ms")?,
+        })
+    })
+    .transpose()
+}
+
+/// The controller id of the device holding this target token, if any.
+pub async fn controller_id_of_token(db: &Db, token: &str) -> Result<Option<String>, sqlx::Error> {
+    let r = sqlx::query("SELECT controller_id FROM devices WHERE token_hash = $1")
+        .bind(secret_hash(token))
+        .fetch_optional(&db.pool)
+        .await?;
+    r.map(|r| r.try_get("controller_id")).transpose()
+}
+
+/// Stores a device's inventory attributes (already merged and checked by the caller) and, when the device has no
+/// compatible yet, takes it from them.
+pub async fn set_attributes(
+    db: &Db,
+    id: i64,
+    attributes: &BTreeMap<String, String>,
+    compatible: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE devices SET attributes = $1, attributes_ms = $2, compatible = COALESCE(compatible, $3) WHERE id = $4",
+    )
+    .bind(serde_json::to_string(attributes).expect("strings serialise"))
+    .bind(now_ms())
+    .bind(compatible)
+    .bind(id)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Asks the device for its attributes again at its next poll (DDI `configData` link), e.g. after an update.
+pub async fn request_attributes(db: &Db, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE devices SET attributes_ms = NULL WHERE id = $1").bind(id).execute(&db.pool).await?;
+    Ok(())
+}
+
+/// Records what the device reports: its state (`in-sync`, `pending`, `error`) and, when known, the version it runs.
+pub async fn set_reported(db: &Db, id: i64, state: &str, version: Option<&str>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE devices SET reported_state = $1, reported_version = COALESCE($2, reported_version) WHERE id = $3",
+    )
+    .bind(state)
+    .bind(version)
+    .bind(id)
+    .execute(&db.pool)
+    .await?;
     Ok(())
 }

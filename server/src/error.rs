@@ -31,6 +31,10 @@ pub enum HttpError {
     /// 413: the body is too large.
     #[error("{0}")]
     TooLarge(String),
+    /// 429: a quota is used up (DDI: too many statuses on an action, too many messages in one, too many
+    /// attributes), answered as hawkBit does.
+    #[error("{0}")]
+    Quota(String),
     /// 422: well-formed but refused (an artifact with a bad signature).
     #[error("{0}")]
     Unprocessable(String),
@@ -50,6 +54,7 @@ impl HttpError {
             HttpError::Gone(_) => (StatusCode::GONE, "gone"),
             HttpError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
             HttpError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "refused"),
+            HttpError::Quota(_) => (StatusCode::TOO_MANY_REQUESTS, "quota"),
             HttpError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

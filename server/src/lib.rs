@@ -17,6 +17,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod ddi;
 pub mod devices;
 pub mod error;
 pub mod hints;
@@ -78,9 +79,9 @@ impl AppState {
     }
 }
 
-/// The whole HTTP application: the device API, the operator API.
+/// The whole HTTP application: the device API (with the artifact downloads) and the operator API.
 pub fn app(state: AppState) -> axum::Router {
-    axum::Router::new().merge(api::router(state.clone()))
+    axum::Router::new().merge(ddi::router(state.clone())).merge(api::router(state))
 }
 
 /// Serves `state` on `listener` until `shutdown` completes, with the rollout scheduler running beside it.

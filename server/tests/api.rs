@@ -1,11 +1,11 @@
 //! The operator API against a real server on a temp SQLite database: roles, artifact upload and refusal, the
 //! device registry, direct deployments, the compliance report, the audit log, and the OpenAPI document.
 
-mod support;
+mod common;
 
 use std::path::Path;
 
-use support::Backend;
+use common::Backend;
 
 use ed25519_dalek::SigningKey;
 use otter_artifact::builder::{self, BuildOptions, ImageSource};
@@ -403,23 +403,7 @@ async fn the_openapi_document_lists_every_route() {
     }
 }
 
-/// Each scenario runs on SQLite and on a real PostgreSQL server.
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(Backend::Sqlite).await
-            }
-            #[tokio::test]
-            async fn postgres() {
-                super::$name(Backend::Postgres).await
-            }
-        }
-    )*};
-}
-
+// Each scenario runs on SQLite and on a real PostgreSQL server.
 on_both!(
     rollouts_through_the_api_follow_the_roles,
     every_call_needs_a_valid_token_and_the_right_role,

@@ -10,7 +10,7 @@ use sqlx::Row;
 
 use super::{Caller, Page};
 use crate::AppState;
-use crate::actions::{self, Action, Status};
+use crate::actions::{self, Action, StatusEntry};
 use crate::auth::Permission;
 use crate::db::Db;
 use crate::devices::{self, Device};
@@ -210,7 +210,7 @@ pub struct ActionHistory {
     /// The artifact's version.
     pub version: String,
     /// The device's statuses, oldest first (the last 50).
-    pub statuses: Vec<Status>,
+    pub statuses: Vec<StatusEntry>,
 }
 
 async fn history(db: &Db, device_id: i64, limit: i64) -> HttpResult<Vec<ActionHistory>> {
