@@ -538,3 +538,20 @@ async fn a_step_that_fails_before_its_commit_leaves_nothing_behind() {
     assert_eq!(f.group_actions(r.id, 1).await.len(), 3);
     assert!(audit::verify(&f.state.db).await.unwrap().broken.is_none());
 }
+
+#[tokio::test]
+async fn the_scheduler_starts_a_due_rollout_on_its_own() {
+    let f = fleet().await;
+    f.devices(2).await;
+    let r =
+        f.create(RolloutSpec { start_at_ms: Some(now_ms() + 1_500), ..spec(vec![group("all", None)]) }).await.unwrap();
+    assert_eq!(r.state, RolloutState::Scheduled);
+    let scheduler = rollout::spawn_scheduler(f.state.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while f.get(r.id).await.state == RolloutState::Scheduled {
+        assert!(std::time::Instant::now() < deadline, "the scheduler did not start the rollout");
+        tokio::time::sleep(rollout::TICK_INTERVAL / 4).await;
+    }
+    scheduler.abort();
+    assert_eq!(f.group_actions(r.id, 0).await.len(), 2);
+}
