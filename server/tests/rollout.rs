@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use otter_server::actions::{self, Action};
 use otter_server::config::Config;
-use otter_server::db::now_ms;
+use otter_server::db::{Engine, now_ms};
 use otter_server::error::HttpError;
 use otter_server::model::{ActionKind, ActionState, Filter, GroupSpec, RolloutSpec, RolloutState, Speed};
 use otter_server::rollout::engine::GroupState;
@@ -513,13 +513,25 @@ async fn a_step_that_fails_before_its_commit_leaves_nothing_behind() {
     f.report_group(r.id, 0, true).await;
     // The step's last write (the audit entry of the group start, after the state was written and the actions
     // created) fails, as a crash before the commit would stop it.
-    sqlx::query(
-        "CREATE TRIGGER cut BEFORE INSERT ON audit WHEN NEW.event = 'rollout.group-started' \
-         BEGIN SELECT RAISE(ABORT, 'power cut'); END",
-    )
-    .execute(&f.state.db.pool)
-    .await
-    .unwrap();
+    let (cut, uncut): (&[&str], &str) = match f.state.db.engine {
+        Engine::Sqlite => (
+            &["CREATE TRIGGER cut BEFORE INSERT ON audit WHEN NEW.event = 'rollout.group-started' \
+               BEGIN SELECT RAISE(ABORT, 'power cut'); END"],
+            "DROP TRIGGER cut",
+        ),
+        Engine::Postgres => (
+            &[
+                "CREATE FUNCTION cut() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.event = 'rollout.group-started' THEN RAISE EXCEPTION 'power cut'; END IF; RETURN NEW; \
+                 END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER cut BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION cut()",
+            ],
+            "DROP TRIGGER cut ON audit",
+        ),
+    };
+    for sql in cut {
+        sqlx::query(sql).execute(&f.state.db.pool).await.unwrap();
+    }
     let before = f.audit_events(r.id).await.len();
     assert!(rollout::tick(&f.state, now_ms()).await.is_err());
     let v = f.get(r.id).await;
@@ -528,7 +540,7 @@ async fn a_step_that_fails_before_its_commit_leaves_nothing_behind() {
     assert!(f.group_actions(r.id, 1).await.is_empty(), "no action of the half-taken step survives");
     assert_eq!(f.audit_events(r.id).await.len(), before);
     // Once writes work again, the next tick takes the whole step.
-    sqlx::query("DROP TRIGGER cut").execute(&f.state.db.pool).await.unwrap();
+    sqlx::query(uncut).execute(&f.state.db.pool).await.unwrap();
     assert_eq!(f.tick().await, 1);
     let v = f.get(r.id).await;
     assert_eq!(
@@ -554,4 +566,33 @@ async fn the_scheduler_starts_a_due_rollout_on_its_own() {
     }
     scheduler.abort();
     assert_eq!(f.group_actions(r.id, 0).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_large_group_starts_in_batches_and_every_device_gets_one_action() {
+    let f = fleet().await;
+    let n = 2 * rollout::BATCH + 100;
+    let mut tx = f.state.db.pool.begin().await.unwrap();
+    for i in 0..n {
+        sqlx::query("INSERT INTO devices (controller_id, compatible, created_ms) VALUES ($1, 'gw-a', 0)")
+            .bind(format!("gw-{i:05}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let r = f.create(spec(vec![group("all", None)])).await.unwrap();
+    let all = f.group_actions(r.id, 0).await;
+    let devices: BTreeSet<i64> = all.iter().map(|a| a.device_id).collect();
+    assert_eq!((all.len(), devices.len()), (n, n));
+    let log = f.audit_events(r.id).await;
+    let started = log.iter().find(|(_, e, _)| e == "rollout.group-started").unwrap();
+    assert_eq!((started.2["actions"].as_u64(), started.2["more"].as_bool()), (Some(rollout::BATCH as u64), Some(true)));
+    let batches: Vec<u64> = log
+        .iter()
+        .filter(|(_, e, _)| e == "rollout.actions-created")
+        .map(|(_, _, d)| d["count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(batches, vec![rollout::BATCH as u64, 100]);
+    assert_eq!(f.tick().await, 0);
 }
