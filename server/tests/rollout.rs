@@ -505,50 +505,68 @@ async fn bad_rollouts_are_refused_and_nothing_is_stored() {
     assert_eq!(rollout::list(&f.state.db).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn a_step_that_fails_before_its_commit_leaves_nothing_behind() {
-    let f = fleet().await;
-    f.devices(4).await;
-    let r = f.create(spec(vec![group("canary", Some(25)), group("rest", None)])).await.unwrap();
-    f.report_group(r.id, 0, true).await;
-    // The step's last write (the audit entry of the group start, after the state was written and the actions
-    // created) fails, as a crash before the commit would stop it.
-    let (cut, uncut): (&[&str], &str) = match f.state.db.engine {
-        Engine::Sqlite => (
-            &["CREATE TRIGGER cut BEFORE INSERT ON audit WHEN NEW.event = 'rollout.group-started' \
-               BEGIN SELECT RAISE(ABORT, 'power cut'); END"],
-            "DROP TRIGGER cut",
-        ),
-        Engine::Postgres => (
-            &[
-                "CREATE FUNCTION cut() RETURNS trigger AS $$ BEGIN \
-                 IF NEW.event = 'rollout.group-started' THEN RAISE EXCEPTION 'power cut'; END IF; RETURN NEW; \
-                 END $$ LANGUAGE plpgsql",
-                "CREATE TRIGGER cut BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION cut()",
-            ],
-            "DROP TRIGGER cut ON audit",
-        ),
+/// Makes every write to `table` (`INSERT` or `UPDATE`) matching `condition` (on `NEW`) fail, as a crash at that
+/// point of a step would stop it; returns the statement that heals it.
+async fn cut(f: &Fleet, write: &str, table: &str, condition: &str) -> String {
+    let statements = match f.state.db.engine {
+        Engine::Sqlite => vec![format!(
+            "CREATE TRIGGER cut BEFORE {write} ON {table} WHEN {condition} BEGIN SELECT RAISE(ABORT, 'power cut'); END"
+        )],
+        Engine::Postgres => vec![
+            format!(
+                "CREATE FUNCTION cut() RETURNS trigger AS $$ BEGIN IF {condition} THEN RAISE EXCEPTION 'power cut'; \
+                 END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+            ),
+            format!("CREATE TRIGGER cut BEFORE {write} ON {table} FOR EACH ROW EXECUTE FUNCTION cut()"),
+        ],
     };
-    for sql in cut {
-        sqlx::query(sql).execute(&f.state.db.pool).await.unwrap();
+    for sql in statements {
+        sqlx::query(&sql).execute(&f.state.db.pool).await.unwrap();
     }
-    let before = f.audit_events(r.id).await.len();
-    assert!(rollout::tick(&f.state, now_ms()).await.is_err());
-    let v = f.get(r.id).await;
-    assert_eq!((v.state, v.current_group, v.groups[0].state), (RolloutState::Running, Some(0), GroupState::Running));
-    assert_eq!(v.groups[1].state, GroupState::Pending);
-    assert!(f.group_actions(r.id, 1).await.is_empty(), "no action of the half-taken step survives");
-    assert_eq!(f.audit_events(r.id).await.len(), before);
-    // Once writes work again, the next tick takes the whole step.
-    sqlx::query(uncut).execute(&f.state.db.pool).await.unwrap();
-    assert_eq!(f.tick().await, 1);
-    let v = f.get(r.id).await;
-    assert_eq!(
-        (v.current_group, v.groups[0].state, v.groups[1].state),
-        (Some(1), GroupState::Done, GroupState::Running)
-    );
-    assert_eq!(f.group_actions(r.id, 1).await.len(), 3);
-    assert!(audit::verify(&f.state.db).await.unwrap().broken.is_none());
+    match f.state.db.engine {
+        Engine::Sqlite => "DROP TRIGGER cut".into(),
+        Engine::Postgres => format!("DROP TRIGGER cut ON {table}"),
+    }
+}
+
+#[tokio::test]
+async fn a_step_cut_at_any_write_leaves_nothing_behind_and_the_next_tick_takes_it_whole() {
+    // Each write of the step that ends the canary and starts the next group, in the order the step makes them.
+    let points = [
+        ("UPDATE", "rollouts", "NEW.current_group = 1"),
+        ("UPDATE", "rollout_groups", "NEW.idx = 1"),
+        ("INSERT", "audit", "NEW.event = 'rollout.group-done'"),
+        ("INSERT", "actions", "NEW.group_idx = 1 AND (SELECT COUNT(*) FROM actions WHERE group_idx = 1) = 1"),
+        ("INSERT", "audit", "NEW.event = 'rollout.group-started'"),
+    ];
+    for (write, table, condition) in points {
+        let at = format!("{write} {table} {condition}");
+        let f = fleet().await;
+        f.devices(4).await;
+        let r = f.create(spec(vec![group("canary", Some(25)), group("rest", None)])).await.unwrap();
+        f.report_group(r.id, 0, true).await;
+        let heal = cut(&f, write, table, condition).await;
+        let before = f.audit_events(r.id).await.len();
+        assert!(rollout::tick(&f.state, now_ms()).await.is_err(), "{at}");
+        let v = f.get(r.id).await;
+        assert_eq!(
+            (v.state, v.current_group, v.groups[0].state, v.groups[1].state),
+            (RolloutState::Running, Some(0), GroupState::Running, GroupState::Pending),
+            "{at}"
+        );
+        assert!(f.group_actions(r.id, 1).await.is_empty(), "{at}: an action of the half-taken step survived");
+        assert_eq!(f.audit_events(r.id).await.len(), before, "{at}");
+        sqlx::query(&heal).execute(&f.state.db.pool).await.unwrap();
+        assert_eq!(f.tick().await, 1, "{at}");
+        let v = f.get(r.id).await;
+        assert_eq!(
+            (v.current_group, v.groups[0].state, v.groups[1].state),
+            (Some(1), GroupState::Done, GroupState::Running),
+            "{at}"
+        );
+        assert_eq!(f.group_actions(r.id, 1).await.len(), 3, "{at}");
+        assert!(audit::verify(&f.state.db).await.unwrap().broken.is_none(), "{at}");
+    }
 }
 
 #[tokio::test]
