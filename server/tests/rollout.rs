@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use otter_server::actions::{self, Action};
 use otter_server::config::Config;
-use otter_server::db::now_ms;
+use otter_server::db::{Engine, now_ms};
 use otter_server::error::HttpError;
 use otter_server::model::{ActionKind, ActionState, Filter, GroupSpec, RolloutSpec, RolloutState, Speed};
 use otter_server::rollout::engine::GroupState;
@@ -505,36 +505,112 @@ async fn bad_rollouts_are_refused_and_nothing_is_stored() {
     assert_eq!(rollout::list(&f.state.db).await.unwrap().len(), 1);
 }
 
+/// Makes every write to `table` (`INSERT` or `UPDATE`) matching `condition` (on `NEW`) fail, as a crash at that
+/// point of a step would stop it; returns the statement that heals it.
+async fn cut(f: &Fleet, write: &str, table: &str, condition: &str) -> String {
+    let statements = match f.state.db.engine {
+        Engine::Sqlite => vec![format!(
+            "CREATE TRIGGER cut BEFORE {write} ON {table} WHEN {condition} BEGIN SELECT RAISE(ABORT, 'power cut'); END"
+        )],
+        Engine::Postgres => vec![
+            format!(
+                "CREATE FUNCTION cut() RETURNS trigger AS $$ BEGIN IF {condition} THEN RAISE EXCEPTION 'power cut'; \
+                 END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+            ),
+            format!("CREATE TRIGGER cut BEFORE {write} ON {table} FOR EACH ROW EXECUTE FUNCTION cut()"),
+        ],
+    };
+    for sql in statements {
+        sqlx::query(&sql).execute(&f.state.db.pool).await.unwrap();
+    }
+    match f.state.db.engine {
+        Engine::Sqlite => "DROP TRIGGER cut".into(),
+        Engine::Postgres => format!("DROP TRIGGER cut ON {table}"),
+    }
+}
+
 #[tokio::test]
-async fn a_step_that_fails_before_its_commit_leaves_nothing_behind() {
+async fn a_step_cut_at_any_write_leaves_nothing_behind_and_the_next_tick_takes_it_whole() {
+    // Each write of the step that ends the canary and starts the next group, in the order the step makes them.
+    let points = [
+        ("UPDATE", "rollouts", "NEW.current_group = 1"),
+        ("UPDATE", "rollout_groups", "NEW.idx = 1"),
+        ("INSERT", "audit", "NEW.event = 'rollout.group-done'"),
+        ("INSERT", "actions", "NEW.group_idx = 1 AND (SELECT COUNT(*) FROM actions WHERE group_idx = 1) = 1"),
+        ("INSERT", "audit", "NEW.event = 'rollout.group-started'"),
+    ];
+    for (write, table, condition) in points {
+        let at = format!("{write} {table} {condition}");
+        let f = fleet().await;
+        f.devices(4).await;
+        let r = f.create(spec(vec![group("canary", Some(25)), group("rest", None)])).await.unwrap();
+        f.report_group(r.id, 0, true).await;
+        let heal = cut(&f, write, table, condition).await;
+        let before = f.audit_events(r.id).await.len();
+        assert!(rollout::tick(&f.state, now_ms()).await.is_err(), "{at}");
+        let v = f.get(r.id).await;
+        assert_eq!(
+            (v.state, v.current_group, v.groups[0].state, v.groups[1].state),
+            (RolloutState::Running, Some(0), GroupState::Running, GroupState::Pending),
+            "{at}"
+        );
+        assert!(f.group_actions(r.id, 1).await.is_empty(), "{at}: an action of the half-taken step survived");
+        assert_eq!(f.audit_events(r.id).await.len(), before, "{at}");
+        sqlx::query(&heal).execute(&f.state.db.pool).await.unwrap();
+        assert_eq!(f.tick().await, 1, "{at}");
+        let v = f.get(r.id).await;
+        assert_eq!(
+            (v.current_group, v.groups[0].state, v.groups[1].state),
+            (Some(1), GroupState::Done, GroupState::Running),
+            "{at}"
+        );
+        assert_eq!(f.group_actions(r.id, 1).await.len(), 3, "{at}");
+        assert!(audit::verify(&f.state.db).await.unwrap().broken.is_none(), "{at}");
+    }
+}
+
+#[tokio::test]
+async fn the_scheduler_starts_a_due_rollout_on_its_own() {
     let f = fleet().await;
-    f.devices(4).await;
-    let r = f.create(spec(vec![group("canary", Some(25)), group("rest", None)])).await.unwrap();
-    f.report_group(r.id, 0, true).await;
-    // The step's last write (the audit entry of the group start, after the state was written and the actions
-    // created) fails, as a crash before the commit would stop it.
-    sqlx::query(
-        "CREATE TRIGGER cut BEFORE INSERT ON audit WHEN NEW.event = 'rollout.group-started' \
-         BEGIN SELECT RAISE(ABORT, 'power cut'); END",
-    )
-    .execute(&f.state.db.pool)
-    .await
-    .unwrap();
-    let before = f.audit_events(r.id).await.len();
-    assert!(rollout::tick(&f.state, now_ms()).await.is_err());
-    let v = f.get(r.id).await;
-    assert_eq!((v.state, v.current_group, v.groups[0].state), (RolloutState::Running, Some(0), GroupState::Running));
-    assert_eq!(v.groups[1].state, GroupState::Pending);
-    assert!(f.group_actions(r.id, 1).await.is_empty(), "no action of the half-taken step survives");
-    assert_eq!(f.audit_events(r.id).await.len(), before);
-    // Once writes work again, the next tick takes the whole step.
-    sqlx::query("DROP TRIGGER cut").execute(&f.state.db.pool).await.unwrap();
-    assert_eq!(f.tick().await, 1);
-    let v = f.get(r.id).await;
-    assert_eq!(
-        (v.current_group, v.groups[0].state, v.groups[1].state),
-        (Some(1), GroupState::Done, GroupState::Running)
-    );
-    assert_eq!(f.group_actions(r.id, 1).await.len(), 3);
-    assert!(audit::verify(&f.state.db).await.unwrap().broken.is_none());
+    f.devices(2).await;
+    let r =
+        f.create(RolloutSpec { start_at_ms: Some(now_ms() + 1_500), ..spec(vec![group("all", None)]) }).await.unwrap();
+    assert_eq!(r.state, RolloutState::Scheduled);
+    let scheduler = rollout::spawn_scheduler(f.state.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while f.get(r.id).await.state == RolloutState::Scheduled {
+        assert!(std::time::Instant::now() < deadline, "the scheduler did not start the rollout");
+        tokio::time::sleep(rollout::TICK_INTERVAL / 4).await;
+    }
+    scheduler.abort();
+    assert_eq!(f.group_actions(r.id, 0).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_large_group_starts_in_batches_and_every_device_gets_one_action() {
+    let f = fleet().await;
+    let n = 2 * rollout::BATCH + 100;
+    let mut tx = f.state.db.pool.begin().await.unwrap();
+    for i in 0..n {
+        sqlx::query("INSERT INTO devices (controller_id, compatible, created_ms) VALUES ($1, 'gw-a', 0)")
+            .bind(format!("gw-{i:05}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let r = f.create(spec(vec![group("all", None)])).await.unwrap();
+    let all = f.group_actions(r.id, 0).await;
+    let devices: BTreeSet<i64> = all.iter().map(|a| a.device_id).collect();
+    assert_eq!((all.len(), devices.len()), (n, n));
+    let log = f.audit_events(r.id).await;
+    let started = log.iter().find(|(_, e, _)| e == "rollout.group-started").unwrap();
+    assert_eq!((started.2["actions"].as_u64(), started.2["more"].as_bool()), (Some(rollout::BATCH as u64), Some(true)));
+    let batches: Vec<u64> = log
+        .iter()
+        .filter(|(_, e, _)| e == "rollout.actions-created")
+        .map(|(_, _, d)| d["count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(batches, vec![rollout::BATCH as u64, 100]);
+    assert_eq!(f.tick().await, 0);
 }

@@ -6,13 +6,16 @@
 //! writes the changed state back with a compare-and-set and executes the decisions in the same transaction, so a
 //! crash (or a power cut of the server) leaves either all of a step or none of it.
 //!
-//! Rollout states (groups are started strictly in order):
+//! Rollout states and the transitions between them (groups are started strictly in order):
 //!
 //! ```text
-//! Scheduled ─► Running ◄─► WaitingApproval          any non-terminal ─► Cancelled
-//!     │          │  ▲            │
-//!     │          ▼  │            │                   Running ─► Finished (after the last group)
-//!     └──────► Paused ◄──────────┘
+//! Scheduled        ─tick at the start time─►  Running | WaitingApproval | Finished (every group empty)
+//! Running          ─group done─►              Running (next group) | WaitingApproval | Finished
+//! Running          ─failures above threshold─► Paused (by itself)
+//! WaitingApproval  ─approve─►                 Running
+//! Scheduled | Running | WaitingApproval ─pause─► Paused
+//! Paused           ─resume─►                  Scheduled | Running | WaitingApproval (where it stood)
+//! any but Finished | Cancelled ─cancel─►      Cancelled
 //! ```
 //!
 //! Rules:
@@ -611,6 +614,26 @@ mod tests {
         assert_eq!(tick(&mut r), vec![Decision::Started, Decision::WaitForApproval(0)]);
         let d = r.handle(Event::Approve { group: 0, by: "operator:carol".into() }).unwrap();
         assert_eq!(d, vec![Decision::Approved { group: 0, by: "operator:carol".into() }, Decision::StartGroup(0)]);
+    }
+
+    #[test]
+    fn an_empty_group_still_waits_for_its_approval() {
+        let mut r = rollout(vec![group("gate", 0, 100, 0, true), group("wide", 5, 100, 0, false)]);
+        assert_eq!(tick(&mut r), vec![Decision::Started, Decision::WaitForApproval(0)]);
+        let d = r.handle(Event::Approve { group: 0, by: "operator:carol".into() }).unwrap();
+        assert_eq!(
+            d,
+            vec![
+                Decision::Approved { group: 0, by: "operator:carol".into() },
+                Decision::StartGroup(0),
+                Decision::GroupDone(0),
+                Decision::StartGroup(1)
+            ]
+        );
+        assert_eq!(
+            r.handle(Event::GroupCounts { group: 2, counts: Counts::default() }),
+            Err(Refusal::NoSuchGroup { group: 2, len: 2 })
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Staged rollouts: the effects of the pure [`engine`] on the database, the functions the operator API calls, and
 //! the scheduler.
 //!
-//! Every change to a rollout is one *step* ([`step`]), one transaction:
+//! Every change to a rollout is one *step*, one transaction:
 //! 1. lock the rollout's row (a no-op `UPDATE` as the first statement: PostgreSQL holds the row lock, SQLite its
 //!    write lock, to the end of the transaction), so two server instances running the scheduler — or a tick and an
 //!    operator's approve — take turns on one rollout instead of both deciding from the same snapshot;
@@ -16,6 +16,8 @@
 //!   starts and retried on every tick until that action ends; meanwhile it counts as *waiting* — neither success
 //!   nor failure — so it does not halt the rollout for something this release did not do, and it holds the group
 //!   back only as far as its success threshold needs it.
+//! - **A large group** gets its actions in batches of [`BATCH`] devices, each batch its own step right after the
+//!   previous one; the group counts as started with the first batch (its later devices show as *waiting* meanwhile).
 //! - **Success** is a device whose action `finished`; for a download-only rollout, one whose action reached
 //!   `downloaded` (that is all such an action does). A cancelled action is neither success nor failure.
 //! - **Cancel**: actions still waiting for the device's confirmation become `canceled` (the device never started
@@ -55,6 +57,11 @@ pub const MAX_NAME: usize = 200;
 
 /// Devices named in one audit entry about joiners or new actions; beyond it only the count is recorded.
 const AUDIT_NAMES: usize = 100;
+
+/// Devices given actions per transaction (500 devices). A large group starts in several steps, one right after
+/// the other, so SQLite's write lock is held for a fraction of a second at a time and device feedback goes on in
+/// between, instead of waiting (and timing out) behind one transaction creating every action of the group.
+pub const BATCH: usize = 500;
 
 /// What an operator asks for when creating a rollout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -363,6 +370,10 @@ async fn audit(
 /// Creates a rollout: checks it, matches and groups the devices, stores it (audited as `rollout.created`) and
 /// takes its first step at once (a rollout without a future start time starts its first group, or waits for its
 /// approval, before this returns).
+///
+/// Refused (400): an invalid spec or name, an unknown artifact, a `filter.compatible` the artifact is not built for
+/// (or none when it is built for several), a listed device that is not registered or does not match the filter,
+/// a device listed twice. Groups are dealt as [`filter::assign`] says.
 pub async fn create(state: &AppState, req: CreateRollout, actor: &str) -> HttpResult<RolloutView> {
     let db = &state.db;
     let CreateRollout { name, artifact_id, mut filter, spec } = req;
@@ -438,7 +449,7 @@ pub async fn create(state: &AppState, req: CreateRollout, actor: &str) -> HttpRe
     tracing::info!(rollout = id, members = devices.len(), "rollout created by {actor}");
 
     // The first step at once; should it fail, the scheduler takes it on its next tick.
-    if let Err(e) = step(state, id, None, now_ms()).await {
+    if let Err(e) = run(state, id, None, now_ms()).await {
         tracing::warn!(rollout = id, "first step of a new rollout: {e:#}");
     }
     get(db, id).await
@@ -466,27 +477,27 @@ pub async fn list(db: &Db) -> HttpResult<Vec<RolloutView>> {
 pub async fn approve(state: &AppState, id: i64, group: i64, actor: &str) -> HttpResult<RolloutView> {
     // A negative index is no group: the engine refuses it as such (404).
     let group = usize::try_from(group).unwrap_or(usize::MAX);
-    step(state, id, Some(Event::Approve { group, by: actor.to_owned() }), now_ms()).await?;
+    run(state, id, Some(Event::Approve { group, by: actor.to_owned() }), now_ms()).await?;
     get(&state.db, id).await
 }
 
 /// Pauses a rollout (409 if already paused or over). No new group starts and running groups get no new actions
 /// until it is resumed; actions already offered go on. Audited as `rollout.paused`.
 pub async fn pause(state: &AppState, id: i64, actor: &str) -> HttpResult<RolloutView> {
-    step(state, id, Some(Event::Pause { by: actor.to_owned() }), now_ms()).await?;
+    run(state, id, Some(Event::Pause { by: actor.to_owned() }), now_ms()).await?;
     get(&state.db, id).await
 }
 
 /// Resumes a paused rollout (409 otherwise), re-checking the current group as the engine's module doc says.
 /// Audited as `rollout.resumed`.
 pub async fn resume(state: &AppState, id: i64, actor: &str) -> HttpResult<RolloutView> {
-    step(state, id, Some(Event::Resume { by: actor.to_owned(), now: now_ms() }), now_ms()).await?;
+    run(state, id, Some(Event::Resume { by: actor.to_owned(), now: now_ms() }), now_ms()).await?;
     get(&state.db, id).await
 }
 
 /// Cancels a rollout (409 if over) and its open actions. Audited as `rollout.cancelled`.
 pub async fn cancel(state: &AppState, id: i64, actor: &str) -> HttpResult<RolloutView> {
-    step(state, id, Some(Event::Cancel { by: actor.to_owned() }), now_ms()).await?;
+    run(state, id, Some(Event::Cancel { by: actor.to_owned() }), now_ms()).await?;
     get(&state.db, id).await
 }
 
@@ -554,34 +565,36 @@ async fn has_work(state: &AppState, id: i64, now: i64) -> HttpResult<bool> {
     {
         return Ok(false);
     }
-    let ready = sqlx::query(
-        "SELECT m.device_id FROM rollout_members m WHERE m.rollout_id = $1 AND m.group_idx = $2 \
-         AND NOT EXISTS (SELECT 1 FROM actions a WHERE a.rollout_id = $1 AND a.device_id = m.device_id) \
-         AND NOT EXISTS (SELECT 1 FROM actions b WHERE b.device_id = m.device_id AND b.active = 1) LIMIT 1",
-    )
-    .bind(id)
-    .bind(loaded.current as i64)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(ready.is_some())
+    Ok(!ready_members(&mut conn, id, loaded.current, 1).await?.is_empty())
 }
 
 async fn tick_one(state: &AppState, id: i64, now: i64) -> HttpResult<bool> {
     if !has_work(state, id, now).await? {
         return Ok(false);
     }
-    step(state, id, None, now).await?;
+    run(state, id, None, now).await?;
     Ok(true)
 }
 
+/// Takes a step with `event` (a tick when `None`), then further tick steps while a running group still has
+/// devices to be given actions in batches of [`BATCH`].
+async fn run(state: &AppState, id: i64, event: Option<Event>, now: i64) -> HttpResult<()> {
+    let mut more = step(state, id, event, now).await?;
+    while more {
+        more = step(state, id, None, now).await?;
+    }
+    Ok(())
+}
+
 /// One step of one rollout in one transaction (see the module doc): `event`, or a scheduler tick when `None`.
-async fn step(state: &AppState, id: i64, event: Option<Event>, now: i64) -> HttpResult<()> {
+/// Returns whether a full batch of actions was created, so more devices may be waiting for theirs.
+async fn step(state: &AppState, id: i64, event: Option<Event>, now: i64) -> HttpResult<bool> {
     let mut tx = state.db.pool.begin().await?;
     lock(&mut tx, id).await?;
     let mut loaded = load(&mut tx, id).await?;
     if event.is_none() && loaded.state.is_terminal() {
         // Another instance finished or cancelled it since this tick listed it: nothing to do.
-        return Ok(());
+        return Ok(false);
     }
     if loaded.spec.dynamic && !loaded.state.is_terminal() && join_new_devices(&mut tx, state, &loaded).await? {
         loaded = load(&mut tx, id).await?;
@@ -592,31 +605,33 @@ async fn step(state: &AppState, id: i64, event: Option<Event>, now: i64) -> Http
     let event_name = event.name();
     let decisions = after.handle(event).inspect_err(|r| tracing::info!(rollout = id, "{event_name} refused: {r}"))?;
     persist(&mut tx, &loaded, &before, &after, now).await?;
-    let mut started_current = false;
+    let (mut started_current, mut more) = (false, false);
     for d in &decisions {
         started_current |= *d == Decision::StartGroup(after.current);
-        execute(&mut tx, &loaded, &after, d).await?;
+        more |= execute(&mut tx, &loaded, &after, d).await?;
     }
     if !started_current
         && after.state == RolloutState::Running
         && after.groups.get(after.current).map(|g| g.state) == Some(GroupState::Running)
     {
-        // Members that joined since the group started, or were busy with another action then.
-        let (created, busy) = create_group_actions(&mut tx, &loaded, after.current).await?;
-        if !created.is_empty() {
+        // Members that joined since the group started, were busy with another action then, or are beyond the
+        // batches created so far.
+        let batch = create_group_actions(&mut tx, &loaded, after.current).await?;
+        if !batch.created.is_empty() {
             audit(
                 &mut tx,
                 SERVER,
                 "rollout.actions-created",
                 &loaded,
-                serde_json::json!({"group": after.current, "devices": names(&created), "count": created.len(),
-                    "busy": busy.len()}),
+                serde_json::json!({"group": after.current, "devices": names(&batch.created),
+                    "count": batch.created.len()}),
             )
             .await?;
         }
+        more |= batch.full;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(more)
 }
 
 /// Takes the rollout's lock for the rest of the transaction (404 if there is no such rollout). The statement
@@ -684,22 +699,25 @@ async fn persist(
     Ok(())
 }
 
-/// Carries out one decision and records it in the audit log.
+/// Carries out one decision and records it in the audit log. Returns whether a group start filled its first
+/// batch (more devices may be waiting for their actions).
 async fn execute(
     tx: &mut sqlx::AnyConnection,
     loaded: &Loaded,
     after: &engine::Rollout,
     d: &Decision,
-) -> HttpResult<()> {
+) -> HttpResult<bool> {
     let group_name = |i: usize| after.groups.get(i).map(|g| g.name.clone()).unwrap_or_default();
-    match d {
+    let recorded = match d {
         Decision::Started => audit(tx, SERVER, "rollout.started", loaded, serde_json::json!({})).await,
         Decision::StartGroup(i) => {
-            let (created, busy) = create_group_actions(tx, loaded, *i).await?;
-            tracing::info!(rollout = loaded.id, group = i, actions = created.len(), busy = busy.len(), "group started");
+            let batch = create_group_actions(tx, loaded, *i).await?;
+            tracing::info!(rollout = loaded.id, group = i, actions = batch.created.len(), "group started");
+            // `actions`: created in this step; with `more`, the next batches follow as `rollout.actions-created`.
             let detail = serde_json::json!({"group": i, "name": group_name(*i), "devices": after.groups[*i].counts.total,
-                "actions": created.len(), "busy": names(&busy)});
-            audit(tx, SERVER, "rollout.group-started", loaded, detail).await
+                "actions": batch.created.len(), "more": batch.full});
+            audit(tx, SERVER, "rollout.group-started", loaded, detail).await?;
+            return Ok(batch.full);
         }
         Decision::WaitForApproval(i) => {
             let detail = serde_json::json!({"group": i, "name": group_name(*i)});
@@ -732,7 +750,8 @@ async fn execute(
             let detail = serde_json::json!({"canceled": canceled, "canceling": canceling});
             audit(tx, SERVER, "rollout.actions-canceled", loaded, detail).await
         }
-    }
+    };
+    recorded.map(|()| false)
 }
 
 /// The controller ids to record, at most [`AUDIT_NAMES`].
@@ -740,26 +759,44 @@ fn names(devices: &[String]) -> &[String] {
     &devices[..devices.len().min(AUDIT_NAMES)]
 }
 
-/// Creates an action for each member of group `group` that has none in this rollout yet. Returns the controller
-/// ids that got one and those skipped because they are busy with another open action (retried on later ticks).
-async fn create_group_actions(
-    tx: &mut sqlx::AnyConnection,
-    loaded: &Loaded,
+/// Members of group `group` of rollout `id` that have no action in this rollout yet and are free to get one (no
+/// open action elsewhere), at most `limit`, by device id.
+async fn ready_members(
+    conn: &mut sqlx::AnyConnection,
+    id: i64,
     group: usize,
-) -> HttpResult<(Vec<String>, Vec<String>)> {
+    limit: usize,
+) -> Result<Vec<(i64, String)>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT m.device_id, d.controller_id FROM rollout_members m JOIN devices d ON d.id = m.device_id \
          WHERE m.rollout_id = $1 AND m.group_idx = $2 \
          AND NOT EXISTS (SELECT 1 FROM actions a WHERE a.rollout_id = $1 AND a.device_id = m.device_id) \
-         ORDER BY m.device_id",
+         AND NOT EXISTS (SELECT 1 FROM actions b WHERE b.device_id = m.device_id AND b.active = 1) \
+         ORDER BY m.device_id LIMIT $3",
     )
-    .bind(loaded.id)
+    .bind(id)
     .bind(group as i64)
-    .fetch_all(&mut *tx)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(&mut *conn)
     .await?;
-    let (mut created, mut busy) = (Vec::new(), Vec::new());
-    for r in rows {
-        let (device, controller): (i64, String) = (r.try_get("device_id")?, r.try_get("controller_id")?);
+    rows.iter().map(|r| Ok((r.try_get("device_id")?, r.try_get("controller_id")?))).collect()
+}
+
+/// What one batch of a group's actions did.
+struct Batch {
+    /// Controller ids that got an action.
+    created: Vec<String>,
+    /// Whether the batch was full: more members may be ready.
+    full: bool,
+}
+
+/// Creates an action for up to [`BATCH`] members of group `group` that are ready for one ([`ready_members`]). A
+/// member that became busy meanwhile is skipped; like every busy member it is retried on later ticks.
+async fn create_group_actions(tx: &mut sqlx::AnyConnection, loaded: &Loaded, group: usize) -> HttpResult<Batch> {
+    let ready = ready_members(tx, loaded.id, group, BATCH).await?;
+    let full = ready.len() == BATCH;
+    let mut created = Vec::new();
+    for (device, controller) in ready {
         match crate::actions::create_in(
             tx,
             device,
@@ -771,11 +808,11 @@ async fn create_group_actions(
         .await
         {
             Ok(_) => created.push(controller),
-            Err(HttpError::Conflict(_)) => busy.push(controller),
+            Err(HttpError::Conflict(_)) => {}
             Err(e) => return Err(e),
         }
     }
-    Ok((created, busy))
+    Ok(Batch { created, full })
 }
 
 /// Cancels the rollout's open actions (module doc). Returns how many became `canceled` and `canceling`.
