@@ -278,9 +278,9 @@ fn summary(v: &Value) -> String {
                 " | {} {} {}/{} ok {} failed",
                 g["name"].as_str().unwrap_or("?"),
                 g["state"].as_str().unwrap_or("?"),
-                g["counts"]["finished"],
-                g["counts"]["total"],
-                g["counts"]["failed"]
+                g["finished"],
+                g["total"],
+                g["failed"]
             ));
         }
     }

@@ -125,13 +125,9 @@ fn progress_line(r: &Value) -> String {
             " | {} {} {}/{}{}",
             g["name"].as_str().unwrap_or("?"),
             g["state"].as_str().unwrap_or("?"),
-            g["counts"]["finished"],
-            g["counts"]["total"],
-            if g["counts"]["failed"].as_i64().unwrap_or(0) > 0 {
-                format!(" ({} failed)", g["counts"]["failed"])
-            } else {
-                String::new()
-            }
+            g["finished"],
+            g["total"],
+            if g["failed"].as_i64().unwrap_or(0) > 0 { format!(" ({} failed)", g["failed"]) } else { String::new() }
         ));
     }
     s
@@ -217,7 +213,7 @@ pub fn run(work: &Path, exe: &Path, public_key: &Path, initial: &Path, good: &Pa
     }
     clock.say(format!("{FLEET} gateways registered and booted on version 1.0 (slot A), polling every second"));
     let start = Instant::now();
-    while op.get("/api/v1/devices?unseen_since_ms=9999999999999")?["total"].as_i64() != Some(0) {
+    while op.get("/api/v1/devices?unseen_since_ms=1")?["total"].as_i64() != Some(0) {
         if start.elapsed() > PATIENCE {
             bail!("not every gateway reached the server");
         }
