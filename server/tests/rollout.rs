@@ -14,20 +14,27 @@ use otter_server::rollout::{self, CreateRollout, RolloutView};
 use otter_server::{AppState, audit, devices};
 use sqlx::Row;
 
+mod common;
+use common::Backend;
+
 const ALICE: &str = "operator:alice";
 const CAROL: &str = "operator:carol";
 
 struct Fleet {
     dir: tempfile::TempDir,
+    database: Option<String>,
     state: AppState,
     artifact: i64,
 }
 
-async fn fleet() -> Fleet {
+async fn fleet(b: Backend) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let key = otter_artifact::keys::generate().unwrap();
     otter_artifact::keys::write_keypair(&key, &dir.path().join("fleet")).unwrap();
-    let state = AppState::open(Config::new(dir.path().join("data"), dir.path().join("fleet.pub"))).await.unwrap();
+    let database = b.url();
+    let mut config = Config::new(dir.path().join("data"), dir.path().join("fleet.pub"));
+    config.database = database.clone();
+    let state = AppState::open(config).await.unwrap();
     let artifact = sqlx::query(
         "INSERT INTO artifacts (sha256, sha1, md5, size, filename, version, compatible, security_version, signer, \
          uploaded_by, created_ms) VALUES ($1, 'x', 'x', 1, 'r.otter', '2.0', '[\"gw-a\"]', 1, 'fleet', $2, 0) RETURNING id",
@@ -39,14 +46,16 @@ async fn fleet() -> Fleet {
     .unwrap()
     .try_get("id")
     .unwrap();
-    Fleet { dir, state, artifact }
+    Fleet { dir, database, state, artifact }
 }
 
 impl Fleet {
     /// Another server instance on the same data directory and database.
     async fn second_instance(&self) -> AppState {
         let dir = self.dir.path();
-        AppState::open(Config::new(dir.join("data"), dir.join("fleet.pub"))).await.unwrap()
+        let mut config = Config::new(dir.join("data"), dir.join("fleet.pub"));
+        config.database = self.database.clone();
+        AppState::open(config).await.unwrap()
     }
 
     async fn device(&self, id: &str, compatible: &str, tags: &[&str]) -> i64 {
@@ -153,9 +162,8 @@ fn events(entries: &[(String, String, serde_json::Value)]) -> Vec<&str> {
     entries.iter().map(|(_, e, _)| e.as_str()).collect()
 }
 
-#[tokio::test]
-async fn a_rollout_advances_group_by_group_to_finished() {
-    let f = fleet().await;
+async fn a_rollout_advances_group_by_group_to_finished(b: Backend) {
+    let f = fleet(b).await;
     f.devices(10).await;
     let r =
         f.create(spec(vec![group("canary", Some(10)), group("early", Some(40)), group("rest", None)])).await.unwrap();
@@ -204,9 +212,8 @@ async fn a_rollout_advances_group_by_group_to_finished() {
     assert!(audit::verify(&f.state.db).await.unwrap().broken.is_none());
 }
 
-#[tokio::test]
-async fn a_failing_canary_halts_the_rollout_before_the_rest_is_touched() {
-    let f = fleet().await;
+async fn a_failing_canary_halts_the_rollout_before_the_rest_is_touched(b: Backend) {
+    let f = fleet(b).await;
     f.devices(6).await;
     let r = f.create(spec(vec![listed("canary", &["gw-000", "gw-001"]), group("rest", None)])).await.unwrap();
     let canary = f.group_actions(r.id, 0).await;
@@ -238,9 +245,8 @@ async fn a_failing_canary_halts_the_rollout_before_the_rest_is_touched() {
     assert!(f.group_actions(r.id, 1).await.is_empty());
 }
 
-#[tokio::test]
-async fn resume_advances_when_the_group_met_its_success_threshold() {
-    let f = fleet().await;
+async fn resume_advances_when_the_group_met_its_success_threshold(b: Backend) {
+    let f = fleet(b).await;
     f.devices(5).await;
     let mut canary = group("canary", Some(40));
     canary.success_threshold = 50;
@@ -257,9 +263,8 @@ async fn resume_advances_when_the_group_met_its_success_threshold() {
     assert_eq!(f.group_actions(r.id, 1).await.len(), 3);
 }
 
-#[tokio::test]
-async fn an_approval_gates_the_next_group_and_the_creator_may_not_give_it() {
-    let f = fleet().await;
+async fn an_approval_gates_the_next_group_and_the_creator_may_not_give_it(b: Backend) {
+    let f = fleet(b).await;
     f.devices(4).await;
     let mut wide = group("wide", None);
     wide.approval = true;
@@ -282,9 +287,8 @@ async fn an_approval_gates_the_next_group_and_the_creator_may_not_give_it() {
     assert!(log.iter().any(|(actor, e, d)| actor == CAROL && e == "rollout.approved" && d["group"] == 1));
 }
 
-#[tokio::test]
-async fn a_future_start_time_keeps_the_rollout_scheduled() {
-    let f = fleet().await;
+async fn a_future_start_time_keeps_the_rollout_scheduled(b: Backend) {
+    let f = fleet(b).await;
     f.devices(3).await;
     let start = now_ms() + 3_600_000;
     let r = f.create(RolloutSpec { start_at_ms: Some(start), ..spec(vec![group("all", None)]) }).await.unwrap();
@@ -297,9 +301,8 @@ async fn a_future_start_time_keeps_the_rollout_scheduled() {
     assert_eq!(f.group_actions(r.id, 0).await.len(), 3);
 }
 
-#[tokio::test]
-async fn cancel_mid_way_cancels_open_actions_and_leaves_later_groups_untouched() {
-    let f = fleet().await;
+async fn cancel_mid_way_cancels_open_actions_and_leaves_later_groups_untouched(b: Backend) {
+    let f = fleet(b).await;
     f.devices(8).await;
     let s = RolloutSpec {
         confirmation_required: true,
@@ -336,9 +339,8 @@ async fn cancel_mid_way_cancels_open_actions_and_leaves_later_groups_untouched()
     assert_eq!(log.last().unwrap().2, serde_json::json!({"canceled": 1, "canceling": 1}));
 }
 
-#[tokio::test]
-async fn devices_that_match_later_join_the_last_group() {
-    let f = fleet().await;
+async fn devices_that_match_later_join_the_last_group(b: Backend) {
+    let f = fleet(b).await;
     f.devices(2).await;
     let r = f
         .create(RolloutSpec { dynamic: true, ..spec(vec![listed("canary", &["gw-000"]), group("rest", None)]) })
@@ -366,9 +368,8 @@ async fn devices_that_match_later_join_the_last_group() {
     assert!(events(&f.audit_events(r.id).await).contains(&"rollout.devices-joined"));
 }
 
-#[tokio::test]
-async fn a_rollout_that_is_not_dynamic_keeps_its_members() {
-    let f = fleet().await;
+async fn a_rollout_that_is_not_dynamic_keeps_its_members(b: Backend) {
+    let f = fleet(b).await;
     f.devices(2).await;
     let r = f.create(spec(vec![group("all", None)])).await.unwrap();
     f.device("gw-late", "gw-a", &[]).await;
@@ -377,8 +378,17 @@ async fn a_rollout_that_is_not_dynamic_keeps_its_members() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_concurrent_ticks_create_no_duplicate_actions() {
-    let f = fleet().await;
+async fn two_concurrent_ticks_create_no_duplicate_actions_on_sqlite() {
+    two_concurrent_ticks_create_no_duplicate_actions(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_ticks_create_no_duplicate_actions_on_postgres() {
+    two_concurrent_ticks_create_no_duplicate_actions(Backend::Postgres).await
+}
+
+async fn two_concurrent_ticks_create_no_duplicate_actions(b: Backend) {
+    let f = fleet(b).await;
     let other = f.second_instance().await;
     f.devices(30).await;
     let start = now_ms() + 60_000;
@@ -414,9 +424,8 @@ async fn two_concurrent_ticks_create_no_duplicate_actions() {
     assert_eq!(both(start).await, 0, "nothing new: neither instance writes");
 }
 
-#[tokio::test]
-async fn percentages_assign_every_device_exactly_once() {
-    let f = fleet().await;
+async fn percentages_assign_every_device_exactly_once(b: Backend) {
+    let f = fleet(b).await;
     let ids = f.devices(37).await;
     let groups = vec![group("a", Some(10)), group("b", Some(20)), group("c", Some(30)), group("d", None)];
     let r = f.create(RolloutSpec { start_at_ms: Some(now_ms() + 3_600_000), ..spec(groups) }).await.unwrap();
@@ -425,9 +434,8 @@ async fn percentages_assign_every_device_exactly_once() {
     assert_eq!(r.groups.iter().map(|g| g.counts.total).collect::<Vec<_>>(), vec![4, 8, 11, 14]);
 }
 
-#[tokio::test]
-async fn a_busy_device_waits_for_its_other_action_to_end() {
-    let f = fleet().await;
+async fn a_busy_device_waits_for_its_other_action_to_end(b: Backend) {
+    let f = fleet(b).await;
     let ids = f.devices(2).await;
     let other = actions::create(&f.state.db, ids[0], f.artifact, ActionKind::Soft, None, false).await.unwrap();
     let r = f.create(spec(vec![group("all", None)])).await.unwrap();
@@ -447,9 +455,8 @@ async fn a_busy_device_waits_for_its_other_action_to_end() {
     assert_eq!(f.get(r.id).await.state, RolloutState::Finished);
 }
 
-#[tokio::test]
-async fn the_filter_matches_compatible_tags_attributes_and_version() {
-    let f = fleet().await;
+async fn the_filter_matches_compatible_tags_attributes_and_version(b: Backend) {
+    let f = fleet(b).await;
     let a = f.device("gw-a1", "gw-a", &["eu", "lab"]).await;
     let b = f.device("gw-a2", "gw-a", &["eu"]).await;
     let c = f.device("gw-a3", "gw-a", &["eu", "lab"]).await;
@@ -478,9 +485,8 @@ async fn the_filter_matches_compatible_tags_attributes_and_version() {
     assert_eq!(rollout::count_matching(&f.state.db, &Filter::default()).await.unwrap(), 4);
 }
 
-#[tokio::test]
-async fn bad_rollouts_are_refused_and_nothing_is_stored() {
-    let f = fleet().await;
+async fn bad_rollouts_are_refused_and_nothing_is_stored(b: Backend) {
+    let f = fleet(b).await;
     f.devices(2).await;
     let create = |filter: Filter, s: RolloutSpec, artifact_id: i64| {
         rollout::create(&f.state, CreateRollout { name: "r".into(), artifact_id, filter, spec: s }, ALICE)
@@ -529,8 +535,7 @@ async fn cut(f: &Fleet, write: &str, table: &str, condition: &str) -> String {
     }
 }
 
-#[tokio::test]
-async fn a_step_cut_at_any_write_leaves_nothing_behind_and_the_next_tick_takes_it_whole() {
+async fn a_step_cut_at_any_write_leaves_nothing_behind_and_the_next_tick_takes_it_whole(b: Backend) {
     // Each write of the step that ends the canary and starts the next group, in the order the step makes them.
     let points = [
         ("UPDATE", "rollouts", "NEW.current_group = 1"),
@@ -541,7 +546,7 @@ async fn a_step_cut_at_any_write_leaves_nothing_behind_and_the_next_tick_takes_i
     ];
     for (write, table, condition) in points {
         let at = format!("{write} {table} {condition}");
-        let f = fleet().await;
+        let f = fleet(b).await;
         f.devices(4).await;
         let r = f.create(spec(vec![group("canary", Some(25)), group("rest", None)])).await.unwrap();
         f.report_group(r.id, 0, true).await;
@@ -569,9 +574,8 @@ async fn a_step_cut_at_any_write_leaves_nothing_behind_and_the_next_tick_takes_i
     }
 }
 
-#[tokio::test]
-async fn the_scheduler_starts_a_due_rollout_on_its_own() {
-    let f = fleet().await;
+async fn the_scheduler_starts_a_due_rollout_on_its_own(b: Backend) {
+    let f = fleet(b).await;
     f.devices(2).await;
     let r =
         f.create(RolloutSpec { start_at_ms: Some(now_ms() + 1_500), ..spec(vec![group("all", None)]) }).await.unwrap();
@@ -586,9 +590,8 @@ async fn the_scheduler_starts_a_due_rollout_on_its_own() {
     assert_eq!(f.group_actions(r.id, 0).await.len(), 2);
 }
 
-#[tokio::test]
-async fn a_large_group_starts_in_batches_and_every_device_gets_one_action() {
-    let f = fleet().await;
+async fn a_large_group_starts_in_batches_and_every_device_gets_one_action(b: Backend) {
+    let f = fleet(b).await;
     let n = 2 * rollout::BATCH + 100;
     let mut tx = f.state.db.pool.begin().await.unwrap();
     for i in 0..n {
@@ -614,3 +617,21 @@ async fn a_large_group_starts_in_batches_and_every_device_gets_one_action() {
     assert_eq!(batches, vec![rollout::BATCH as u64, 100]);
     assert_eq!(f.tick().await, 0);
 }
+
+on_both!(
+    a_rollout_advances_group_by_group_to_finished,
+    a_failing_canary_halts_the_rollout_before_the_rest_is_touched,
+    resume_advances_when_the_group_met_its_success_threshold,
+    an_approval_gates_the_next_group_and_the_creator_may_not_give_it,
+    a_future_start_time_keeps_the_rollout_scheduled,
+    cancel_mid_way_cancels_open_actions_and_leaves_later_groups_untouched,
+    devices_that_match_later_join_the_last_group,
+    a_rollout_that_is_not_dynamic_keeps_its_members,
+    percentages_assign_every_device_exactly_once,
+    a_busy_device_waits_for_its_other_action_to_end,
+    the_filter_matches_compatible_tags_attributes_and_version,
+    bad_rollouts_are_refused_and_nothing_is_stored,
+    a_step_cut_at_any_write_leaves_nothing_behind_and_the_next_tick_takes_it_whole,
+    the_scheduler_starts_a_due_rollout_on_its_own,
+    a_large_group_starts_in_batches_and_every_device_gets_one_action,
+);
