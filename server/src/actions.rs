@@ -148,20 +148,65 @@ pub async fn transition(
     Ok(moved)
 }
 
-/// Asks for an action to be cancelled: one the device has not been offered yet (waiting for consent) is cancelled
-/// at once; one it may be working on goes to `Canceling`, so the device is offered `cancelAction` and decides
-/// (it refuses once its slot flip is done). Returns the state it moved to, or `None` if it was already over or
-/// being cancelled.
+/// Which open actions a cancel applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelScope {
+    /// One action (an operator cancels a deployment).
+    Action(i64),
+    /// Every open action of a rollout (the rollout is cancelled).
+    Rollout(i64),
+}
+
+/// The one cancel rule, for one action or a whole rollout: an action still waiting for the device's consent is
+/// cancelled at once (the device never started it); one the device may be working on (`running`, `downloaded`)
+/// goes to `canceling`, so the device is offered `cancelAction` and decides — it refuses once its slot flip is
+/// done. Terminal actions and those already being cancelled are left alone. Returns how many became `canceled`
+/// and how many `canceling`. Runs on the caller's connection, so a rollout cancels inside its own transaction.
+pub async fn cancel_open(
+    conn: &mut sqlx::AnyConnection,
+    scope: CancelScope,
+    message: &str,
+) -> Result<(u64, u64), sqlx::Error> {
+    let (column, id) = match scope {
+        CancelScope::Action(id) => ("id", id),
+        CancelScope::Rollout(id) => ("rollout_id", id),
+    };
+    let now = now_ms();
+    let canceled = sqlx::query(&format!(
+        "UPDATE actions SET state = $1, active = 0, updated_ms = $2, last_message = $3 WHERE {column} = $4 AND state = $5"
+    ))
+    .bind(ActionState::Canceled.as_str())
+    .bind(now)
+    .bind(message)
+    .bind(id)
+    .bind(ActionState::WaitConfirmation.as_str())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    let canceling = sqlx::query(&format!(
+        "UPDATE actions SET state = $1, updated_ms = $2, last_message = $3 WHERE {column} = $4 AND state IN ($5, $6)"
+    ))
+    .bind(ActionState::Canceling.as_str())
+    .bind(now)
+    .bind(message)
+    .bind(id)
+    .bind(ActionState::Running.as_str())
+    .bind(ActionState::Downloaded.as_str())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok((canceled, canceling))
+}
+
+/// Cancels one action ([`cancel_open`]'s rule). Returns the state it moved to, or `None` if it was already over
+/// or being cancelled.
 pub async fn request_cancel(db: &Db, id: i64, message: &str) -> Result<Option<ActionState>, sqlx::Error> {
-    if transition(db, id, &[ActionState::WaitConfirmation], ActionState::Canceled, Some(message)).await? {
-        return Ok(Some(ActionState::Canceled));
-    }
-    if transition(db, id, &[ActionState::Running, ActionState::Downloaded], ActionState::Canceling, Some(message))
-        .await?
-    {
-        return Ok(Some(ActionState::Canceling));
-    }
-    Ok(None)
+    let mut conn = db.pool.acquire().await?;
+    Ok(match cancel_open(&mut conn, CancelScope::Action(id), message).await? {
+        (1, _) => Some(ActionState::Canceled),
+        (_, 1) => Some(ActionState::Canceling),
+        _ => None,
+    })
 }
 
 /// One status a device reported on an action (DDI feedback), as stored in `action_status`.

@@ -815,34 +815,10 @@ async fn create_group_actions(tx: &mut sqlx::AnyConnection, loaded: &Loaded, gro
     Ok(Batch { created, full })
 }
 
-/// Cancels the rollout's open actions (module doc). Returns how many became `canceled` and `canceling`.
+/// Cancels the rollout's open actions with the one cancel rule (`actions::cancel_open`). Returns how many became
+/// `canceled` and `canceling`. (A download-only action ends at `downloaded`, so it is never open there.)
 async fn cancel_open_actions(tx: &mut sqlx::AnyConnection, loaded: &Loaded) -> HttpResult<(u64, u64)> {
-    let now = now_ms();
-    let canceled = sqlx::query(
-        "UPDATE actions SET state = $1, active = 0, updated_ms = $2, last_message = $3 WHERE rollout_id = $4 AND state = $5",
-    )
-    .bind(ActionState::Canceled.as_str())
-    .bind(now)
-    .bind("rollout cancelled before the device confirmed")
-    .bind(loaded.id)
-    .bind(ActionState::WaitConfirmation.as_str())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    // A download-only action that reached `downloaded` has done all it does: nothing to cancel.
-    let downloaded =
-        if loaded.spec.kind == ActionKind::DownloadOnly { ActionState::Running } else { ActionState::Downloaded };
-    let canceling =
-        sqlx::query("UPDATE actions SET state = $1, updated_ms = $2 WHERE rollout_id = $3 AND state IN ($4, $5)")
-            .bind(ActionState::Canceling.as_str())
-            .bind(now)
-            .bind(loaded.id)
-            .bind(ActionState::Running.as_str())
-            .bind(downloaded.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-    Ok((canceled, canceling))
+    Ok(crate::actions::cancel_open(tx, crate::actions::CancelScope::Rollout(loaded.id), "rollout cancelled").await?)
 }
 
 /// Lets devices that newly match the filter join the last group (audited as `rollout.devices-joined`). Returns
