@@ -49,3 +49,113 @@ pub fn env_summary(device: &Device) -> anyhow::Result<String> {
         get("BOOT_B_LEFT")
     ))
 }
+
+/// One simulated boot of a device: the power-on, then a fresh runtime (and, when the device has a `[server]`,
+/// its hawkBit poller) with the runtime's loop on its own thread. The boot ends when otterd reboots (the loop
+/// returns [`RunEnd::Rebooted`]) or when it is stopped; dropping it stops it.
+pub struct Boot {
+    /// The slot the bootloader step chose.
+    pub slot: Slot,
+    /// The runtime's handle.
+    pub handle: crate::runtime::Handle,
+    /// Every job that ends during this boot.
+    pub finished: std::sync::mpsc::Receiver<crate::engine::JobRecord>,
+    poller: Option<crate::hawkbit::Poller>,
+    thread: Option<std::thread::JoinHandle<crate::runtime::RunEnd>>,
+}
+
+impl Boot {
+    /// Powers the device on and starts otterd on it.
+    pub fn start(device: &Device) -> anyhow::Result<Self> {
+        let slot = power_on(device)?;
+        let settings = crate::config::load(&device.root)?;
+        let (runtime, handle) = crate::runtime::Runtime::start(settings.clone(), Box::new(SimPlatform))?;
+        let finished = handle.subscribe();
+        let poller = match settings.server {
+            Some(_) => Some(crate::hawkbit::Poller::start(&settings, handle.clone())?),
+            None => None,
+        };
+        let thread = std::thread::Builder::new().name("sim-runtime".into()).spawn(move || runtime.run())?;
+        Ok(Self { slot, handle, finished, poller, thread: Some(thread) })
+    }
+
+    /// The hawkBit poller of this boot, if the device has a server.
+    pub fn poller(&self) -> Option<&crate::hawkbit::Poller> {
+        self.poller.as_ref()
+    }
+
+    /// Whether the runtime's loop has ended (a reboot, or a stop).
+    pub fn is_over(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Waits up to `timeout` for the loop to end by itself and returns how it ended; `None` on timeout (the boot
+    /// keeps running).
+    pub fn wait(&mut self, timeout: std::time::Duration) -> Option<crate::runtime::RunEnd> {
+        let start = std::time::Instant::now();
+        while !self.is_over() {
+            if start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if let Some(p) = self.poller.take() {
+            p.stop();
+        }
+        // A panicked runtime thread is a stop as far as the device is concerned; the caller sees it as one.
+        self.thread.take().map(|t| t.join().unwrap_or(crate::runtime::RunEnd::Stopped))
+    }
+
+    /// Waits up to `timeout` for otterd to reboot the device (the boot then is over).
+    pub fn until_reboot(mut self, timeout: std::time::Duration) -> anyhow::Result<()> {
+        match self.wait(timeout) {
+            Some(crate::runtime::RunEnd::Rebooted) => Ok(()),
+            Some(end) => anyhow::bail!("the boot ended without a reboot: {end:?}"),
+            None => anyhow::bail!("no reboot within {timeout:?}; status {:?}", self.handle.status()),
+        }
+    }
+
+    /// Waits up to `timeout` for a job to end, then for `done` (e.g. "the server has the result"), then stops
+    /// the boot and returns the job's record.
+    pub fn until_finished(
+        self,
+        timeout: std::time::Duration,
+        mut done: impl FnMut() -> bool,
+    ) -> anyhow::Result<crate::engine::JobRecord> {
+        let start = std::time::Instant::now();
+        let record = self
+            .finished
+            .recv_timeout(timeout)
+            .map_err(|_| anyhow::anyhow!("no job ended within {timeout:?}; status {:?}", self.handle.status()))?;
+        while !done() {
+            if start.elapsed() > timeout {
+                anyhow::bail!("the job ended but the condition never held within {timeout:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.stop();
+        Ok(record)
+    }
+
+    /// Stops the poller and the runtime and waits for the loop to end.
+    pub fn stop(mut self) -> crate::runtime::RunEnd {
+        self.halt();
+        self.thread
+            .take()
+            .map(|t| t.join().unwrap_or(crate::runtime::RunEnd::Stopped))
+            .unwrap_or(crate::runtime::RunEnd::Stopped)
+    }
+
+    fn halt(&mut self) {
+        if let Some(p) = self.poller.take() {
+            p.stop();
+        }
+        self.handle.send(crate::runtime::Command::Stop);
+    }
+}
+
+impl Drop for Boot {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}

@@ -2,8 +2,6 @@
 //! U-Boot env file, simulated power-ons (`otterd::sim::power_on`) and a fresh runtime + poller per boot.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Receiver;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use otter_artifact::builder::{self, BuildOptions, ImageSource};
@@ -11,9 +9,9 @@ use otter_bootloader::Slot;
 use otter_ddi_server::{ActionSpec, ActionStatus, DdiServer, Fault, TlsSetup, Trigger};
 use otterd::engine::{JobRecord, Outcome};
 use otterd::fixture::{Device, DeviceSpec};
-use otterd::hawkbit::Poller;
 use otterd::hawkbit::client::{DdiClient, DdiError};
-use otterd::runtime::{Command, Handle, RunEnd, Runtime};
+use otterd::runtime::Command;
+use otterd::sim::Boot;
 use serde_json::Value;
 
 const TYPE: &str = "test-gw";
@@ -131,23 +129,9 @@ timeout = "10s"
     Rig { dir, server, device, artifact, other_artifact, new_image }
 }
 
-struct Boot {
-    slot: Slot,
-    handle: Handle,
-    poller: Option<Poller>,
-    finished: Receiver<JobRecord>,
-    thread: Option<JoinHandle<RunEnd>>,
-}
-
 impl Rig {
     fn boot(&self) -> Boot {
-        let slot = otterd::sim::power_on(&self.device).unwrap();
-        let settings = otterd::config::load(&self.device.root).unwrap();
-        let (runtime, handle) = Runtime::start(settings.clone(), Box::new(otterd::sim::SimPlatform)).unwrap();
-        let finished = handle.subscribe();
-        let poller = Poller::start(&settings, handle.clone()).unwrap();
-        let thread = std::thread::spawn(move || runtime.run());
-        Boot { slot, handle, poller: Some(poller), finished, thread: Some(thread) }
+        Boot::start(&self.device).unwrap()
     }
 
     fn action_done(&self, id: u64) -> bool {
@@ -173,8 +157,8 @@ impl Rig {
 
     /// Install (first boot), trial boot, commit; checks the feedback sequence.
     fn complete(&self, id: u64) {
-        self.boot().until_reboot();
-        let record = self.boot().until_finished(|| self.action_done(id));
+        self.boot().until_reboot(LONG).unwrap();
+        let record = self.boot().until_finished(LONG, || self.action_done(id)).unwrap();
         assert_eq!(record.outcome, Outcome::Committed);
         let seq = self.sequence(id);
         let words: Vec<&str> = seq.iter().map(|(e, _)| e.as_str()).collect();
@@ -203,44 +187,6 @@ impl Rig {
     }
 }
 
-impl Boot {
-    /// Waits until the loop ends by itself (a reboot).
-    fn until_reboot(mut self) {
-        let start = Instant::now();
-        while !self.finished_loop() {
-            assert!(start.elapsed() < LONG, "no reboot; status {:?}", self.handle.status());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.poller.take().unwrap().stop();
-        assert_eq!(self.thread.take().unwrap().join().unwrap(), RunEnd::Rebooted);
-    }
-
-    /// Waits for a finished job, then for `done` (e.g. the server saw the result), then stops.
-    fn until_finished(mut self, done: impl FnMut() -> bool) -> JobRecord {
-        let record = self.finished.recv_timeout(LONG).expect("a finished job");
-        wait_for("the server to get the result", done);
-        self.stop();
-        record
-    }
-
-    fn finished_loop(&self) -> bool {
-        self.thread.as_ref().is_none_or(|t| t.is_finished())
-    }
-
-    fn stop(&mut self) {
-        if let Some(p) = self.poller.take() {
-            p.stop();
-        }
-        self.handle.send(Command::Stop);
-    }
-}
-
-impl Drop for Boot {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 fn feedback_details(f: &Value) -> String {
     f["status"]["details"]
         .as_array()
@@ -258,10 +204,10 @@ fn full_flow_reports_proceeding_downloaded_then_closed_success_after_the_trial_b
 
     let b = r.boot();
     assert_eq!(b.slot, Slot::A);
-    b.until_reboot();
+    b.until_reboot(LONG).unwrap();
     let b = r.boot();
     assert_eq!(b.slot, Slot::B, "trial boot of the new slot");
-    let record = b.until_finished(|| r.action_done(id));
+    let record = b.until_finished(LONG, || r.action_done(id)).unwrap();
     assert_eq!(record.outcome, Outcome::Committed);
     assert_eq!(record.job.remote_id.as_deref(), Some(id.to_string().as_str()));
     assert_eq!(r.server.action(id).unwrap().status, ActionStatus::Closed { success: true });
@@ -305,14 +251,14 @@ fn full_flow_reports_proceeding_downloaded_then_closed_success_after_the_trial_b
 fn failed_health_reports_closed_failure_after_the_rollback() {
     let r = rig(Opts::default());
     let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
-    r.boot().until_reboot();
+    r.boot().until_reboot(LONG).unwrap();
     std::fs::write(r.device.root.join("etc/otter/unhealthy"), "x").unwrap();
     let b = r.boot();
     assert_eq!(b.slot, Slot::B);
-    b.until_reboot();
+    b.until_reboot(LONG).unwrap();
     let b = r.boot();
     assert_eq!(b.slot, Slot::A, "fell back to the old slot");
-    let record = b.until_finished(|| r.action_done(id));
+    let record = b.until_finished(LONG, || r.action_done(id)).unwrap();
     assert!(matches!(record.outcome, Outcome::RolledBack { .. }), "{record:?}");
     let seq = r.sequence(id);
     assert_eq!(seq.last().unwrap(), &("closed".to_owned(), "failure".to_owned()), "{seq:?}");
@@ -327,7 +273,7 @@ fn forced_reboots_at_once_attempt_waits_for_the_policy_skip_only_downloads() {
     // Manual reboot policy: only a forced action reboots by itself.
     let r = rig(Opts { reboot_policy: "manual", ..Opts::default() });
     let forced = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
-    r.boot().until_reboot();
+    r.boot().until_reboot(LONG).unwrap();
     assert_eq!(r.sequence(forced).last().unwrap().0, "downloaded");
 
     let r = rig(Opts { reboot_policy: "manual", ..Opts::default() });
@@ -338,7 +284,7 @@ fn forced_reboots_at_once_attempt_waits_for_the_policy_skip_only_downloads() {
     let b = r.boot();
     wait_for("downloaded", || r.sequence(attempt).iter().any(|s| s.0 == "downloaded"));
     std::thread::sleep(Duration::from_secs(2));
-    assert!(!b.finished_loop(), "an attempt action must not reboot under the manual policy");
+    assert!(!b.is_over(), "an attempt action must not reboot under the manual policy");
     assert_eq!(b.handle.status().operation, "awaiting-reboot");
     drop(b);
 
@@ -448,7 +394,7 @@ fn server_sha256_mismatch_fails_and_leaves_the_slot_invalid() {
     spec.sha256_override = Some("ab".repeat(32));
     let id = r.server.create_action("dev1", spec);
     let b = r.boot();
-    let record = b.until_finished(|| r.action_done(id));
+    let record = b.until_finished(LONG, || r.action_done(id)).unwrap();
     match &record.outcome {
         Outcome::Failed { code, .. } => assert_eq!(code, "digest-mismatch"),
         o => panic!("{o:?}"),
@@ -473,7 +419,7 @@ fn malformed_json_and_server_errors_back_off_and_the_daemon_keeps_running() {
     let gap = |i: usize| polls[i + 1].at - polls[i].at;
     assert!(gap(0) >= Duration::from_millis(180), "{:?}", gap(0));
     assert!(gap(2) >= Duration::from_millis(700), "{:?}", gap(2));
-    assert!(!b.finished_loop());
+    assert!(!b.is_over());
     // Still serving: an action now goes through.
     let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
     wait_for("downloaded", || r.sequence(id).iter().any(|s| s.0 == "downloaded"));
@@ -492,7 +438,7 @@ fn gone_mid_action_stops_the_install_and_reporting() {
     std::thread::sleep(Duration::from_secs(1));
     let after = r.server.requests_to(&format!("deploymentBase/{id}/feedback"));
     assert_eq!(after.iter().filter(|q| q.status == 410).count(), 1, "nothing more is sent after 410");
-    assert!(!b.finished_loop());
+    assert!(!b.is_over());
     assert_eq!(b.handle.status().primary, Some(Slot::A));
 }
 
@@ -601,7 +547,7 @@ fn check_for_update_trigger_polls_at_once() {
     let polls = || r.server.requests().iter().filter(|q| q.path.ends_with("/dev1")).count();
     std::thread::sleep(Duration::from_millis(500));
     let before = polls();
-    (b.poller.as_ref().unwrap().trigger().callback())();
+    (b.poller().unwrap().trigger().callback())();
     wait_for("a triggered poll", || polls() > before);
 }
 
@@ -619,10 +565,10 @@ fn closed_maintenance_window_downloads_only_then_installs_when_it_opens() {
     assert!(r.slot_head(Slot::B).iter().all(|&x| x == 0), "slot B untouched");
     // The window opens: the same action installs, reboots and commits.
     r.server.update_action(id, |s| s.maintenance_window = Some("available".into()));
-    b.until_reboot();
+    b.until_reboot(LONG).unwrap();
     let b = r.boot();
     assert_eq!(b.slot, Slot::B);
-    let record = b.until_finished(|| r.action_done(id));
+    let record = b.until_finished(LONG, || r.action_done(id)).unwrap();
     assert_eq!(record.outcome, Outcome::Committed);
     assert_eq!(r.server.action(id).unwrap().status, ActionStatus::Closed { success: true });
 }
@@ -655,7 +601,7 @@ fn the_token_goes_only_to_the_servers_origin_not_to_a_storage_host() {
         storage.url()
     ));
     let id = r.server.create_action("dev1", spec);
-    r.boot().until_reboot();
+    r.boot().until_reboot(LONG).unwrap();
     let downloads = storage.requests_to("/artifacts/");
     assert!(!downloads.is_empty(), "downloaded from the storage host");
     for q in &downloads {
@@ -704,7 +650,7 @@ fn an_endless_artifact_body_fails_after_the_announced_size() {
     r.server.inject(Fault::EndlessBody);
     let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
     let b = r.boot();
-    let record = b.until_finished(|| r.action_done(id));
+    let record = b.until_finished(LONG, || r.action_done(id)).unwrap();
     assert_eq!(failed_code(&record), "too-long");
     assert_eq!(r.server.action(id).unwrap().status, ActionStatus::Closed { success: false });
     let details = last_details(&r, id);
@@ -723,7 +669,7 @@ fn a_slow_loris_download_stalls_and_fails_while_progress_keeps_flowing() {
     r.server.inject(Fault::SlowBody { piece: 1, delay: Duration::from_millis(20) });
     let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
     let b = r.boot();
-    let record = b.until_finished(|| r.action_done(id));
+    let record = b.until_finished(LONG, || r.action_done(id)).unwrap();
     assert_eq!(failed_code(&record), "stalled");
     assert_eq!(r.server.requests_to("/artifacts/").len(), 3, "the first connection and two resumes");
     // About three seconds without progress in percent: the heartbeat (6 x 100 ms) still reported.
@@ -744,7 +690,7 @@ fn an_artifact_replaced_behind_the_same_url_fails_the_action_instead_of_installi
     });
     let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
     let b = r.boot();
-    let record = b.until_finished(|| r.action_done(id));
+    let record = b.until_finished(LONG, || r.action_done(id)).unwrap();
     assert_eq!(failed_code(&record), "artifact-replaced");
     assert_eq!(r.server.action(id).unwrap().status, ActionStatus::Closed { success: false });
     let details = last_details(&r, id);
@@ -822,7 +768,7 @@ fn an_https_server_cannot_send_the_device_to_a_plain_http_link_unless_allowed() 
         ));
         let id = r.server.create_action("dev1", spec);
         if allow {
-            r.boot().until_reboot();
+            r.boot().until_reboot(LONG).unwrap();
             assert!(!plain.requests_to("/artifacts/").is_empty(), "allowed: downloaded over http");
             assert!(plain.requests().iter().all(|q| q.header("authorization").is_none()), "without the token");
         } else {
@@ -867,7 +813,7 @@ fn a_token_over_plain_http_is_warned_about_and_urls_in_logs_are_redacted() {
     spec.sha256_override = Some("cd".repeat(32));
     let id = r.server.create_action("dev1", spec);
     let b = r.boot();
-    let record = b.until_finished(|| r.action_done(id));
+    let record = b.until_finished(LONG, || r.action_done(id)).unwrap();
     assert_eq!(failed_code(&record), "digest-mismatch");
     let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
     let url = r.server.url();
@@ -892,7 +838,7 @@ fn an_inhibitor_makes_an_action_wait_for_the_next_poll_instead_of_failing_it() {
     b.handle.send(Command::SetInhibitors(vec![("recorder".into(), "recording a call".into())]));
     wait_for("the inhibitor to be held", || !b.handle.status().inhibitors.is_empty());
     let id = r.server.create_action("dev1", ActionSpec::new("update-2.0.otter", "2.0"));
-    let trigger = b.poller.as_ref().unwrap().trigger().callback();
+    let trigger = b.poller().unwrap().trigger().callback();
     trigger();
     wait_for("the waiting feedback", || !r.server.action(id).unwrap().feedback.is_empty());
     let polls = || r.server.requests().iter().filter(|q| q.path.ends_with("/dev1")).count();
@@ -908,10 +854,10 @@ fn an_inhibitor_makes_an_action_wait_for_the_next_poll_instead_of_failing_it() {
     // Released: the same action installs at the next poll, and commits.
     b.handle.send(Command::SetInhibitors(Vec::new()));
     trigger();
-    b.until_reboot();
+    b.until_reboot(LONG).unwrap();
     let b = r.boot();
     assert_eq!(b.slot, Slot::B);
-    assert_eq!(b.until_finished(|| r.action_done(id)).outcome, Outcome::Committed);
+    assert_eq!(b.until_finished(LONG, || r.action_done(id)).unwrap().outcome, Outcome::Committed);
     assert_eq!(r.server.action(id).unwrap().status, ActionStatus::Closed { success: true });
 }
 

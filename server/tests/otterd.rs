@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -18,8 +16,7 @@ use otter_server::config::Config;
 use otter_server::model::ActionKind;
 use otterd::engine::{JobRecord, Outcome};
 use otterd::fixture::{Device, DeviceSpec};
-use otterd::hawkbit::Poller;
-use otterd::runtime::{Command, Handle, RunEnd, Runtime};
+use otterd::sim::Boot;
 
 /// Each slot of the simulated device (4 MiB).
 const SLOT: u64 = 4 << 20;
@@ -62,54 +59,8 @@ timeout = "10s"
     Device::create(&dir.join("root"), &spec, Some(&old)).unwrap()
 }
 
-struct Boot {
-    slot: Slot,
-    handle: Handle,
-    poller: Option<Poller>,
-    finished: Receiver<JobRecord>,
-    thread: Option<JoinHandle<RunEnd>>,
-}
-
 fn boot(d: &Device) -> Boot {
-    let slot = otterd::sim::power_on(d).unwrap();
-    let settings = otterd::config::load(&d.root).unwrap();
-    let (runtime, handle) = Runtime::start(settings.clone(), Box::new(otterd::sim::SimPlatform)).unwrap();
-    let finished = handle.subscribe();
-    let poller = Poller::start(&settings, handle.clone()).unwrap();
-    let thread = std::thread::spawn(move || runtime.run());
-    Boot { slot, handle, poller: Some(poller), finished, thread: Some(thread) }
-}
-
-impl Boot {
-    fn until_reboot(mut self) {
-        let start = Instant::now();
-        while !self.thread.as_ref().is_none_or(|t| t.is_finished()) {
-            assert!(start.elapsed() < LONG, "no reboot; status {:?}", self.handle.status());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.poller.take().unwrap().stop();
-        assert_eq!(self.thread.take().unwrap().join().unwrap(), RunEnd::Rebooted);
-    }
-
-    fn until_finished(mut self, done: impl FnMut() -> bool) -> JobRecord {
-        let record = self.finished.recv_timeout(LONG).expect("a finished job");
-        wait_for("the server to get the result", done);
-        self.stop();
-        record
-    }
-
-    fn stop(&mut self) {
-        if let Some(p) = self.poller.take() {
-            p.stop();
-        }
-        self.handle.send(Command::Stop);
-    }
-}
-
-impl Drop for Boot {
-    fn drop(&mut self) {
-        self.stop();
-    }
+    Boot::start(d).unwrap()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -120,10 +71,13 @@ fn runtime() -> tokio::runtime::Runtime {
 fn install(rt: &tokio::runtime::Runtime, s: &Server, d: &Device, id: i64) -> JobRecord {
     let b = boot(d);
     assert_eq!(b.slot, Slot::A);
-    b.until_reboot();
+    b.until_reboot(LONG).unwrap();
     let b = boot(d);
     assert_eq!(b.slot, Slot::B, "trial boot of the new slot");
-    b.until_finished(|| rt.block_on(s.action_state(id)) != "running" && rt.block_on(s.action_state(id)) != "downloaded")
+    b.until_finished(LONG, || {
+        rt.block_on(s.action_state(id)) != "running" && rt.block_on(s.action_state(id)) != "downloaded"
+    })
+    .unwrap()
 }
 
 #[test]

@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use otterd::engine::Outcome;
 use otterd::fixture::Device;
-use otterd::hawkbit::Poller;
-use otterd::runtime::{Command, RunEnd, Runtime};
-use otterd::sim::SimPlatform;
+use otterd::runtime::RunEnd;
+use otterd::sim::Boot;
 use serde_json::{Value, json};
 
 use crate::{Clock, DEVICE_TYPE, ServerLink, device_spec};
@@ -37,14 +36,9 @@ struct Gateway {
 
 fn boot_loop(id: String, device: Device, clock: Arc<Clock>, stop: Arc<AtomicBool>) -> Result<()> {
     while !stop.load(Ordering::SeqCst) {
-        otterd::sim::power_on(&device)?;
-        let settings = otterd::config::load(&device.root)?;
-        let (runtime, handle) = Runtime::start(settings.clone(), Box::new(SimPlatform))?;
-        let finished = handle.subscribe();
-        let poller = Poller::start(&settings, handle.clone())?;
-        let run = std::thread::spawn(move || runtime.run());
+        let mut boot = Boot::start(&device)?;
         loop {
-            if let Ok(record) = finished.try_recv() {
+            if let Ok(record) = boot.finished.try_recv() {
                 let version = record.job.artifact.as_ref().map_or("?", |a| a.version.as_str()).to_owned();
                 match &record.outcome {
                     Outcome::Committed => clock.say(format!("{id}: {version} committed on slot {}", record.job.target)),
@@ -54,19 +48,15 @@ fn boot_loop(id: String, device: Device, clock: Arc<Clock>, stop: Arc<AtomicBool
                     other => clock.say(format!("{id}: job ended: {other:?}")),
                 }
             }
-            if run.is_finished() {
-                break;
-            }
             if stop.load(Ordering::SeqCst) {
-                handle.send(Command::Stop);
+                boot.stop();
+                return Ok(());
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        poller.stop();
-        match run.join() {
-            Ok(RunEnd::Rebooted) => continue,
-            Ok(RunEnd::Stopped) => break,
-            Err(_) => bail!("{id}: otterd panicked"),
+            match boot.wait(Duration::from_millis(50)) {
+                Some(RunEnd::Rebooted) => break,
+                Some(RunEnd::Stopped) => bail!("{id}: otterd stopped by itself"),
+                None => {}
+            }
         }
     }
     Ok(())
