@@ -34,6 +34,8 @@ pub struct Config {
     pub gateway_token: Option<String>,
     /// Largest artifact upload accepted, in bytes.
     pub max_upload: u64,
+    /// Device API requests worked on at once; more are answered `503` with `Retry-After` instead of queueing.
+    pub max_device_requests: usize,
     /// Trust `X-Client-Cert-CN` (set by a TLS-terminating reverse proxy that checked the client certificate) as the
     /// device's identity. Only for a server reachable solely through that proxy.
     pub trust_proxy_client_cert: bool,
@@ -57,6 +59,7 @@ impl Config {
             gateway_token: None,
             max_upload: 8 << 30,
             trust_proxy_client_cert: false,
+            max_device_requests: 1024,
         }
     }
 

@@ -228,6 +228,64 @@ pub async fn touch(db: &Db, id: i64) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// `last_seen_ms` updates waiting to be written, so that a poll — the hot path, thousands a second — does not
+/// write to the database: [`SeenBuffer::flush`] writes them all in one transaction, once a second (the server's
+/// flusher task, started by `serve`). A device's first contact is written at once instead (the registry shows a
+/// new device as seen right away); later ones at most a second late, and a crash loses at most that second.
+#[derive(Debug, Default)]
+pub struct SeenBuffer {
+    pending: std::sync::Mutex<std::collections::HashMap<i64, i64>>,
+}
+
+impl SeenBuffer {
+    /// Notes that device `id` was heard from at `at_ms` (memory only).
+    pub fn note(&self, id: i64, at_ms: i64) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let t = p.entry(id).or_insert(at_ms);
+        *t = (*t).max(at_ms);
+    }
+
+    /// How many devices wait to be written.
+    pub fn len(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes what is pending in one transaction (a time never moves backwards: another instance may have
+    /// written a later one). On failure the entries are put back for the next flush.
+    pub async fn flush(&self, db: &Db) -> Result<usize, sqlx::Error> {
+        let batch: Vec<(i64, i64)> =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner())).into_iter().collect();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let write = async {
+            let mut tx = db.pool.begin().await?;
+            for (id, at) in &batch {
+                sqlx::query("UPDATE devices SET last_seen_ms = $1 WHERE id = $2 AND (last_seen_ms IS NULL OR last_seen_ms < $1)")
+                    .bind(*at)
+                    .bind(*id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        };
+        match write.await {
+            Ok(()) => Ok(batch.len()),
+            Err(e) => {
+                for (id, at) in batch {
+                    self.note(id, at);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
 /// What authenticating a device request needs: one row, no tags (the poll is the hot path).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -309,4 +367,36 @@ pub async fn set_reported(db: &Db, id: i64, state: &str, version: Option<&str>) 
     .execute(&db.pool)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn seen_times_are_written_in_one_flush_and_never_move_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&format!("sqlite://{}", dir.path().join("d.db").display())).await.unwrap();
+        let mut ids = Vec::new();
+        for c in ["a", "b"] {
+            ids.push(register(&db, c, None, &[], false, "test").await.unwrap().0.id);
+        }
+        let buf = SeenBuffer::default();
+        buf.note(ids[0], 5_000);
+        buf.note(ids[0], 4_000);
+        buf.note(ids[1], 7_000);
+        assert_eq!(buf.len(), 2);
+        assert_eq!(buf.flush(&db).await.unwrap(), 2);
+        assert!(buf.is_empty());
+        let seen = |c: &'static str| {
+            let db = db.clone();
+            async move { by_controller_id(&db, c).await.unwrap().unwrap().last_seen_ms }
+        };
+        assert_eq!((seen("a").await, seen("b").await), (Some(5_000), Some(7_000)));
+        // An older time (another instance wrote a later one) does not win.
+        buf.note(ids[0], 1_000);
+        buf.flush(&db).await.unwrap();
+        assert_eq!(seen("a").await, Some(5_000));
+        assert_eq!(buf.flush(&db).await.unwrap(), 0);
+    }
 }

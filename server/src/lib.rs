@@ -50,6 +50,8 @@ pub struct Inner {
     pub links: LinkSigner,
     /// The artifact files.
     pub store: Store,
+    /// Devices' `last_seen_ms` waiting to be written (see [`devices::SeenBuffer`]).
+    pub seen: devices::SeenBuffer,
 }
 
 impl std::ops::Deref for AppState {
@@ -75,13 +77,26 @@ impl AppState {
             db.setting_or_init("link_key", || auth::new_secret("")).await.context("reading the download link key")?;
         let links = LinkSigner::new(key.into_bytes());
         let store = Store::open(config.artifacts_dir()).context("opening the artifact store")?;
-        Ok(Self(Arc::new(Inner { config, db, keyring, links, store })))
+        Ok(Self(Arc::new(Inner { config, db, keyring, links, store, seen: Default::default() })))
     }
 }
 
 /// The whole HTTP application: the device API (with the artifact downloads) and the operator API.
+///
+/// The device API works on at most `config.max_device_requests` requests at once; more are answered `503` at
+/// once instead of queueing, so a fleet polling faster than the server can answer (after an outage, say) costs
+/// bounded memory and gets a clear "come back later" — DDI clients retry with their back-off.
 pub fn app(state: AppState) -> axum::Router {
-    axum::Router::new().merge(ddi::router(state.clone())).merge(api::router(state))
+    use axum::error_handling::HandleErrorLayer;
+    use axum::http::StatusCode;
+    let shed = tower::ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+            (StatusCode::SERVICE_UNAVAILABLE, [(axum::http::header::RETRY_AFTER, "5")], "server busy, retry later")
+        }))
+        .load_shed()
+        // Global: the router applies a layer to each route, and the limit is for all of them together.
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(state.config.max_device_requests.max(1)));
+    axum::Router::new().merge(ddi::router(state.clone()).layer(shed)).merge(api::router(state))
 }
 
 /// Serves `state` on `listener` until `shutdown` completes, with the rollout scheduler running beside it.
@@ -91,7 +106,24 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let scheduler = rollout::spawn_scheduler(state.clone());
-    let served = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await;
+    let flusher = tokio::spawn(flush_seen(state.clone()));
+    let served = axum::serve(listener, app(state.clone())).with_graceful_shutdown(shutdown).await;
     scheduler.abort();
+    flusher.abort();
+    if let Err(e) = state.seen.flush(&state.db).await {
+        tracing::warn!("writing devices' last-seen times at shutdown: {e}");
+    }
     served
+}
+
+/// Writes the devices' pending last-seen times once a second.
+async fn flush_seen(state: AppState) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Err(e) = state.seen.flush(&state.db).await {
+            tracing::warn!("writing devices' last-seen times: {e}");
+        }
+    }
 }

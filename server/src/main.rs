@@ -97,6 +97,9 @@ struct Serve {
     /// Trust X-Client-Cert-CN from a TLS-terminating proxy as the device identity.
     #[arg(long)]
     trust_proxy_client_cert: bool,
+    /// Device requests worked on at once; more get 503 with Retry-After (bounded memory under overload).
+    #[arg(long, default_value_t = 1024)]
+    max_device_requests: usize,
 }
 
 fn main() -> ExitCode {
@@ -138,6 +141,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             c.gateway_token = s.gateway_token.filter(|t| !t.is_empty());
             c.max_upload = s.max_upload;
             c.trust_proxy_client_cert = s.trust_proxy_client_cert;
+            c.max_device_requests = s.max_device_requests.max(1);
             runtime()?.block_on(async move {
                 let listen = c.listen;
                 let state = otter_server::AppState::open(c).await?;

@@ -413,3 +413,34 @@ on_both!(
     a_direct_deployment_shows_as_desired_and_can_be_cancelled,
     the_compliance_report_and_the_audit_chain
 );
+
+/// Past `max_device_requests` requests in progress, a device gets 503 with Retry-After at once (bounded memory
+/// under overload); the server answers again as soon as one finishes.
+#[tokio::test]
+async fn an_overloaded_device_api_sheds_requests_instead_of_queueing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = server(Backend::Sqlite, |c| c.max_device_requests = 1).await;
+    let (_, reg) = s.call(&s.admin, Method::POST, "/api/v1/devices", Some(json!({"controller_id": "gw-1"}))).await;
+    let token = reg["target_token"].as_str().unwrap().to_owned();
+    let poll = format!("{}/DEFAULT/controller/v1/gw-1", s.url);
+    // A configData upload whose body arrives slowly holds the only slot while the server reads it.
+    let body = br#"{"mode":"merge","data":{"serial":"1"}}"#;
+    let mut slow = tokio::net::TcpStream::connect(s.url.trim_start_matches("http://")).await.unwrap();
+    let head = format!(
+        "PUT /DEFAULT/controller/v1/gw-1/configData HTTP/1.1\r\nHost: x\r\nAuthorization: TargetToken {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let busy = s.http.get(&poll).header("Authorization", format!("TargetToken {token}")).send().await.unwrap();
+    assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(busy.headers()["retry-after"], "5");
+    slow.write_all(&body[10..]).await.unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let ok = s.http.get(&poll).header("Authorization", format!("TargetToken {token}")).send().await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+}

@@ -14,8 +14,9 @@
 //!   (`$ssl_client_s_dn_cn` from a `map` over `$ssl_client_s_dn`). Anyone who can reach the server directly can set
 //!   the header, which is why the option is off by default and the header is ignored without it.
 //!
-//! Each authenticated request records `last_seen_ms`, at most once a second per device: a poll is the hot path, and
-//! a write per poll would be most of its cost.
+//! Each authenticated request records `last_seen_ms`: the first contact at once, later ones through the
+//! [`crate::devices::SeenBuffer`] (written once a second for all devices together): a poll is the hot path, and a
+//! write per poll would be most of its cost.
 
 use axum::http::HeaderMap;
 
@@ -109,8 +110,10 @@ pub async fn authenticate(
         }
     };
     let now = now_ms();
-    if device.last_seen_ms.is_none_or(|t| now - t >= TOUCH_EVERY_MS) {
-        devices::touch(&state.db, device.id).await?;
+    match device.last_seen_ms {
+        None => devices::touch(&state.db, device.id).await?,
+        Some(t) if now - t >= TOUCH_EVERY_MS => state.seen.note(device.id, now),
+        Some(_) => {}
     }
     Ok(device)
 }
