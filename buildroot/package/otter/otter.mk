@@ -4,12 +4,32 @@
 #
 ################################################################################
 
-OTTER_VERSION = $(call qstrip,$(BR2_PACKAGE_OTTER_VERSION))
+# The revision otter.hash covers; BR2_PACKAGE_OTTER_VERSION (shared by otter and host-otter)
+# defaults to it.
+OTTER_PINNED_VERSION = 9ecc2a670a0ca7828b3a5a8386c64bb1965ec760
+OTTER_VERSION = $(or $(call qstrip,$(BR2_PACKAGE_OTTER_VERSION)),$(OTTER_PINNED_VERSION))
 OTTER_SITE = https://github.com/otter-ota/otter.git
 OTTER_SITE_METHOD = git
 OTTER_LICENSE = Apache-2.0 or MIT
 # The repository has no LICENSE-* files yet; the workspace Cargo.toml states the license.
 OTTER_LICENSE_FILES = Cargo.toml
+
+# Any other revision has no hash in otter.hash: download it unchecked, as Buildroot does for
+# a custom kernel version.
+ifneq ($(OTTER_VERSION),$(OTTER_PINNED_VERSION))
+BR_NO_CHECK_HASH_FOR += $(OTTER_SOURCE)
+endif
+
+# Rust >= 1.88 (the workspace's rust-version). Config.in hides otter on Buildroot releases
+# older than the first with such a Rust; this checks the Rust this tree really builds, so a
+# downgraded or old rust.mk stops here with a message instead of deep inside cargo.
+OTTER_MIN_RUST_VERSION = 1.88
+OTTER_RUST_VERSION = $(if $(BR2_PACKAGE_HOST_RUST_BIN),$(RUST_BIN_VERSION),$(RUST_VERSION))
+ifneq ($(BR2_PACKAGE_OTTER)$(BR2_PACKAGE_HOST_OTTER),)
+ifneq ($(firstword $(shell printf '%s\n' $(OTTER_MIN_RUST_VERSION) $(OTTER_RUST_VERSION) | sort -V)),$(OTTER_MIN_RUST_VERSION))
+$(error otter needs Rust >= $(OTTER_MIN_RUST_VERSION), but this Buildroot builds Rust '$(OTTER_RUST_VERSION)' (package/rust, package/rust-bin): use Buildroot >= 2026.02)
+endif
+endif
 
 # The workspace root is a virtual manifest, so the infrastructure's `cargo install --path ./`
 # cannot be used: build the packages we need and install their binaries ourselves.
@@ -73,6 +93,13 @@ define OTTER_INSTALL_INIT_SYSTEMD
 			$(INSTALL) -D -m 0644 $$f $(TARGET_DIR)/usr/lib/systemd/system/$$(basename $$f); \
 		fi; \
 	done
+endef
+
+# Without systemd: a SysV script that starts otterd. There is no boot-complete.target, so
+# the configuration must list no health.units (otterd then runs the health commands and
+# health.d scripts of a trial boot itself); see the help of BR2_PACKAGE_OTTER.
+define OTTER_INSTALL_INIT_SYSV
+	$(INSTALL) -D -m 0755 $(OTTER_PKGDIR)/S90otterd $(TARGET_DIR)/etc/init.d/S90otterd
 endef
 
 ifeq ($(BR2_PACKAGE_OTTER_UBOOT_SCRIPT),y)

@@ -17,18 +17,17 @@
 # its sstate) like every other image file, and gets the usual ${IMAGE_LINK_NAME}.otter symlink.
 # It fails with a clear message when no signing key is configured.
 #
-# The class also holds the defaults of the variables that wic/otter-ab.wks.in uses, so that
-# WKS_FILE = "otter-ab.wks.in" works in any image that inherits it.
+# The class also holds the defaults of the variables that files/wic/otter-ab.wks.in uses, so
+# that WKS_FILE = "otter-ab.wks.in" works in any image that inherits it.
+#
+# OTTER_SIGNING_KEY (secret key file, otter-ed25519-secret, mode 0600; no default: an unsigned
+# or test-signed artifact must never be produced by accident), OTTER_EXTRA_SIGNING_KEYS (key
+# rotation) and OTTER_COMPATIBLE (device types, one --compatible each; default ${MACHINE}) are
+# shared with the otter recipe: see otter-defaults.bbclass.
+
+inherit otter-defaults
 
 # --- artifact ---------------------------------------------------------------------------------
-
-# Secret key file (otter-ed25519-secret, mode 0600) on the build host. No default: an unsigned
-# or test-signed artifact must never be produced by accident.
-OTTER_SIGNING_KEY ??= ""
-# Extra secret keys to sign with as well (key rotation: sign with old and new).
-OTTER_EXTRA_SIGNING_KEYS ??= ""
-# Device types the artifact may be installed on (space-separated; one --compatible each).
-OTTER_COMPATIBLE ??= "${MACHINE}"
 # Display version written into the manifest.
 OTTER_VERSION ??= "${DISTRO_VERSION}"
 # Anti-rollback counter: devices refuse artifacts below the highest they installed. Raise it
@@ -45,7 +44,7 @@ OTTER_ROOTFS_FSTYPE ??= "ext4"
 OTTER_DESCRIPTION ??= "${IMAGE_BASENAME} ${OTTER_VERSION} for ${MACHINE}"
 OTTER_ARTIFACT_EXTRA_ARGS ??= ""
 
-# --- A/B layout (wic/otter-ab.wks.in) ----------------------------------------------------------
+# --- A/B layout (files/wic/otter-ab.wks.in) ----------------------------------------------------
 
 # Size of each root filesystem slot, in MiB. The rootfs image must fit: checked below.
 OTTER_SLOT_SIZE_MB ??= "1024"
@@ -57,8 +56,24 @@ OTTER_WKS_DATA_SIZE ??= "512M"
 OTTER_WKS_ALIGN_KB ??= "8192"
 OTTER_WKS_DISK ??= "mmcblk0"
 OTTER_WKS_PTABLE ??= "msdos"
-OTTER_DATA_LABEL ??= "otterdata"
-OTTER_DATA_FSTYPE ??= "ext4"
+# wic's plugin for the boot partition: renamed from bootimg-partition to bootimg_partition
+# after walnascar.
+OTTER_WKS_BOOT_SOURCE ??= "${@'bootimg-partition' if set(d.getVar('LAYERSERIES_CORENAMES').split()) & {'scarthgap', 'styhead', 'walnascar'} else 'bootimg_partition'}"
+# What bootimg_partition copies to the boot partition when the machine names nothing (as
+# qemux86-64 does): the boot script and initial environment of u-boot-otter-env.
+IMAGE_BOOT_FILES ??= "boot.scr${@' uboot.env' if d.getVar('OTTER_UBOOT_ENV_STORE') == 'fat' else ''}"
+
+# wrynose and whinlatter look for wks files in <layer>/files/wic (and refuse a top-level wic/);
+# scarthgap only searches <layer>/wic, so add the layer's folder there.
+WKS_SEARCH_PATH:append = ":${OTTER_LAYERDIR}/files/wic"
+
+python () {
+    # The otter layout's boot partition carries u-boot-otter-env's files.
+    wks = d.getVar('WKS_FILE') or ''
+    if 'wic' in (d.getVar('IMAGE_FSTYPES') or '').split() and wks.startswith('otter-ab.wks') \
+            and d.getVar('OTTER_BOOTLOADER') == 'uboot':
+        d.appendVarFlag('do_image_wic', 'depends', ' u-boot-otter-env:do_deploy')
+}
 
 # ------------------------------------------------------------------------------------------------
 
