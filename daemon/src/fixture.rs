@@ -133,3 +133,25 @@ command = [{command}]
         self.root.join(format!("dev/slot-{}.img", slot.as_str().to_lowercase()))
     }
 }
+
+/// Writes `DIR/image-SEED.img`: `len` deterministic bytes, alternately 4 KiB of xorshift noise and 4 KiB of a
+/// repeated byte — compresses a little, like a real filesystem, and its first bytes are not zero (so an
+/// invalidated slot head is visible). For tests and demos that need distinct images without mkfs.
+pub fn pattern_image(dir: &Path, seed: u8, len: usize) -> std::io::Result<PathBuf> {
+    let mut data = Vec::with_capacity(len + 4);
+    let mut x = u32::from(seed) | 1;
+    while data.len() < len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        if (data.len() >> 12) % 2 == 0 {
+            data.extend_from_slice(&x.to_le_bytes())
+        } else {
+            data.extend_from_slice(&[seed; 4])
+        }
+    }
+    data.truncate(len);
+    let p = dir.join(format!("image-{seed}.img"));
+    std::fs::write(&p, data)?;
+    Ok(p)
+}

@@ -29,22 +29,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 /// A 3 MiB image whose first bytes are not zero (so an invalidated slot head is visible).
 fn image(dir: &Path, seed: u8) -> PathBuf {
-    let mut data = Vec::with_capacity(3 << 20);
-    let mut x = u32::from(seed) | 1;
-    while data.len() < 3 << 20 {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        // Half random, half runs: compresses a bit, like a real filesystem.
-        if (data.len() >> 12) % 2 == 0 {
-            data.extend_from_slice(&x.to_le_bytes())
-        } else {
-            data.extend_from_slice(&[seed; 4])
-        }
-    }
-    let p = dir.join(format!("image-{seed}.img"));
-    std::fs::write(&p, data).unwrap();
-    p
+    otterd::fixture::pattern_image(dir, seed, 3 << 20).unwrap()
 }
 
 /// A signed artifact of `version` holding `image`, in 256 KiB chunks.

@@ -109,6 +109,11 @@ pub async fn get(db: &Db, id: i64) -> HttpResult<Artifact> {
     Ok(Artifact::from_row(&r)?)
 }
 
+/// The version of the artifact with this id (for views that show an action's or a rollout's release).
+pub async fn version_of(db: &Db, id: i64) -> Result<String, sqlx::Error> {
+    sqlx::query("SELECT version FROM artifacts WHERE id = $1").bind(id).fetch_one(&db.pool).await?.try_get("version")
+}
+
 /// Every artifact, newest first.
 pub async fn list(db: &Db) -> HttpResult<Vec<Artifact>> {
     let rows = sqlx::query("SELECT * FROM artifacts ORDER BY id DESC").fetch_all(&db.pool).await?;

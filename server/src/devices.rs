@@ -45,7 +45,8 @@ pub fn valid_controller_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_ID && !id.chars().any(|c| c.is_control() || c == '/' || c == '\\')
 }
 
-async fn tags_of(db: &Db, id: i64) -> Result<Vec<String>, sqlx::Error> {
+/// A device's tags, sorted.
+pub async fn tags_of(db: &Db, id: i64) -> Result<Vec<String>, sqlx::Error> {
     let rows = sqlx::query("SELECT tag FROM device_tags WHERE device_id = $1 ORDER BY tag")
         .bind(id)
         .fetch_all(&db.pool)
@@ -193,23 +194,18 @@ pub async fn set_tags(db: &Db, id: i64, tags: &[String]) -> HttpResult<()> {
 /// Issues a new target token for a device (the old one stops working at once). Shown once.
 pub async fn rotate_token(db: &Db, controller_id: &str, by: &str) -> HttpResult<String> {
     let token = new_secret(prefix::TARGET);
-    let n = sqlx::query("UPDATE devices SET token_hash = $1 WHERE controller_id = $2")
-        .bind(secret_hash(&token))
-        .bind(controller_id)
-        .execute(&db.pool)
-        .await?
-        .rows_affected();
-    if n == 0 {
-        return Err(HttpError::NotFound(format!("no device {controller_id}")));
-    }
-    crate::audit::append(db, by, "device.token-rotated", &format!("device:{controller_id}"), serde_json::json!({}))
-        .await?;
+    set_token_hash(db, controller_id, Some(secret_hash(&token)), "device.token-rotated", by).await?;
     Ok(token)
 }
 
 /// Revokes a device's target token: it can no longer authenticate until a new one is issued.
 pub async fn revoke_token(db: &Db, controller_id: &str, by: &str) -> HttpResult<()> {
-    let n = sqlx::query("UPDATE devices SET token_hash = NULL WHERE controller_id = $1")
+    set_token_hash(db, controller_id, None, "device.token-revoked", by).await
+}
+
+async fn set_token_hash(db: &Db, controller_id: &str, hash: Option<String>, event: &str, by: &str) -> HttpResult<()> {
+    let n = sqlx::query("UPDATE devices SET token_hash = $1 WHERE controller_id = $2")
+        .bind(hash)
         .bind(controller_id)
         .execute(&db.pool)
         .await?
@@ -217,8 +213,7 @@ pub async fn revoke_token(db: &Db, controller_id: &str, by: &str) -> HttpResult<
     if n == 0 {
         return Err(HttpError::NotFound(format!("no device {controller_id}")));
     }
-    crate::audit::append(db, by, "device.token-revoked", &format!("device:{controller_id}"), serde_json::json!({}))
-        .await?;
+    crate::audit::append(db, by, event, &format!("device:{controller_id}"), serde_json::json!({})).await?;
     Ok(())
 }
 

@@ -97,12 +97,7 @@ pub async fn search(db: &Db, q: &DeviceQuery) -> HttpResult<DevicePage> {
     let rows = bind(&page_sql).bind(limit).bind(offset).fetch_all(&db.pool).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
-        let id: i64 = r.try_get("id")?;
-        let tags = sqlx::query("SELECT tag FROM device_tags WHERE device_id = $1 ORDER BY tag")
-            .bind(id)
-            .fetch_all(&db.pool)
-            .await?;
-        let tags = tags.iter().map(|t| t.try_get("tag")).collect::<Result<_, _>>()?;
+        let tags = devices::tags_of(db, r.try_get("id")?).await?;
         out.push(devices::from_row(r, tags)?);
     }
     Ok(DevicePage { total, devices: out })
@@ -156,10 +151,7 @@ pub struct DesiredReported {
 
 /// Computes [`DesiredReported`] for a device.
 pub async fn desired_reported(db: &Db, d: &Device) -> HttpResult<DesiredReported> {
-    let version_of = |id: i64| async move {
-        let r = sqlx::query("SELECT version FROM artifacts WHERE id = $1").bind(id).fetch_one(&db.pool).await?;
-        r.try_get::<String, _>("version")
-    };
+    let version_of = |id: i64| crate::artifacts::version_of(db, id);
     let mut desired = None;
     let mut in_flight = None;
     if let Some(a) = actions::active_for(db, d.id).await? {
@@ -216,11 +208,7 @@ pub struct ActionHistory {
 async fn history(db: &Db, device_id: i64, limit: i64) -> HttpResult<Vec<ActionHistory>> {
     let mut out = Vec::new();
     for a in actions::of_device(db, device_id, limit).await? {
-        let version: String = sqlx::query("SELECT version FROM artifacts WHERE id = $1")
-            .bind(a.artifact_id)
-            .fetch_one(&db.pool)
-            .await?
-            .try_get("version")?;
+        let version = crate::artifacts::version_of(db, a.artifact_id).await?;
         let statuses = actions::statuses(db, a.id, 50).await?;
         out.push(ActionHistory { action: a, version, statuses });
     }

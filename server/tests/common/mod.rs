@@ -65,24 +65,9 @@ pub async fn start_with(
     Server { state, url, dir, key, public_key }
 }
 
-/// A deterministic image of `len` bytes (half noise, half runs).
+/// A deterministic image of `len` bytes (`otterd::fixture::pattern_image`).
 pub fn image(dir: &Path, seed: u8, len: usize) -> PathBuf {
-    let mut data = Vec::with_capacity(len);
-    let mut x = u32::from(seed) | 1;
-    while data.len() < len {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        if (data.len() >> 12) % 2 == 0 {
-            data.extend_from_slice(&x.to_le_bytes())
-        } else {
-            data.extend_from_slice(&[seed; 4])
-        }
-    }
-    data.truncate(len);
-    let p = dir.join(format!("image-{seed}.img"));
-    std::fs::write(&p, data).unwrap();
-    p
+    otterd::fixture::pattern_image(dir, seed, len).unwrap()
 }
 
 /// A signed `.otter` of `version` holding `image`, in 256 KiB chunks.
