@@ -1,5 +1,6 @@
-//! The README's main job, run as a test: the full simulated update (commit), the broken one (rollback), and the one
-//! cut off by a power failure (resumed, committed).
+//! The README's main job, run as a test: the full simulated update (commit), the broken one (rollback), the one
+//! cut off by a power failure (resumed, committed), and the fleet on otter-server with real otterd gateways (a
+//! canary rollout with an approval that reaches everyone; a broken release that halts at its canary).
 
 #[test]
 fn simulated_update_commits_broken_update_rolls_back_interrupted_update_resumes() {
@@ -22,4 +23,17 @@ fn simulated_update_commits_broken_update_rolls_back_interrupted_update_resumes(
     assert!(!cut.contains("says the first 0 chunks"), "{cut}");
     assert!(cut.contains("artifact download: bytes="), "{cut}");
     assert!(cut.contains("interrupted one resumed and was committed"), "{cut}");
+    // The fleet: every gateway committed 2.0 through the rollout, after an approver let the second group start.
+    let fleet = &stdout[stdout.find("=== fleet").expect("the fleet ran")..];
+    for i in 1..=6 {
+        assert!(fleet.contains(&format!("gw-0{i}: 2.0 committed on slot B")), "gw-0{i}: {fleet}");
+    }
+    assert!(fleet.contains("approver: group half approved"), "{fleet}");
+    assert!(fleet.contains("rollout 1 \"2.0 to the field\": finished"), "{fleet}");
+    // 2.1 failed on its canary, which rolled back; the rollout paused itself before anyone else got it.
+    assert!(fleet.contains("gw-02: 2.1 rolled back"), "{fleet}");
+    assert!(fleet.contains("the rollout paused itself: group canary: 1 of 1 devices failed"), "{fleet}");
+    assert!(fleet.contains("fleet: 6 on 2.0 — no other gateway was offered 2.1"), "{fleet}");
+    assert!(!fleet.contains("2.1 committed"), "{fleet}");
+    assert!(fleet.contains("hash chain intact: true"), "{fleet}");
 }
