@@ -150,6 +150,16 @@ pub enum Speed {
     Fast,
 }
 
+impl Speed {
+    /// The name, as stored in `rollouts.speed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Speed::Standard => "standard",
+            Speed::Fast => "fast",
+        }
+    }
+}
+
 /// A daily maintenance window in UTC: installs may start only inside it (DDI `maintenanceWindow`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
@@ -343,5 +353,15 @@ mod tests {
         let parsed: RolloutSpec = serde_json::from_str(r#"{"groups":[{"name":"canary","devices":["gw-1"]}]}"#).unwrap();
         assert_eq!((parsed.groups[0].success_threshold, parsed.kind, parsed.dynamic), (100, ActionKind::Soft, true));
         assert!(serde_json::from_str::<RolloutSpec>(r#"{"groups":[],"bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn a_stored_spec_names_its_speed_as_the_migration_expects() {
+        // Migration 3 finds the fast rollouts in stored specs by this text: it must stay what serde writes.
+        let spec: RolloutSpec = serde_json::from_str(r#"{"groups":[{"name":"all"}],"speed":"fast"}"#).unwrap();
+        let stored = serde_json::to_string(&spec).unwrap();
+        assert!(stored.contains(r#""speed":"fast""#), "{stored}");
+        assert_eq!(Speed::Fast.as_str(), "fast");
+        assert_eq!(Speed::Standard.as_str(), "standard");
     }
 }

@@ -176,13 +176,14 @@ async fn the_poll_gives_the_sleep_and_one_action_link(b: Backend) {
 async fn rollout(s: &Server, artifact: i64, device: i64, spec: Value, state: &str) -> i64 {
     let now = otter_server::db::now_ms();
     let r = sqlx::query(
-        "INSERT INTO rollouts (name, artifact_id, filter, spec, state, created_by, created_ms, updated_ms) \
-         VALUES ('r', $1, '{}', $2, $3, 'operator:test', $4, $4) RETURNING id",
+        "INSERT INTO rollouts (name, artifact_id, filter, spec, speed, state, created_by, created_ms, updated_ms) \
+         VALUES ('r', $1, '{}', $2, $5, $3, 'operator:test', $4, $4) RETURNING id",
     )
     .bind(artifact)
     .bind(spec.to_string())
     .bind(state)
     .bind(now)
+    .bind(spec["speed"].as_str().unwrap_or("standard").to_owned())
     .fetch_one(&s.state.db.pool)
     .await
     .unwrap();

@@ -22,7 +22,7 @@ use axum::http::HeaderMap;
 
 use crate::AppState;
 use crate::auth::{same_secret, secret_hash};
-use crate::db::now_ms;
+use crate::db::{Db, now_ms};
 use crate::devices::{self, Identity};
 use crate::error::{HttpError, HttpResult};
 
@@ -77,6 +77,19 @@ pub fn credential(headers: &HeaderMap, trust_proxy_client_cert: bool) -> HttpRes
     ))
 }
 
+/// What a device request reads about the device: at least its [`Identity`]. The poll reads everything it answers
+/// from in the same query as the identity ([`super::poll`]); other requests read the identity alone.
+pub trait Known {
+    /// The device's identity.
+    fn identity(&self) -> &Identity;
+}
+
+impl Known for Identity {
+    fn identity(&self) -> &Identity {
+        self
+    }
+}
+
 /// Authenticates a device request and returns the device it acts for.
 pub async fn authenticate(
     state: &AppState,
@@ -85,6 +98,18 @@ pub async fn authenticate(
     headers: &HeaderMap,
     register: Register,
 ) -> HttpResult<Identity> {
+    authenticate_as(state, tenant, controller_id, headers, register, devices::identity).await
+}
+
+/// [`authenticate`], reading the device with `read` (by controller id), which returns at least its identity.
+pub async fn authenticate_as<T: Known>(
+    state: &AppState,
+    tenant: &str,
+    controller_id: &str,
+    headers: &HeaderMap,
+    register: Register,
+    read: impl AsyncFn(&Db, &str) -> Result<Option<T>, sqlx::Error>,
+) -> HttpResult<T> {
     if tenant != state.config.tenant {
         return Err(HttpError::NotFound(format!("no tenant {tenant:?}")));
     }
@@ -92,37 +117,42 @@ pub async fn authenticate(
         return Err(HttpError::NotFound("invalid controller id".into()));
     }
     let device = match credential(headers, state.config.trust_proxy_client_cert)? {
-        Credential::Target(token) => by_target_token(state, controller_id, &token).await?,
+        Credential::Target(token) => by_target_token(state, controller_id, &token, read).await?,
         Credential::Gateway(token) => {
             let valid = state.config.gateway_token.as_deref().is_some_and(|g| same_secret(&token, g));
             if !valid {
                 tracing::warn!("ddi: a request for {controller_id:?} with a wrong gateway token");
                 return Err(HttpError::Unauthorized("gateway token not accepted".into()));
             }
-            known_or_registered(state, controller_id, register, "gateway").await?
+            known_or_registered(state, controller_id, register, "gateway", read).await?
         }
         Credential::ClientCert(cn) => {
             if cn != controller_id {
                 tracing::warn!("ddi: client certificate CN {cn:?} used for controller id {controller_id:?}");
                 return Err(HttpError::Unauthorized("the client certificate is not this controller's".into()));
             }
-            known_or_registered(state, controller_id, register, &format!("client-cert:{cn}")).await?
+            known_or_registered(state, controller_id, register, &format!("client-cert:{cn}"), read).await?
         }
     };
-    let now = now_ms();
-    match device.last_seen_ms {
-        None => devices::touch(&state.db, device.id).await?,
-        Some(t) if now - t >= TOUCH_EVERY_MS => state.seen.note(device.id, now),
+    let (id, now) = (device.identity().id, now_ms());
+    match device.identity().last_seen_ms {
+        None => devices::touch(&state.db, id).await?,
+        Some(t) if now - t >= TOUCH_EVERY_MS => state.seen.note(id, now),
         Some(_) => {}
     }
     Ok(device)
 }
 
-async fn by_target_token(state: &AppState, controller_id: &str, token: &str) -> HttpResult<Identity> {
-    let device = devices::identity(&state.db, controller_id).await?;
+async fn by_target_token<T: Known>(
+    state: &AppState,
+    controller_id: &str,
+    token: &str,
+    read: impl AsyncFn(&Db, &str) -> Result<Option<T>, sqlx::Error>,
+) -> HttpResult<T> {
+    let device = read(&state.db, controller_id).await?;
     let hash = secret_hash(token);
     if let Some(d) = device
-        && d.token_hash.as_deref().is_some_and(|h| same_secret(h, &hash))
+        && d.identity().token_hash.as_deref().is_some_and(|h| same_secret(h, &hash))
     {
         return Ok(d);
     }
@@ -145,13 +175,14 @@ async fn by_target_token(state: &AppState, controller_id: &str, token: &str) -> 
     Err(HttpError::Unauthorized("target token not accepted for this controller id".into()))
 }
 
-async fn known_or_registered(
+async fn known_or_registered<T: Known>(
     state: &AppState,
     controller_id: &str,
     register: Register,
     by: &str,
-) -> HttpResult<Identity> {
-    if let Some(d) = devices::identity(&state.db, controller_id).await? {
+    read: impl AsyncFn(&Db, &str) -> Result<Option<T>, sqlx::Error>,
+) -> HttpResult<T> {
+    if let Some(d) = read(&state.db, controller_id).await? {
         return Ok(d);
     }
     if register == Register::Never || !state.config.auto_register {
@@ -163,7 +194,7 @@ async fn known_or_registered(
         Err(HttpError::Conflict(_)) => {}
         Err(e) => return Err(e),
     }
-    devices::identity(&state.db, controller_id)
+    read(&state.db, controller_id)
         .await?
         .ok_or_else(|| HttpError::Internal(anyhow::anyhow!("device {controller_id} vanished after registration")))
 }

@@ -408,13 +408,14 @@ pub async fn create(state: &AppState, req: CreateRollout, actor: &str) -> HttpRe
     // The insert comes first: on SQLite it takes the write lock before the devices are read, so no device
     // registered meanwhile is missed by both this match and the dynamic join.
     let id: i64 = sqlx::query(
-        "INSERT INTO rollouts (name, artifact_id, filter, spec, state, current_group, created_by, created_ms, updated_ms) \
-         VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $7) RETURNING id",
+        "INSERT INTO rollouts (name, artifact_id, filter, spec, speed, state, current_group, created_by, created_ms, \
+         updated_ms) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $8) RETURNING id",
     )
     .bind(&name)
     .bind(artifact_id)
     .bind(&filter_json)
     .bind(&spec_json)
+    .bind(spec.speed.as_str())
     .bind(RolloutState::Scheduled.as_str())
     .bind(actor)
     .bind(now)
