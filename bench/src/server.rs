@@ -52,7 +52,53 @@ async fn populate(url: &str, n: usize) -> Result<()> {
         }
         q.execute(&db.pool).await?;
     }
+    history(&db, now).await?;
     eprintln!("registered {n} devices in {:.1} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Gives the fleet a past, as a real one has: one finished standard rollout of release 1.0 with every device a
+/// member and one finished action each, so a poll reads through a rollout membership and an installed action.
+async fn history(db: &otter_server::db::Db, now: i64) -> Result<()> {
+    let artifact: i64 = sqlx::Row::try_get(
+        &sqlx::query(
+            "INSERT INTO artifacts (sha256, sha1, md5, size, filename, version, compatible, security_version, signer, \
+             uploaded_by, created_ms) VALUES ($1, $2, $3, 1, 'bench-1.0.otter', '1.0', 'bench', 0, 'bench', \
+             'bench', $4) ON CONFLICT (sha256) DO UPDATE SET size = 1 RETURNING id",
+        )
+        .bind("0".repeat(64))
+        .bind("0".repeat(40))
+        .bind("0".repeat(32))
+        .bind(now)
+        .fetch_one(&db.pool)
+        .await?,
+        "id",
+    )?;
+    let rollout: i64 = sqlx::Row::try_get(
+        &sqlx::query(
+            "INSERT INTO rollouts (name, artifact_id, filter, spec, speed, state, created_by, created_ms, updated_ms) \
+             VALUES ('bench 1.0', $1, '{}', '{\"groups\":[{\"name\":\"all\"}]}', 'standard', 'finished', 'bench', \
+             $2, $2) RETURNING id",
+        )
+        .bind(artifact)
+        .bind(now)
+        .fetch_one(&db.pool)
+        .await?,
+        "id",
+    )?;
+    sqlx::query("INSERT INTO rollout_members (rollout_id, device_id, group_idx) SELECT $1, id, 0 FROM devices")
+        .bind(rollout)
+        .execute(&db.pool)
+        .await?;
+    sqlx::query(
+        "INSERT INTO actions (device_id, rollout_id, group_idx, artifact_id, kind, state, active, created_ms, \
+         updated_ms) SELECT id, $1, 0, $2, 'forced', 'finished', 0, $3, $3 FROM devices",
+    )
+    .bind(rollout)
+    .bind(artifact)
+    .bind(now)
+    .execute(&db.pool)
+    .await?;
     Ok(())
 }
 
