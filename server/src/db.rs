@@ -223,6 +223,9 @@ impl Db {
                 let opts = AnyConnectOptions::from_str(&full)?.disable_statement_logging();
                 AnyPoolOptions::new()
                     .max_connections(4)
+                    // No ping before each use: every query is already a round trip to the connection's thread,
+                    // and the poll is one query. A broken connection fails its query and is replaced.
+                    .test_before_acquire(false)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             // WAL: readers go on while a writer commits; NORMAL sync is durable in WAL mode except
@@ -243,7 +246,9 @@ impl Db {
             }
             Engine::Postgres => {
                 let opts = AnyConnectOptions::from_str(url)?.disable_statement_logging();
-                AnyPoolOptions::new().max_connections(16).connect_with(opts).await?
+                // No ping before each use (a round trip per request); a connection the server dropped fails one
+                // query, which the device repeats at its next poll, and is replaced.
+                AnyPoolOptions::new().max_connections(16).test_before_acquire(false).connect_with(opts).await?
             }
         };
         let db = Db { pool, engine };

@@ -223,6 +223,9 @@ pub async fn touch(db: &Db, id: i64) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Devices per statement of [`SeenBuffer::flush`] (two parameters each: far below SQLite's and PostgreSQL's limits).
+const SEEN_PER_STATEMENT: usize = 400;
+
 /// `last_seen_ms` updates waiting to be written, so that a poll — the hot path, thousands a second — does not
 /// write to the database: [`SeenBuffer::flush`] writes them all in one transaction, once a second (the server's
 /// flusher task, started by `serve`). A device's first contact is written at once instead (the registry shows a
@@ -260,12 +263,20 @@ impl SeenBuffer {
         }
         let write = async {
             let mut tx = db.pool.begin().await?;
-            for (id, at) in &batch {
-                sqlx::query("UPDATE devices SET last_seen_ms = $1 WHERE id = $2 AND (last_seen_ms IS NULL OR last_seen_ms < $1)")
-                    .bind(*at)
-                    .bind(*id)
-                    .execute(&mut *tx)
-                    .await?;
+            // A few hundred devices per statement: one round trip to the database instead of one per device.
+            for rows in batch.chunks(SEEN_PER_STATEMENT) {
+                let values: Vec<String> =
+                    (0..rows.len()).map(|k| format!("(${}, ${})", 2 * k + 1, 2 * k + 2)).collect();
+                let sql = format!(
+                    "WITH seen(id, at) AS (VALUES {}) UPDATE devices SET last_seen_ms = seen.at FROM seen \
+                     WHERE devices.id = seen.id AND (devices.last_seen_ms IS NULL OR devices.last_seen_ms < seen.at)",
+                    values.join(", ")
+                );
+                let mut q = sqlx::query(&sql);
+                for (id, at) in rows {
+                    q = q.bind(*id).bind(*at);
+                }
+                q.execute(&mut *tx).await?;
             }
             tx.commit().await
         };

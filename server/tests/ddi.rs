@@ -133,6 +133,30 @@ async fn a_request_records_last_seen(b: Backend) {
     assert_eq!(s.int("SELECT last_seen_ms FROM devices").await, first);
 }
 
+async fn last_seen_times_are_written_in_batches_and_never_go_back(b: Backend) {
+    let s = start(b, |_| {}).await;
+    // More devices than one statement takes.
+    let rows: Vec<String> =
+        (0..450).map(|i| format!("('seen-{i}', 0, {})", if i == 7 { 5000 } else { 1000 })).collect();
+    s.exec(&format!("INSERT INTO devices (controller_id, created_ms, last_seen_ms) VALUES {}", rows.join(", "))).await;
+    let ids: Vec<i64> = sqlx::query("SELECT id FROM devices ORDER BY id")
+        .fetch_all(&s.state.db.pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| sqlx::Row::get(r, "id"))
+        .collect();
+    let buffer = otter_server::devices::SeenBuffer::default();
+    for id in &ids {
+        buffer.note(*id, 3000);
+    }
+    assert_eq!(buffer.flush(&s.state.db).await.unwrap(), 450);
+    assert!(buffer.is_empty());
+    assert_eq!(s.int("SELECT COUNT(*) FROM devices WHERE last_seen_ms = 3000").await, 449);
+    // seen-7 was seen later (by another instance, say): its time stays.
+    assert_eq!(s.int("SELECT last_seen_ms FROM devices WHERE controller_id = 'seen-7'").await, 5000);
+}
+
 async fn the_poll_gives_the_sleep_and_one_action_link(b: Backend) {
     let (s, dev, token, a) = one_device(b).await;
     let (status, body) = get(&s.base("dev1"), &tt(&token)).await;
@@ -662,6 +686,7 @@ on_both!(
     the_gateway_token_acts_for_any_device_and_registers_only_with_auto_register,
     a_client_certificate_cn_counts_only_behind_a_trusted_proxy,
     a_request_records_last_seen,
+    last_seen_times_are_written_in_batches_and_never_go_back,
     the_poll_gives_the_sleep_and_one_action_link,
     a_fast_release_shortens_the_sleep_while_it_runs,
     the_deployment_names_the_artifact_with_hashes_and_a_signed_link,
