@@ -35,20 +35,22 @@ async fn populate(url: &str, n: usize) -> Result<()> {
     let now = otter_server::db::now_ms();
     for batch in (0..n).collect::<Vec<_>>().chunks(500) {
         let mut sql = String::from(
-            "INSERT INTO devices (controller_id, token_hash, compatible, created_ms, attributes_ms) VALUES ",
+            "INSERT INTO devices (controller_id, token_hash, compatible, created_ms, attributes_ms, last_seen_ms) VALUES ",
         );
         for (k, _) in batch.iter().enumerate() {
             if k > 0 {
                 sql.push(',');
             }
-            let b = k * 4;
-            sql.push_str(&format!("(${}, ${}, 'bench', ${}, ${})", b + 1, b + 2, b + 3, b + 4));
+            let b = k * 5;
+            sql.push_str(&format!("(${}, ${}, 'bench', ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5));
         }
         sql.push_str(" ON CONFLICT (controller_id) DO NOTHING");
         let mut q = sqlx::query(&sql);
         for i in batch {
             let id = format!("bench-{i}");
-            q = q.bind(id.clone()).bind(otter_server::auth::secret_hash(&id)).bind(now).bind(now);
+            // A running fleet: every device was seen in the last five minutes, at a different moment.
+            let seen = now - (*i as i64 * 7919) % 300_000;
+            q = q.bind(id.clone()).bind(otter_server::auth::secret_hash(&id)).bind(now).bind(now).bind(seen);
         }
         q.execute(&db.pool).await?;
     }
@@ -169,7 +171,7 @@ async fn poll(url: &str, devices: usize, rate: f64, secs: f64, pid: u32) -> Resu
     l.sort_unstable();
     let pct = |p: f64| if l.is_empty() { 0.0 } else { l[((l.len() - 1) as f64 * p) as usize] as f64 / 1000.0 };
     println!(
-        "target {rate:>7.0}/s  achieved {:>7.0}/s  p50 {:>6.2} ms  p99 {:>7.2} ms  errors {}  server cpu {:.0} %  rss {:.1} MiB (peak {:.1})",
+        "target {rate:>7.0}/s  achieved {:>7.0}/s  p50 {:>6.2} ms  p99 {:>7.2} ms  errors {}  server cpu {:.0} %  rss {:.1} MiB (peak {:.1}; own {:.1}, file-mapped {:.1})",
         l.len() as f64 / wall,
         pct(0.50),
         pct(0.99),
@@ -177,6 +179,8 @@ async fn poll(url: &str, devices: usize, rate: f64, secs: f64, pid: u32) -> Resu
         server_cpu * 100.0,
         rss_kib(pid, "VmRSS:") as f64 / 1024.0,
         rss_kib(pid, "VmHWM:") as f64 / 1024.0,
+        rss_kib(pid, "RssAnon:") as f64 / 1024.0,
+        rss_kib(pid, "RssFile:") as f64 / 1024.0,
     );
     Ok(())
 }

@@ -85,6 +85,9 @@ struct Serve {
     /// Download link lifetime, seconds.
     #[arg(long, default_value_t = 900)]
     link_ttl: u64,
+    /// Precision of devices' last-seen time, seconds (written at most this often per device).
+    #[arg(long, default_value_t = 300)]
+    seen_resolution: u64,
     /// Register unknown devices that authenticate with the gateway token on their first poll.
     #[arg(long)]
     auto_register: bool,
@@ -137,6 +140,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             c.poll = Duration::from_secs(s.poll.clamp(1, 86_400));
             c.fast_poll = Duration::from_secs(s.fast_poll.clamp(1, 86_400));
             c.link_ttl = Duration::from_secs(s.link_ttl.clamp(10, 7 * 86_400));
+            c.seen_resolution = Duration::from_secs(s.seen_resolution.clamp(1, 3600));
             c.auto_register = s.auto_register;
             c.gateway_token = s.gateway_token.filter(|t| !t.is_empty());
             c.max_upload = s.max_upload;

@@ -128,9 +128,17 @@ async fn a_request_records_last_seen(b: Backend) {
     get(&s.base("dev1"), &tt(&token)).await;
     let first = s.int("SELECT last_seen_ms FROM devices").await;
     assert!(first > 0);
-    // Within a second: not written again (the hot path).
+    // Within the resolution (300 s): not written again (the hot path).
     get(&s.base("dev1"), &tt(&token)).await;
-    assert_eq!(s.int("SELECT last_seen_ms FROM devices").await, first);
+    s.exec("UPDATE devices SET last_seen_ms = last_seen_ms - 200000").await;
+    get(&s.base("dev1"), &tt(&token)).await;
+    assert!(s.state.seen.is_empty());
+    assert_eq!(s.int("SELECT last_seen_ms FROM devices").await, first - 200_000);
+    // Older than that: noted, and written with the next batch.
+    s.exec("UPDATE devices SET last_seen_ms = last_seen_ms - 200000").await;
+    get(&s.base("dev1"), &tt(&token)).await;
+    assert_eq!(s.state.seen.flush(&s.state.db).await.unwrap(), 1);
+    assert!(s.int("SELECT last_seen_ms FROM devices").await >= first);
 }
 
 async fn last_seen_times_are_written_in_batches_and_never_go_back(b: Backend) {

@@ -14,9 +14,9 @@
 //!   (`$ssl_client_s_dn_cn` from a `map` over `$ssl_client_s_dn`). Anyone who can reach the server directly can set
 //!   the header, which is why the option is off by default and the header is ignored without it.
 //!
-//! Each authenticated request records `last_seen_ms`: the first contact at once, later ones through the
-//! [`crate::devices::SeenBuffer`] (written once a second for all devices together): a poll is the hot path, and a
-//! write per poll would be most of its cost.
+//! Each authenticated request records `last_seen_ms`: the first contact at once, later ones when the stored time
+//! is older than `--seen-resolution` (300 s), through the [`crate::devices::SeenBuffer`] (written once a second for
+//! all devices together): a poll is the hot path, and a write per poll would be most of its cost.
 
 use axum::http::HeaderMap;
 
@@ -28,8 +28,6 @@ use crate::error::{HttpError, HttpResult};
 
 /// The header a TLS-terminating proxy sets to the verified client certificate's subject CN.
 pub const CLIENT_CERT_CN: &str = "x-client-cert-cn";
-/// `last_seen_ms` is written when the stored value is at least this old (1 second).
-const TOUCH_EVERY_MS: i64 = 1000;
 
 /// The credential a request carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,7 +135,7 @@ pub async fn authenticate_as<T: Known>(
     let (id, now) = (device.identity().id, now_ms());
     match device.identity().last_seen_ms {
         None => devices::touch(&state.db, id).await?,
-        Some(t) if now - t >= TOUCH_EVERY_MS => state.seen.note(id, now),
+        Some(t) if now - t >= state.config.seen_resolution.as_millis() as i64 => state.seen.note(id, now),
         Some(_) => {}
     }
     Ok(device)
