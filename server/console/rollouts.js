@@ -38,6 +38,10 @@ function pairs(text) {
 }
 
 export async function renderForm(main) {
+  if (!can("operate")) {
+    main.replaceChildren(h("h1", {}, "New rollout"), h("p", { id: "not-allowed" }, `A ${session.role} may not create rollouts.`));
+    return;
+  }
   const artifacts = await api("GET", "/artifacts");
   const el = {
     name: h("input", { id: "r-name", required: true, placeholder: "gateway 2.4" }),
@@ -56,6 +60,8 @@ export async function renderForm(main) {
     windowOn: h("input", { type: "checkbox", id: "r-window" }),
     windowStart: h("input", { type: "time", id: "r-window-start", value: "02:00" }),
     windowMinutes: h("input", { type: "number", id: "r-window-minutes", min: 1, max: 1440, value: 120 }),
+    startAt: h("input", { type: "datetime-local", id: "r-start-at" }),
+    dynamic: h("input", { type: "checkbox", id: "r-dynamic", checked: true }),
   };
   const count = h("span", { id: "match-count", class: "count-live" }, "…");
   const groups = h("tbody", { id: "groups" });
@@ -136,6 +142,8 @@ export async function renderForm(main) {
         field("Kind", el.kind),
         h("label", { class: "check" }, el.fast, " Fast release (devices poll every few seconds while it runs)"),
         h("label", { class: "check" }, el.confirm, " Ask each device's consent first"),
+        h("label", { class: "check" }, el.dynamic, " Devices that match later join the last group"),
+        field("Start at (UTC, empty: now)", el.startAt),
       ),
       h("div", { class: "filters" }, h("label", { class: "check" }, el.windowOn, " Maintenance window (UTC)"), field("Starts", el.windowStart), field("Minutes", el.windowMinutes)),
     ),
@@ -159,7 +167,9 @@ export async function renderForm(main) {
       kind: el.kind.value,
       speed: el.fast.checked ? "fast" : "standard",
       confirmation_required: el.confirm.checked,
+      dynamic: el.dynamic.checked,
     };
+    if (el.startAt.value) spec.start_at_ms = Date.parse(`${el.startAt.value}Z`);
     if (el.windowOn.checked) {
       const [hh, mm] = el.windowStart.value.split(":").map(Number);
       spec.window = { start_minute: hh * 60 + mm, duration_minutes: Number(el.windowMinutes.value) };
@@ -250,10 +260,10 @@ export async function renderRollout(main, _params, id) {
               cell: (g) => {
                 if (!g.approval) return "not needed";
                 if (g.approved_by) return `approved by ${g.approved_by}`;
-                if (can("approve") && live && r.created_by !== `operator:${session.name}`) {
+                if (can("approve") && g.state === "waiting-approval" && r.created_by !== `operator:${session.name}`) {
                   return h("button", { type: "button", class: "act primary approve", "data-group": g.idx, onclick: () => act("approve", { group: g.idx }) }, `Approve ${g.name}`);
                 }
-                return "needed";
+                return g.state === "waiting-approval" ? "waiting for an approver (not the creator)" : "needed";
               },
             },
           ],

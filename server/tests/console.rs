@@ -614,6 +614,7 @@ async fn the_console_in_a_real_browser() {
     let mut cmd = tokio::process::Command::new("/usr/bin/python3");
     cmd.arg(&script)
         .env("OTTER_URL", &s.url)
+        .env("OTTER_ADMIN_TOKEN", &s.admin)
         .env("OTTER_OPERATOR_TOKEN", &operator)
         .env("OTTER_APPROVER_TOKEN", &approver)
         .env("OTTER_VIEWER_TOKEN", &viewer)

@@ -2,7 +2,7 @@
 """Drives the otter console in headless Chromium (Debian's chromium + chromium-driver + python3-selenium).
 
 Started by server/tests/console.rs against a real otter-server with simulated devices; the environment says where:
-OTTER_URL, OTTER_OPERATOR_TOKEN, OTTER_APPROVER_TOKEN, OTTER_VIEWER_TOKEN, OTTER_ARTIFACT (a signed 2.1 .otter),
+OTTER_URL, OTTER_ADMIN_TOKEN, OTTER_OPERATOR_TOKEN, OTTER_APPROVER_TOKEN, OTTER_VIEWER_TOKEN, OTTER_ARTIFACT (a signed 2.1 .otter),
 OTTER_LAB_ROLLOUT (a 2.0 rollout whose second group needs an approver), OTTER_SCREENSHOTS, OTTER_DOWNLOADS, and
 optionally OTTER_CONSOLE_SCREENSHOT (where to save the overview for the docs).
 
@@ -16,6 +16,7 @@ import os
 import sys
 import time
 import traceback
+import urllib.request
 
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
@@ -29,6 +30,7 @@ URL = os.environ["OTTER_URL"]
 OPERATOR = os.environ["OTTER_OPERATOR_TOKEN"]
 APPROVER = os.environ["OTTER_APPROVER_TOKEN"]
 VIEWER = os.environ["OTTER_VIEWER_TOKEN"]
+ADMIN = os.environ["OTTER_ADMIN_TOKEN"]
 ARTIFACT = os.environ["OTTER_ARTIFACT"]
 LAB = os.environ["OTTER_LAB_ROLLOUT"]
 SHOTS = os.environ["OTTER_SCREENSHOTS"]
@@ -42,6 +44,13 @@ T0 = time.monotonic()
 
 def log(msg):
     print(f"[{time.monotonic() - T0:5.1f} s] {msg}", flush=True)
+
+
+def api(method, path):
+    """A call to the REST API as the admin (test set-up beside the browser)."""
+    req = urllib.request.Request(f"{URL}{path}", method=method, headers={"Authorization": f"Bearer {ADMIN}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
 
 
 def browser():
@@ -225,6 +234,7 @@ def scenario(c):
     c.sign_in(APPROVER, "approver")
     c.go(f"#/rollouts/{LAB}")
     c.wait_text("#rollout-name", "2.0 to the lab")
+    # The Approve button appears once the wave waits for an approver (the page polls every 2 s).
     c.el("button.approve").click()
     c.wait_text("#groups", "approved by operator:alice")
     c.wait_text("#rollout-state", "finished", timeout=40)
@@ -275,6 +285,7 @@ def scenario(c):
         ("#/devices/spare-01", "#device-audit"),
         ("#/artifacts", "#artifacts"),
         ("#/rollouts", "#rollouts"),
+        ("#/rollouts/new", "#not-allowed"),
         (canary_url.split("/console/", 1)[1], "#groups"),
         (f"#/rollouts/{LAB}", "#groups"),
         ("#/", "#by-state"),
@@ -293,6 +304,14 @@ def scenario(c):
     if DOC_SHOT:
         d.save_screenshot(DOC_SHOT)
         log(f"saved {DOC_SHOT}")
+
+    # Revoking the viewer's token (through the API, as an admin) ends the console session at the next request.
+    tokens = api("GET", "/api/v1/tokens")
+    victor = next(t["id"] for t in tokens if t["name"] == "victor")
+    api("DELETE", f"/api/v1/tokens/{victor}")
+    c.go("#/devices")
+    c.wait_text("#sign-in-error", "session ended")
+    log("the revoked viewer's session ended")
 
     # Nothing the page did was blocked by the Content-Security-Policy, and no script error.
     problems = [
