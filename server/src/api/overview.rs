@@ -112,11 +112,42 @@ pub async fn overview(
     Ok(Json(compute(&st.db, &q, now_ms()).await?))
 }
 
-/// Computes the overview at `now`.
+/// Computes the overview at `now`: each part is one or two aggregate queries.
 pub async fn compute(db: &Db, q: &OverviewQuery, now: i64) -> HttpResult<Overview> {
-    let count = |r: sqlx::any::AnyRow| r.try_get::<i64, _>("n");
-    let devices = count(sqlx::query("SELECT COUNT(*) AS n FROM devices").fetch_one(&db.pool).await?)?;
-    let by_version_state = sqlx::query(
+    let unseen_ms = q.unseen_ms.unwrap_or(UNSEEN_MS).max(0);
+    let min_security_version = match q.min_security_version {
+        Some(m) => Some(m),
+        None => {
+            sqlx::query("SELECT MAX(security_version) AS m FROM artifacts").fetch_one(&db.pool).await?.try_get("m")?
+        }
+    };
+    Ok(Overview {
+        now_ms: now,
+        devices: count(db, "SELECT COUNT(*) AS n FROM devices", &[]).await?,
+        by_version_state: by_version_state(db).await?,
+        rollouts: rollouts_in_progress(db).await?,
+        failures: recent_failures(db).await?,
+        unseen_ms,
+        unseen: unseen(db, now.saturating_sub(unseen_ms)).await?,
+        min_security_version,
+        below: match min_security_version {
+            Some(min) => below(db, min).await?,
+            None => Listed { total: 0, first: Vec::new() },
+        },
+    })
+}
+
+/// `SELECT COUNT(*) AS n …` with integer parameters.
+async fn count(db: &Db, sql: &str, params: &[i64]) -> Result<i64, sqlx::Error> {
+    let mut q = sqlx::query(sql);
+    for p in params {
+        q = q.bind(*p);
+    }
+    q.fetch_one(&db.pool).await?.try_get("n")
+}
+
+async fn by_version_state(db: &Db) -> Result<Vec<VersionState>, sqlx::Error> {
+    sqlx::query(
         "SELECT reported_version, reported_state, COUNT(*) AS n FROM devices GROUP BY reported_version, reported_state \
          ORDER BY reported_version, reported_state",
     )
@@ -130,19 +161,25 @@ pub async fn compute(db: &Db, q: &OverviewQuery, now: i64) -> HttpResult<Overvie
             devices: r.try_get("n")?,
         })
     })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    .collect()
+}
 
+/// The newest [`ROLLOUTS`] rollouts not finished or cancelled (a handful: one view each).
+async fn rollouts_in_progress(db: &Db) -> HttpResult<Vec<RolloutView>> {
     let ids =
         sqlx::query("SELECT id FROM rollouts WHERE state NOT IN ('finished', 'cancelled') ORDER BY id DESC LIMIT $1")
             .bind(ROLLOUTS)
             .fetch_all(&db.pool)
             .await?;
-    let mut rollouts = Vec::with_capacity(ids.len());
+    let mut out = Vec::with_capacity(ids.len());
     for r in ids {
-        rollouts.push(rollout::get(db, r.try_get("id")?).await?);
+        out.push(rollout::get(db, r.try_get("id")?).await?);
     }
+    Ok(out)
+}
 
-    let failures = sqlx::query(
+async fn recent_failures(db: &Db) -> Result<Vec<Failure>, sqlx::Error> {
+    sqlx::query(
         "SELECT x.id, d.controller_id, a.version, x.rollout_id, x.last_message, x.updated_ms FROM actions x \
          JOIN devices d ON d.id = x.device_id JOIN artifacts a ON a.id = x.artifact_id \
          WHERE x.state = 'error' ORDER BY x.updated_ms DESC, x.id DESC LIMIT $1",
@@ -161,19 +198,15 @@ pub async fn compute(db: &Db, q: &OverviewQuery, now: i64) -> HttpResult<Overvie
             at_ms: r.try_get("updated_ms")?,
         })
     })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    .collect()
+}
 
-    let unseen_ms = q.unseen_ms.unwrap_or(UNSEEN_MS).max(0);
-    let since = now.saturating_sub(unseen_ms);
-    let unseen_where = "WHERE last_seen_ms IS NULL OR last_seen_ms < $1";
-    let unseen_total = count(
-        sqlx::query(&format!("SELECT COUNT(*) AS n FROM devices {unseen_where}"))
-            .bind(since)
-            .fetch_one(&db.pool)
-            .await?,
-    )?;
-    let unseen_first = sqlx::query(&format!(
-        "SELECT controller_id, last_seen_ms FROM devices {unseen_where} ORDER BY last_seen_ms, controller_id LIMIT $2"
+/// Devices not seen since `since` (or never), longest unseen first.
+async fn unseen(db: &Db, since: i64) -> Result<Listed<Seen>, sqlx::Error> {
+    const WHERE: &str = "WHERE last_seen_ms IS NULL OR last_seen_ms < $1";
+    let total = count(db, &format!("SELECT COUNT(*) AS n FROM devices {WHERE}"), &[since]).await?;
+    let first = sqlx::query(&format!(
+        "SELECT controller_id, last_seen_ms FROM devices {WHERE} ORDER BY last_seen_ms, controller_id LIMIT $2"
     ))
     .bind(since)
     .bind(LIST)
@@ -181,44 +214,24 @@ pub async fn compute(db: &Db, q: &OverviewQuery, now: i64) -> HttpResult<Overvie
     .await?
     .iter()
     .map(|r| Ok(Seen { controller_id: r.try_get("controller_id")?, last_seen_ms: r.try_get("last_seen_ms")? }))
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    .collect::<Result<_, sqlx::Error>>()?;
+    Ok(Listed { total, first })
+}
 
-    let min_security_version = match q.min_security_version {
-        Some(m) => Some(m),
-        None => {
-            sqlx::query("SELECT MAX(security_version) AS m FROM artifacts").fetch_one(&db.pool).await?.try_get("m")?
-        }
-    };
-    let below = match min_security_version {
-        None => Listed { total: 0, first: Vec::new() },
-        Some(min) => {
-            // Per device the security version of its last successful update (as the compliance report has it).
-            let below_from = "FROM (SELECT d.controller_id, (SELECT a.security_version FROM actions x \
-                 JOIN artifacts a ON a.id = x.artifact_id WHERE x.device_id = d.id AND x.state = 'finished' \
-                 ORDER BY x.id DESC LIMIT 1) AS sv FROM devices d) s WHERE s.sv IS NULL OR s.sv < $1";
-            let total =
-                count(sqlx::query(&format!("SELECT COUNT(*) AS n {below_from}")).bind(min).fetch_one(&db.pool).await?)?;
-            let first = sqlx::query(&format!("SELECT s.controller_id {below_from} ORDER BY s.controller_id LIMIT $2"))
-                .bind(min)
-                .bind(LIST)
-                .fetch_all(&db.pool)
-                .await?
-                .iter()
-                .map(|r| r.try_get("controller_id"))
-                .collect::<Result<Vec<String>, sqlx::Error>>()?;
-            Listed { total, first }
-        }
-    };
-
-    Ok(Overview {
-        now_ms: now,
-        devices,
-        by_version_state,
-        rollouts,
-        failures,
-        unseen_ms,
-        unseen: Listed { total: unseen_total, first: unseen_first },
-        min_security_version,
-        below,
-    })
+/// Devices whose last successful update's security version (as the compliance report has it) is below `min`, or
+/// unknown.
+async fn below(db: &Db, min: i64) -> Result<Listed<String>, sqlx::Error> {
+    const FROM: &str = "FROM (SELECT d.controller_id, (SELECT a.security_version FROM actions x \
+         JOIN artifacts a ON a.id = x.artifact_id WHERE x.device_id = d.id AND x.state = 'finished' \
+         ORDER BY x.id DESC LIMIT 1) AS sv FROM devices d) s WHERE s.sv IS NULL OR s.sv < $1";
+    let total = count(db, &format!("SELECT COUNT(*) AS n {FROM}"), &[min]).await?;
+    let first = sqlx::query(&format!("SELECT s.controller_id {FROM} ORDER BY s.controller_id LIMIT $2"))
+        .bind(min)
+        .bind(LIST)
+        .fetch_all(&db.pool)
+        .await?
+        .iter()
+        .map(|r| r.try_get("controller_id"))
+        .collect::<Result<_, sqlx::Error>>()?;
+    Ok(Listed { total, first })
 }
