@@ -585,7 +585,10 @@ async fn the_console_in_a_real_browser() {
             fleet_failure,
         ));
     }
-    otter_server::devices::register(&s.state.db, "spare-01", Some(TYPE), &[], true, "operator:olivia").await.unwrap();
+    // The spare never polls: a rollout to it stays running until an operator steps in.
+    otter_server::devices::register(&s.state.db, "spare-01", Some(TYPE), &["spare".into()], true, "operator:olivia")
+        .await
+        .unwrap();
     // They all shipped with 1.9 (set-up: the factory image, no API for it).
     s.sql("UPDATE devices SET reported_version = '1.9', reported_state = 'in-sync' WHERE controller_id <> 'spare-01'")
         .await;
@@ -606,6 +609,17 @@ async fn the_console_in_a_real_browser() {
         .await;
     assert_eq!(st, StatusCode::CREATED, "{lab}");
 
+    let (st, spare) = s
+        .call(
+            &operator,
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(json!({"name": "2.0 to the spare", "artifact_id": a20["id"], "filter": {"tags": ["spare"]},
+                "spec": {"groups": [{"name": "all", "percent": 100}]}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{spare}");
+
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let downloads = s.dir.join("downloads");
@@ -620,6 +634,7 @@ async fn the_console_in_a_real_browser() {
         .env("OTTER_VIEWER_TOKEN", &viewer)
         .env("OTTER_ARTIFACT", &file21)
         .env("OTTER_LAB_ROLLOUT", lab["id"].to_string())
+        .env("OTTER_SPARE_ROLLOUT", spare["id"].to_string())
         .env("OTTER_SCREENSHOTS", &shots)
         .env("OTTER_DOWNLOADS", &downloads)
         .kill_on_drop(true);
@@ -638,11 +653,19 @@ async fn the_console_in_a_real_browser() {
     assert_eq!((canary["state"].as_str(), canary["created_by"].as_str()), (Some("paused"), Some("operator:olivia")));
     let lab = rollouts.as_array().unwrap().iter().find(|r| r["name"] == "2.0 to the lab").unwrap();
     assert_eq!(lab["groups"][1]["approved_by"], "operator:alice");
+    let spare = rollouts.as_array().unwrap().iter().find(|r| r["name"] == "2.0 to the spare").unwrap();
+    assert_eq!(spare["state"], "cancelled");
     let csv = std::fs::read_to_string(downloads.join("compliance.csv")).expect("the browser downloaded the CSV");
     assert!(csv.starts_with("controller_id,compatible,version,"), "{csv}");
     assert_eq!(csv.lines().count(), 1 + 22, "{csv}");
     let audit = s.call(&s.admin, Method::GET, "/api/v1/audit?event=rollout.approved", None).await.1;
     assert!(audit.to_string().contains("operator:alice"), "{audit}");
+    for event in ["rollout.paused", "rollout.resumed", "rollout.cancelled"] {
+        let (_, audit) = s
+            .call(&s.admin, Method::GET, &format!("/api/v1/audit?event={event}&subject=rollout:{}", spare["id"]), None)
+            .await;
+        assert_eq!(audit[0]["actor"], "operator:olivia", "{event}: {audit}");
+    }
     for t in tasks {
         t.abort();
     }

@@ -3,7 +3,8 @@
 
 Started by server/tests/console.rs against a real otter-server with simulated devices; the environment says where:
 OTTER_URL, OTTER_ADMIN_TOKEN, OTTER_OPERATOR_TOKEN, OTTER_APPROVER_TOKEN, OTTER_VIEWER_TOKEN, OTTER_ARTIFACT (a signed 2.1 .otter),
-OTTER_LAB_ROLLOUT (a 2.0 rollout whose second group needs an approver), OTTER_SCREENSHOTS, OTTER_DOWNLOADS, and
+OTTER_LAB_ROLLOUT (a 2.0 rollout whose second group needs an approver), OTTER_SPARE_ROLLOUT (a rollout to a
+device that never polls), OTTER_SCREENSHOTS, OTTER_DOWNLOADS, and
 optionally OTTER_CONSOLE_SCREENSHOT (where to save the overview for the docs).
 
 Every check waits for a condition on the page (never a fixed sleep); a failure saves a screenshot and exits 1.
@@ -33,6 +34,7 @@ VIEWER = os.environ["OTTER_VIEWER_TOKEN"]
 ADMIN = os.environ["OTTER_ADMIN_TOKEN"]
 ARTIFACT = os.environ["OTTER_ARTIFACT"]
 LAB = os.environ["OTTER_LAB_ROLLOUT"]
+SPARE = os.environ["OTTER_SPARE_ROLLOUT"]
 SHOTS = os.environ["OTTER_SCREENSHOTS"]
 DOWNLOADS = os.environ["OTTER_DOWNLOADS"]
 DOC_SHOT = os.environ.get("OTTER_CONSOLE_SCREENSHOT")
@@ -206,6 +208,30 @@ def scenario(c):
     c.wait_text("#artifacts", "2.1", signer)
     log(f"uploaded 2.1, signed by {signer}")
     c.shot("artifacts")
+    # A file that is not a signed artifact is refused with the reader's reason, and not listed.
+    junk = os.path.join(DOWNLOADS, "junk.otter")
+    with open(junk, "wb") as f:
+        f.write(b"not an artifact" * 100)
+    c.el("#upload-file").send_keys(junk)
+    c.el("#upload").click()
+    c.wait(lambda d: c.text_of("#upload-result .error"), "the refusal of junk.otter")
+    assert "junk.otter" not in c.text_of("#artifacts"), c.text_of("#artifacts")
+    log(f"junk refused: {c.text_of('#upload-result .error')}")
+
+    # Pause, resume and cancel a rollout (its one device never polls, so it stays running until cancelled).
+    c.go(f"#/rollouts/{SPARE}")
+    c.wait_text("#rollout-state", "running")
+    c.el("#pause").click()
+    c.wait_text("#rollout-state", "paused")
+    c.wait_text("#reason", "operator:olivia")
+    c.el("#resume").click()
+    c.wait_text("#rollout-state", "running")
+    c.el("#cancel").click()
+    WebDriverWait(d, 5).until(EC.alert_is_present())
+    d.switch_to.alert.accept()
+    c.wait_text("#rollout-state", "cancelled")
+    assert not d.find_elements(By.CSS_SELECTOR, "#pause, #resume, #cancel"), "no buttons on a cancelled rollout"
+    log("paused, resumed and cancelled a rollout")
 
     # A canary rollout of 2.1 to production: the live count, then it halts on its failing canary by itself.
     d.find_element(By.LINK_TEXT, "Rollouts").click()
