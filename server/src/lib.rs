@@ -3,6 +3,7 @@
 //! - [`ddi`]: hawkBit's Direct Device Integration API for devices (otterd, or any DDI client), and the signed
 //!   artifact downloads ([`links`]).
 //! - [`api`]: the operator's versioned REST API (`/api/v1`), with role-checked tokens ([`auth`]).
+//! - [`console`]: the web console (`/console/`), static files built in, working through that API.
 //! - [`rollout`]: staged rollouts; decisions in a pure engine, effects on the database in a scheduler tick.
 //! - [`audit`]: the hash-chained audit log.
 //! - [`db`]: one schema on SQLite or PostgreSQL.
@@ -16,6 +17,7 @@ pub mod artifacts;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod ddi;
 pub mod devices;
@@ -81,7 +83,7 @@ impl AppState {
     }
 }
 
-/// The whole HTTP application: the device API (with the artifact downloads) and the operator API.
+/// The whole HTTP application: the device API (with the artifact downloads), the operator API and the console.
 ///
 /// The device API works on at most `config.max_device_requests` requests at once; more are answered `503` at
 /// once instead of queueing, so a fleet polling faster than the server can answer (after an outage, say) costs
@@ -96,7 +98,7 @@ pub fn app(state: AppState) -> axum::Router {
         .load_shed()
         // Global: the router applies a layer to each route, and the limit is for all of them together.
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(state.config.max_device_requests.max(1)));
-    axum::Router::new().merge(ddi::router(state.clone()).layer(shed)).merge(api::router(state))
+    axum::Router::new().merge(ddi::router(state.clone()).layer(shed)).merge(api::router(state)).merge(console::router())
 }
 
 /// Serves `state` on `listener` until `shutdown` completes, with the rollout scheduler running beside it.

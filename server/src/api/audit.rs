@@ -24,13 +24,33 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/v1/compliance", get(compliance))
 }
 
-async fn list(
-    State(st): State<AppState>,
-    caller: Caller,
-    Query(q): Query<audit::Query>,
-) -> HttpResult<Json<Vec<Entry>>> {
+/// Filters of the audit log as the API takes them: those of [`audit::Query`], plus `device` (a controller id: the
+/// entries about that device, i.e. `subject=device:ID`).
+#[derive(Debug, Default, Deserialize)]
+struct AuditQuery {
+    subject: Option<String>,
+    device: Option<String>,
+    actor: Option<String>,
+    event: Option<String>,
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+impl AuditQuery {
+    fn into_query(self) -> HttpResult<audit::Query> {
+        let subject = match (self.subject, self.device) {
+            (Some(_), Some(_)) => {
+                return Err(crate::error::HttpError::BadRequest("give subject or device, not both".into()));
+            }
+            (s, d) => s.or(d.map(|d| format!("device:{d}"))),
+        };
+        Ok(audit::Query { subject, actor: self.actor, event: self.event, before: self.before, limit: self.limit })
+    }
+}
+
+async fn list(State(st): State<AppState>, caller: Caller, Query(q): Query<AuditQuery>) -> HttpResult<Json<Vec<Entry>>> {
     caller.require(Permission::Read)?;
-    Ok(Json(audit::list(&st.db, &q).await?))
+    Ok(Json(audit::list(&st.db, &q.into_query()?).await?))
 }
 
 async fn verify(State(st): State<AppState>, caller: Caller) -> HttpResult<Json<Verification>> {

@@ -1,6 +1,8 @@
 //! The device registry for operators: list (filtered, paged), register, tags, tokens, a device's page (inventory,
 //! desired vs reported, action history with the device's messages), and direct deployments.
 
+use std::collections::HashMap;
+
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
@@ -12,7 +14,7 @@ use super::{Caller, Page};
 use crate::AppState;
 use crate::actions::{self, Action, StatusEntry};
 use crate::auth::Permission;
-use crate::db::Db;
+use crate::db::{Db, Engine};
 use crate::devices::{self, Device};
 use crate::error::{HttpError, HttpResult};
 use crate::model::ActionKind;
@@ -42,6 +44,10 @@ pub struct DeviceQuery {
     pub compatible: Option<String>,
     /// Not seen since this time (ms), or never.
     pub unseen_since_ms: Option<i64>,
+    /// Reports the inventory attribute of this name (with `attr_value`: with exactly that value).
+    pub attr_key: Option<String>,
+    /// The value `attr_key` must have.
+    pub attr_value: Option<String>,
     /// Entries to skip (paging).
     pub offset: Option<i64>,
     /// Entries to return (default 100, at most 1000).
@@ -57,13 +63,28 @@ pub struct DevicePage {
     pub devices: Vec<Device>,
 }
 
-/// The filtered device list: one query for the page and one for the total, both on indexed or small columns, so a
-/// console stays fast at tens of thousands of devices.
+/// The filtered device list: one query for the total, one for the page and one for the page's tags, all on
+/// indexed or small columns, so a console stays fast at tens of thousands of devices.
 pub async fn search(db: &Db, q: &DeviceQuery) -> HttpResult<DevicePage> {
-    let where_sql = "WHERE ($1 = '' OR d.controller_id LIKE $2 ESCAPE '\\') \
+    let attr_key = q.attr_key.clone().unwrap_or_default();
+    let attr_value = q.attr_value.clone().unwrap_or_default();
+    // Attributes are a JSON object of strings stored as text; each engine reads it with its own JSON functions
+    // (as the rollout filter does). json_each avoids quoting the key into a JSON path.
+    let attr_sql = match db.engine {
+        Engine::Sqlite => {
+            "($8 = '' OR EXISTS (SELECT 1 FROM json_each(d.attributes) j WHERE j.key = $8 AND ($9 = '' OR j.value = $9)))"
+        }
+        Engine::Postgres => {
+            "($8 = '' OR (d.attributes::jsonb ->> $8) = $9 OR ($9 = '' AND (d.attributes::jsonb ->> $8) IS NOT NULL))"
+        }
+    };
+    let where_sql = format!(
+        "WHERE ($1 = '' OR d.controller_id LIKE $2 ESCAPE '\\') \
          AND ($3 = '' OR EXISTS (SELECT 1 FROM device_tags t WHERE t.device_id = d.id AND t.tag = $3)) \
          AND ($4 = '' OR d.reported_version = $4) AND ($5 = '' OR d.reported_state = $5) \
-         AND ($6 = '' OR d.compatible = $6) AND ($7 < 0 OR d.last_seen_ms IS NULL OR d.last_seen_ms < $7)";
+         AND ($6 = '' OR d.compatible = $6) AND ($7 < 0 OR d.last_seen_ms IS NULL OR d.last_seen_ms < $7) \
+         AND {attr_sql}"
+    );
     let needle = q.q.clone().unwrap_or_default();
     let like = format!("%{}%", needle.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
     let (tag, version, state, compatible) = (
@@ -73,34 +94,48 @@ pub async fn search(db: &Db, q: &DeviceQuery) -> HttpResult<DevicePage> {
         q.compatible.clone().unwrap_or_default(),
     );
     let unseen = q.unseen_since_ms.unwrap_or(-1);
-    fn filters<'q>(
-        sql: &'q str,
-        args: (&str, &str, &str, &str, &str, &str, i64),
-    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-        let (needle, like, tag, version, state, compatible, unseen) = args;
+    let bind = |sql| {
         sqlx::query(sql)
-            .bind(needle.to_owned())
-            .bind(like.to_owned())
-            .bind(tag.to_owned())
-            .bind(version.to_owned())
-            .bind(state.to_owned())
-            .bind(compatible.to_owned())
+            .bind(needle.clone())
+            .bind(like.clone())
+            .bind(tag.clone())
+            .bind(version.clone())
+            .bind(state.clone())
+            .bind(compatible.clone())
             .bind(unseen)
-    }
-    let args =
-        (needle.as_str(), like.as_str(), tag.as_str(), version.as_str(), state.as_str(), compatible.as_str(), unseen);
-    let bind = |sql| filters(sql, args);
+            .bind(attr_key.clone())
+            .bind(attr_value.clone())
+    };
     let count_sql = format!("SELECT COUNT(*) AS n FROM devices d {where_sql}");
     let total: i64 = bind(&count_sql).fetch_one(&db.pool).await?.try_get("n")?;
     let (offset, limit) = Page { offset: q.offset, limit: q.limit }.bounds();
-    let page_sql = format!("SELECT d.* FROM devices d {where_sql} ORDER BY d.controller_id LIMIT $8 OFFSET $9");
+    let page_sql = format!("SELECT d.* FROM devices d {where_sql} ORDER BY d.controller_id LIMIT $10 OFFSET $11");
     let rows = bind(&page_sql).bind(limit).bind(offset).fetch_all(&db.pool).await?;
+    let ids = rows.iter().map(|r| r.try_get("id")).collect::<Result<Vec<i64>, _>>()?;
+    let mut tags = tags_of_many(db, &ids).await?;
     let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let tags = devices::tags_of(db, r.try_get("id")?).await?;
-        out.push(devices::from_row(r, tags)?);
+    for (r, id) in rows.iter().zip(&ids) {
+        out.push(devices::from_row(r, tags.remove(id).unwrap_or_default())?);
     }
     Ok(DevicePage { total, devices: out })
+}
+
+/// The tags of several devices in one query, sorted per device.
+async fn tags_of_many(db: &Db, ids: &[i64]) -> Result<HashMap<i64, Vec<String>>, sqlx::Error> {
+    let mut out: HashMap<i64, Vec<String>> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let params = (1..=ids.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+    let sql = format!("SELECT device_id, tag FROM device_tags WHERE device_id IN ({params}) ORDER BY device_id, tag");
+    let mut query = sqlx::query(&sql);
+    for id in ids {
+        query = query.bind(*id);
+    }
+    for r in query.fetch_all(&db.pool).await? {
+        out.entry(r.try_get("device_id")?).or_default().push(r.try_get("tag")?);
+    }
+    Ok(out)
 }
 
 async fn list(

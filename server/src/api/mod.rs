@@ -1,17 +1,23 @@
 //! The operator's REST API, `/api/v1`: JSON in and out, `Authorization: Bearer <API token>`, every call checked
 //! against the token's role ([`Permission`]). The OpenAPI document (`server/openapi.json`, served at
 //! `/api/v1/openapi.json`) lists every route; a test keeps the two in step.
+//!
+//! The web console signs in with the same tokens ([`session`]): `POST /api/v1/session` puts the token in an
+//! `HttpOnly` cookie, which [`Caller`] accepts instead of the header — for a request that changes something only
+//! together with the `X-Otter-Console: 1` header, which another site's page cannot send (CSRF).
 
 mod admin;
 pub use admin::issue_api_token;
 mod artifacts;
 mod audit;
 mod devices;
+pub mod overview;
 mod rollouts;
+pub mod session;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use sqlx::Row;
@@ -61,26 +67,43 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| HttpError::Unauthorized("an API token is required (Authorization: Bearer …)".into()))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| HttpError::Unauthorized("expected Authorization: Bearer <token>".into()))?
-            .trim();
-        let row = sqlx::query("SELECT name, role FROM api_tokens WHERE token_hash = $1 AND revoked_ms IS NULL")
-            .bind(secret_hash(token))
-            .fetch_optional(&state.db.pool)
+        let token = match parts.headers.get(axum::http::header::AUTHORIZATION) {
+            Some(header) => header
+                .to_str()
+                .ok()
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .ok_or_else(|| HttpError::Unauthorized("expected Authorization: Bearer <token>".into()))?
+                .trim()
+                .to_owned(),
+            None => {
+                let token = session::cookie_token(&parts.headers).ok_or_else(|| {
+                    HttpError::Unauthorized("an API token is required (Authorization: Bearer …)".into())
+                })?;
+                session::check_csrf(&parts.method, &parts.headers)?;
+                token
+            }
+        };
+        caller_of_token(state, &token)
             .await?
-            .ok_or_else(|| HttpError::Unauthorized("unknown or revoked API token".into()))?;
-        let role: String = row.try_get("role")?;
-        Ok(Caller {
-            name: row.try_get("name")?,
-            role: Role::parse(&role).ok_or_else(|| HttpError::Internal(anyhow::anyhow!("stored role {role:?}")))?,
-        })
+            .ok_or_else(|| HttpError::Unauthorized("unknown or revoked API token".into()))
     }
+}
+
+/// The caller holding API token `token`, if it exists and is not revoked (looked up on every request, so a revoked
+/// token — and a console cookie carrying it — stops working at once).
+pub async fn caller_of_token(state: &AppState, token: &str) -> HttpResult<Option<Caller>> {
+    let Some(row) = sqlx::query("SELECT name, role FROM api_tokens WHERE token_hash = $1 AND revoked_ms IS NULL")
+        .bind(secret_hash(token))
+        .fetch_optional(&state.db.pool)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let role: String = row.try_get("role")?;
+    Ok(Some(Caller {
+        name: row.try_get("name")?,
+        role: Role::parse(&role).ok_or_else(|| HttpError::Internal(anyhow::anyhow!("stored role {role:?}")))?,
+    }))
 }
 
 /// The `/api/v1` router.
@@ -88,6 +111,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/session", post(session::sign_in).delete(session::sign_out))
+        .route("/api/v1/overview", get(overview::overview))
         .merge(admin::routes())
         .merge(artifacts::routes())
         .merge(audit::routes())
