@@ -191,6 +191,14 @@ CREATE INDEX rollout_members_device ON rollout_members(device_id);
 "#,
 ];
 
+/// Connections to a SQLite database: one per core the server may run on, plus one (a write waiting for the lock
+/// while reads go on), at most four. Each runs its queries on its own thread, so more than the cores only adds
+/// threads and a memory map of the database each.
+fn sqlite_connections() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores as u32 + 1).clamp(2, 4)
+}
+
 impl Db {
     /// Opens (creating if needed) the database at `url` and brings its schema up to date.
     ///
@@ -222,7 +230,7 @@ impl Db {
                 let full = format!("{url}{sep}mode={}", if create { "rwc" } else { "rw" });
                 let opts = AnyConnectOptions::from_str(&full)?.disable_statement_logging();
                 AnyPoolOptions::new()
-                    .max_connections(4)
+                    .max_connections(sqlite_connections())
                     // No ping before each use: every query is already a round trip to the connection's thread,
                     // and the poll is one query. A broken connection fails its query and is replaced.
                     .test_before_acquire(false)

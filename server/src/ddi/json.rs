@@ -291,11 +291,13 @@ impl Finished {
     }
 }
 
-/// `status.result.progress`.
+/// `status.result.progress`: informational, so read leniently — RAUC's Python client sends `{}` or
+/// `{"percentage": 50}` instead of hawkBit's `cnt`/`of` (server/tests/rauc_hawkbit.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct Progress {
     /// Done.
-    pub cnt: u64,
+    #[serde(default)]
+    pub cnt: Option<u64>,
     /// Of.
     #[serde(default)]
     pub of: Option<u64>,
