@@ -98,7 +98,14 @@ pub async fn create_in(
     if active_for_in(conn, device_id).await?.is_some() {
         return Err(HttpError::Conflict("the device already has an open action".into()));
     }
-    let state = if confirmation_required { ActionState::WaitConfirmation } else { ActionState::Running };
+    // A device that turned on auto-confirmation has consented in advance: the action runs at once, and its history
+    // says who consented.
+    let auto = match confirmation_required {
+        true => crate::devices::auto_confirm_in(conn, device_id).await?,
+        false => None,
+    };
+    let state =
+        if confirmation_required && auto.is_none() { ActionState::WaitConfirmation } else { ActionState::Running };
     let now = now_ms();
     let r = sqlx::query(
         "INSERT INTO actions (device_id, rollout_id, group_idx, artifact_id, kind, state, active, created_ms, updated_ms) \
@@ -113,7 +120,20 @@ pub async fn create_in(
     .bind(now)
     .fetch_one(&mut *conn)
     .await?;
-    Ok(r.try_get("id")?)
+    let id: i64 = r.try_get("id")?;
+    if let Some(auto) = auto {
+        let details = vec![format!("confirmed automatically: {}", auto.describe())];
+        sqlx::query(
+            "INSERT INTO action_status (action_id, at_ms, execution, finished, code, details) \
+             VALUES ($1, $2, 'confirmation-confirmed', 'none', NULL, $3)",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(serde_json::to_string(&details).expect("strings serialise"))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(id)
 }
 
 /// Moves an action to `to` if it is currently in one of `from` (compare-and-set: two instances, or a feedback

@@ -183,11 +183,13 @@ CREATE TABLE audit (
 ALTER TABLE rollout_groups ADD COLUMN accepted_failures BIGINT NOT NULL DEFAULT 0;
 "#,
     // 3: what the poll reads in its one query: a rollout's speed as a column (the spec is JSON written by this
-    // server, compact, so the pattern finds exactly the fast ones), and a device's rollouts by device.
+    // server, compact, so the pattern finds exactly the fast ones), and a device's rollouts by device. A device's
+    // DDI auto-confirmation (JSON: initiator, remark, activated_ms; NULL = off).
     r#"
 ALTER TABLE rollouts ADD COLUMN speed TEXT NOT NULL DEFAULT 'standard';
 UPDATE rollouts SET speed = 'fast' WHERE spec LIKE '%"speed":"fast"%';
 CREATE INDEX rollout_members_device ON rollout_members(device_id);
+ALTER TABLE devices ADD COLUMN auto_confirm TEXT;
 "#,
 ];
 

@@ -406,3 +406,63 @@ mod tests {
         assert_eq!(buf.flush(&db).await.unwrap(), 0);
     }
 }
+
+/// A device's standing consent (DDI auto-confirmation): every action that asks for consent runs at once.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AutoConfirm {
+    /// Who turned it on, as the device reported it (a user or an application on the device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiator: Option<String>,
+    /// Why, as the device reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remark: Option<String>,
+    /// When (ms).
+    pub activated_ms: i64,
+}
+
+impl AutoConfirm {
+    /// "auto-confirmation turned on by X (remark)".
+    pub fn describe(&self) -> String {
+        let by = self.initiator.as_deref().map(|i| format!(" by {i}")).unwrap_or_default();
+        let why = self.remark.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+        format!("auto-confirmation turned on{by}{why}")
+    }
+}
+
+/// The device's auto-confirmation, if on.
+pub async fn auto_confirm(db: &Db, device_id: i64) -> Result<Option<AutoConfirm>, sqlx::Error> {
+    auto_confirm_in(&mut *db.pool.acquire().await?, device_id).await
+}
+
+/// [`auto_confirm`] on a connection (or in a transaction).
+pub async fn auto_confirm_in(
+    conn: &mut sqlx::AnyConnection,
+    device_id: i64,
+) -> Result<Option<AutoConfirm>, sqlx::Error> {
+    let r = sqlx::query("SELECT auto_confirm FROM devices WHERE id = $1").bind(device_id).fetch_optional(conn).await?;
+    let text: Option<String> = match r {
+        Some(r) => r.try_get("auto_confirm")?,
+        None => None,
+    };
+    text.map(|t| serde_json::from_str(&t).map_err(|e| sqlx::Error::Decode(format!("auto_confirm: {e}").into())))
+        .transpose()
+}
+
+/// Turns the device's auto-confirmation on (`Some`) or off (`None`), audited with the device as the actor.
+pub async fn set_auto_confirm(db: &Db, device: &Identity, auto: Option<&AutoConfirm>) -> HttpResult<()> {
+    let text = auto.map(|a| serde_json::to_string(a).expect("strings serialise"));
+    let mut tx = db.pool.begin().await?;
+    sqlx::query("UPDATE devices SET auto_confirm = $1 WHERE id = $2")
+        .bind(text)
+        .bind(device.id)
+        .execute(&mut *tx)
+        .await?;
+    let (event, detail) = match auto {
+        Some(a) => ("device.auto-confirm-on", serde_json::to_value(a).expect("serialisable")),
+        None => ("device.auto-confirm-off", serde_json::json!({})),
+    };
+    let actor = format!("device:{}", device.controller_id);
+    crate::audit::append_in(&mut tx, &actor, event, &actor, &detail.to_string()).await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -458,6 +458,55 @@ async fn config_data_merges_replaces_removes_within_hawkbits_limits(b: Backend) 
     assert_eq!(attrs().await.attributes.keys().collect::<Vec<_>>(), ["only"]);
 }
 
+async fn auto_confirmation_runs_the_waiting_action_and_later_ones_until_turned_off(b: Backend) {
+    let (s, dev, token, a) = one_device(b).await;
+    let base = format!("{}/confirmationBase", s.base("dev1"));
+    let (status, c) = get(&base, &tt(&token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(c["autoConfirm"], json!({"active": false}));
+    assert_eq!(c["_links"]["activateAutoConfirm"]["href"], format!("{base}/activateAutoConfirm"));
+    let waiting = s.action(dev, a.id, ActionKind::Forced, true).await;
+    assert_eq!(s.action_state(waiting).await, "wait-confirmation");
+
+    // Turned on: the waiting action runs, with who consented in its history and the audit trail.
+    let on = json!({"initiator": "installer-app", "remark": "unattended site"});
+    assert_eq!(post(&format!("{base}/activateAutoConfirm"), &tt(&token), &on).await, StatusCode::OK);
+    assert_eq!(s.action_state(waiting).await, "running");
+    let st = actions::statuses(&s.state.db, waiting, 10).await.unwrap();
+    assert_eq!(st.last().unwrap().execution, "confirmation-confirmed");
+    assert!(st.last().unwrap().details[0].contains("by installer-app (unattended site)"), "{st:#?}");
+    let (_, c) = get(&base, &tt(&token)).await;
+    assert_eq!(
+        (c["autoConfirm"]["active"].as_bool(), c["autoConfirm"]["initiator"].as_str()),
+        (Some(true), Some("installer-app"))
+    );
+    assert!(c["autoConfirm"]["activatedAt"].as_i64().unwrap() > 0);
+    assert_eq!(c["_links"]["deactivateAutoConfirm"]["href"], format!("{base}/deactivateAutoConfirm"));
+    assert!(c["_links"].get("activateAutoConfirm").is_none());
+
+    // A later action asking for consent runs at once.
+    s.exec(&format!("UPDATE actions SET state = 'finished', active = 0 WHERE id = {waiting}")).await;
+    let later = s.action(dev, a.id, ActionKind::Forced, true).await;
+    assert_eq!(s.action_state(later).await, "running");
+    let st = actions::statuses(&s.state.db, later, 10).await.unwrap();
+    assert!(st[0].details[0].starts_with("confirmed automatically: auto-confirmation turned on by installer-app"));
+
+    // Turned off (no body needed): the next one waits again.
+    let r = client().post(format!("{base}/deactivateAutoConfirm")).header("Authorization", tt(&token)).send().await;
+    assert_eq!(r.unwrap().status(), StatusCode::OK);
+    s.exec(&format!("UPDATE actions SET state = 'finished', active = 0 WHERE id = {later}")).await;
+    let third = s.action(dev, a.id, ActionKind::Forced, true).await;
+    assert_eq!(s.action_state(third).await, "wait-confirmation");
+    assert_eq!(get(&base, &tt(&token)).await.1["autoConfirm"], json!({"active": false}));
+    let audit = s.audit().await;
+    let events: Vec<&str> = audit.iter().filter(|e| e.0.starts_with("device.auto")).map(|e| e.0.as_str()).collect();
+    assert_eq!(events, ["device.auto-confirm-on", "device.auto-confirm-off"]);
+    // Malformed: refused, nothing changed.
+    let bad = client().post(format!("{base}/activateAutoConfirm")).header("Authorization", tt(&token)).body("{").send();
+    assert_eq!(bad.await.unwrap().status(), StatusCode::BAD_REQUEST);
+    assert_eq!(get(&base, &tt(&token)).await.1["autoConfirm"]["active"], false);
+}
+
 async fn a_cancel_is_confirmed_or_rejected_by_the_device(b: Backend) {
     let (s, dev, token, a) = one_device(b).await;
     let id = s.action(dev, a.id, ActionKind::Soft, false).await;
@@ -705,6 +754,7 @@ on_both!(
     a_full_history_takes_only_the_closing_status,
     config_data_merges_replaces_removes_within_hawkbits_limits,
     a_cancel_is_confirmed_or_rejected_by_the_device,
+    auto_confirmation_runs_the_waiting_action_and_later_ones_until_turned_off,
     consent_is_asked_and_a_denial_keeps_the_action_waiting,
     downloads_serve_ranges_with_a_strong_etag,
     an_expired_edited_or_foreign_link_is_refused,

@@ -20,7 +20,7 @@ use crate::AppState;
 use crate::actions::{self, Action};
 use crate::artifacts;
 use crate::db::now_ms;
-use crate::devices::Identity;
+use crate::devices::{self, Identity};
 use crate::error::{HttpError, HttpResult};
 use crate::hints;
 use crate::links::{Grant, url_escape};
@@ -76,14 +76,25 @@ pub async fn confirmation_base(
     headers: HeaderMap,
 ) -> HttpResult<Json<ConfirmationBase>> {
     let device = authenticate(&state, &tenant, &controller_id, &headers, Register::Never).await?;
+    let base = controller_url(&state, &device.controller_id);
     let mut links = ConfirmationLinks::default();
     if let Some(a) = actions::active_for(&state.db, device.id).await?
         && a.state == ActionState::WaitConfirmation
     {
-        let base = controller_url(&state, &device.controller_id);
         links.confirmation_base = Some(Link::to(format!("{base}/confirmationBase/{}", a.id)));
     }
-    Ok(Json(ConfirmationBase { auto_confirm: AutoConfirm { active: false }, links }))
+    let auto = devices::auto_confirm(&state.db, device.id).await?;
+    let auto_confirm = match auto {
+        Some(a) => {
+            links.deactivate_auto_confirm = Some(Link::to(format!("{base}/confirmationBase/deactivateAutoConfirm")));
+            AutoConfirm { active: true, initiator: a.initiator, remark: a.remark, activated_at: Some(a.activated_ms) }
+        }
+        None => {
+            links.activate_auto_confirm = Some(Link::to(format!("{base}/confirmationBase/activateAutoConfirm")));
+            AutoConfirm { active: false, initiator: None, remark: None, activated_at: None }
+        }
+    };
+    Ok(Json(ConfirmationBase { auto_confirm, links }))
 }
 
 /// `GET confirmationBase/{actionId}`: the deployment the device is asked to consent to.

@@ -1,5 +1,6 @@
 //! The device's reports: `deploymentBase/{id}/feedback`, `cancelAction/{id}/feedback` and
-//! `confirmationBase/{id}/feedback`. What each report does to the action is decided by pure functions
+//! `confirmationBase/{id}/feedback`, and its standing consent (`confirmationBase/activateAutoConfirm`,
+//! `deactivateAutoConfirm`). What each report does to the action is decided by pure functions
 //! ([`on_deployment`], [`on_cancel`], [`on_confirmation`]) following hawkBit's semantics; the handlers apply the
 //! decision with a compare-and-set ([`actions::transition`]), store the status in `action_status`, update the
 //! device, and append an audit entry for every state change.
@@ -14,7 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 
 use super::auth::{Register, authenticate};
-use super::json::{Confirmation, ConfirmationFeedback, Execution, Feedback, Finished};
+use super::json::{ActivateAutoConfirm, Confirmation, ConfirmationFeedback, Execution, Feedback, Finished};
 use super::{own_action, read_json};
 use crate::AppState;
 use crate::actions::{self, Action};
@@ -199,6 +200,50 @@ pub async fn confirmation(
         tracing::info!("ddi: {} denied action {}", device.controller_id, action.id);
     }
     apply(&state, &device, &action, on_confirmation(f.confirmation), record, &details).await
+}
+
+/// Longest initiator or remark of an auto-confirmation kept (hawkBit's limit for both).
+const MAX_AUTO_CONFIRM_TEXT: usize = 128;
+
+/// `POST confirmationBase/activateAutoConfirm`: the device consents in advance. An action waiting for its consent
+/// now runs (as in hawkBit), and later ones run without asking (`actions::create_in`).
+pub async fn activate_auto_confirm(
+    State(state): State<AppState>,
+    Path((tenant, controller_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> HttpResult<()> {
+    let device = authenticate(&state, &tenant, &controller_id, &headers, Register::Never).await?;
+    let bytes = super::read_body(&headers, body).await?;
+    let req: ActivateAutoConfirm = if bytes.iter().all(u8::is_ascii_whitespace) {
+        ActivateAutoConfirm::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| HttpError::BadRequest(format!("malformed JSON body: {e}")))?
+    };
+    let text = |t: Option<String>| t.map(|t| cut(t, MAX_AUTO_CONFIRM_TEXT)).filter(|t| !t.is_empty());
+    let auto = devices::AutoConfirm {
+        initiator: text(req.initiator),
+        remark: text(req.remark),
+        activated_ms: crate::db::now_ms(),
+    };
+    devices::set_auto_confirm(&state.db, &device, Some(&auto)).await?;
+    if let Some(a) = actions::active_for(&state.db, device.id).await?
+        && a.state == ActionState::WaitConfirmation
+    {
+        let record = Status { channel: "confirmation-", execution: "confirmed", finished: "none", code: None };
+        apply(&state, &device, &a, on_confirmation(Confirmation::Confirmed), record, &[auto.describe()]).await?;
+    }
+    Ok(())
+}
+
+/// `POST confirmationBase/deactivateAutoConfirm`: later actions that ask for consent wait for it again.
+pub async fn deactivate_auto_confirm(
+    State(state): State<AppState>,
+    Path((tenant, controller_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> HttpResult<()> {
+    let device = authenticate(&state, &tenant, &controller_id, &headers, Register::Never).await?;
+    devices::set_auto_confirm(&state.db, &device, None).await
 }
 
 fn gone(action: &Action) -> HttpError {

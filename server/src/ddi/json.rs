@@ -189,7 +189,7 @@ pub struct ConfirmationBaseAction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfirmationBase {
-    /// Auto-confirmation state; this server has none, so always inactive.
+    /// Auto-confirmation state.
     pub auto_confirm: AutoConfirm,
     /// `confirmationBase` when an action waits for consent.
     #[serde(rename = "_links")]
@@ -198,9 +198,30 @@ pub struct ConfirmationBase {
 
 /// `autoConfirm`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct AutoConfirm {
     /// Whether the device confirmed everything in advance.
     pub active: bool,
+    /// Who turned it on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initiator: Option<String>,
+    /// Why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remark: Option<String>,
+    /// When (ms since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activated_at: Option<i64>,
+}
+
+/// `POST confirmationBase/activateAutoConfirm` (hawkBit `DdiActivateAutoConfirmation`); both fields optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ActivateAutoConfirm {
+    /// Who turns it on (a user or an application on the device).
+    #[serde(default)]
+    pub initiator: Option<String>,
+    /// Why.
+    #[serde(default)]
+    pub remark: Option<String>,
 }
 
 /// `_links` of `GET confirmationBase`.
@@ -210,6 +231,12 @@ pub struct ConfirmationLinks {
     /// The action waiting for consent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub confirmation_base: Option<Link>,
+    /// Where to turn auto-confirmation on (when off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activate_auto_confirm: Option<Link>,
+    /// Where to turn it off (when on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deactivate_auto_confirm: Option<Link>,
 }
 
 /// `GET cancelAction/{id}` (hawkBit `DdiCancel`).

@@ -48,6 +48,8 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{C}/cancelAction/{{action_id}}"), get(deployment::cancel_action))
         .route(&format!("{C}/cancelAction/{{action_id}}/feedback"), post(feedback::cancel))
         .route(&format!("{C}/confirmationBase"), get(deployment::confirmation_base))
+        .route(&format!("{C}/confirmationBase/activateAutoConfirm"), post(feedback::activate_auto_confirm))
+        .route(&format!("{C}/confirmationBase/deactivateAutoConfirm"), post(feedback::deactivate_auto_confirm))
         .route(&format!("{C}/confirmationBase/{{action_id}}"), get(deployment::confirmation_action))
         .route(&format!("{C}/confirmationBase/{{action_id}}/feedback"), post(feedback::confirmation))
         .route(&format!("{C}/configData"), put(config_data::put))
