@@ -8,84 +8,19 @@ use std::path::Path;
 use common::Backend;
 
 use ed25519_dalek::SigningKey;
-use otter_artifact::builder::{self, BuildOptions, ImageSource};
-use otter_server::auth::Role;
+use otter_server::api;
 use otter_server::config::Config;
-use otter_server::{AppState, api};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-struct Server {
-    _dir: tempfile::TempDir,
-    dir: std::path::PathBuf,
-    url: String,
-    state: AppState,
-    key: SigningKey,
-    admin: String,
-    http: reqwest::Client,
-}
+type Server = common::ApiServer;
 
 async fn server(backend: Backend, tune: impl FnOnce(&mut Config)) -> Server {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_owned();
-    let key = otter_artifact::keys::generate().unwrap();
-    otter_artifact::keys::write_keypair(&key, &dir.join("release")).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut config = Config::new(dir.join("data"), dir.join("release.pub"));
-    config.public_url = format!("http://{addr}");
-    config.database = backend.url();
-    tune(&mut config);
-    let state = AppState::open(config).await.unwrap();
-    let (_, admin) = api::issue_api_token(&state.db, "root", Role::Admin, "test").await.unwrap();
-    tokio::spawn(otter_server::serve(state.clone(), listener, std::future::pending()));
-    otter_common::http::init_tls();
-    Server { _dir: tmp, dir, url: format!("http://{addr}"), state, key, admin, http: reqwest::Client::new() }
+    common::api_server(backend, tune).await
 }
 
 fn artifact(dir: &Path, key: &SigningKey, version: &str, compatible: &str) -> Vec<u8> {
-    let img = dir.join(format!("img-{version}"));
-    std::fs::write(&img, (0..300_000u32).map(|i| (i * 7 + version.len() as u32) as u8).collect::<Vec<_>>()).unwrap();
-    let mut o = BuildOptions::new(vec![compatible.into()], version);
-    o.chunk_size = 64 << 10;
-    o.level = 1;
-    o.security_version = 3;
-    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: img };
-    let mut out = Vec::new();
-    builder::create(&o, &[src], std::slice::from_ref(key), &mut out).unwrap();
-    out
-}
-
-impl Server {
-    async fn call(&self, token: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut rb = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(token);
-        if let Some(b) = body {
-            rb = rb.json(&b);
-        }
-        let r = rb.send().await.unwrap();
-        let status = r.status();
-        let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-    async fn token(&self, role: &str) -> String {
-        let (s, v) = self
-            .call(&self.admin, reqwest::Method::POST, "/api/v1/tokens", Some(json!({"name": role, "role": role})))
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        v["token"].as_str().unwrap().to_owned()
-    }
-    async fn upload(&self, token: &str, bytes: Vec<u8>) -> (StatusCode, Value) {
-        let r = self
-            .http
-            .post(format!("{}/api/v1/artifacts?filename=gw.otter", self.url))
-            .bearer_auth(token)
-            .body(bytes)
-            .send()
-            .await
-            .unwrap();
-        let s = r.status();
-        (s, r.json().await.unwrap())
-    }
+    common::small_artifact(dir, key, version, compatible, 3, 300_000)
 }
 
 use reqwest::Method;
@@ -96,7 +31,7 @@ async fn every_call_needs_a_valid_token_and_the_right_role(b: Backend) {
     assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
     let (st, _) = s.call("otk_nonsense", Method::GET, "/api/v1/whoami", None).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
-    let viewer = s.token("viewer").await;
+    let viewer = s.token("viewer", "viewer").await;
     let (st, v) = s.call(&viewer, Method::GET, "/api/v1/whoami", None).await;
     assert_eq!((st, v["role"].as_str()), (StatusCode::OK, Some("viewer")));
     // A viewer reads but changes nothing; an approver does not publish; only an admin makes tokens.
@@ -104,10 +39,10 @@ async fn every_call_needs_a_valid_token_and_the_right_role(b: Backend) {
     assert_eq!(st, StatusCode::OK);
     let (st, v) = s.call(&viewer, Method::POST, "/api/v1/devices", Some(json!({"controller_id": "x"}))).await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
-    let approver = s.token("approver").await;
-    let (st, _) = s.upload(&approver, artifact(&s.dir, &s.key, "1.0", "gw")).await;
+    let approver = s.token("approver", "approver").await;
+    let (st, _) = s.upload_as(&approver, artifact(&s.dir, &s.key, "1.0", "gw"), "gw.otter").await;
     assert_eq!(st, StatusCode::FORBIDDEN);
-    let operator = s.token("operator").await;
+    let operator = s.token("operator", "operator").await;
     let (st, _) = s.call(&operator, Method::POST, "/api/v1/tokens", Some(json!({"name": "x", "role": "admin"}))).await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     // A revoked token stops working at once.
@@ -127,7 +62,7 @@ async fn every_call_needs_a_valid_token_and_the_right_role(b: Backend) {
 async fn a_signed_artifact_is_stored_once_and_a_bad_one_is_refused_without_a_trace(b: Backend) {
     let s = server(b, |_| {}).await;
     let good = artifact(&s.dir, &s.key, "2.1", "gw");
-    let (st, a) = s.upload(&s.admin, good.clone()).await;
+    let (st, a) = s.upload_as(&s.admin, good.clone(), "gw.otter").await;
     assert_eq!(st, StatusCode::CREATED, "{a}");
     assert_eq!(
         (a["version"].as_str(), a["security_version"].as_i64(), a["compatible"][0].as_str()),
@@ -137,7 +72,7 @@ async fn a_signed_artifact_is_stored_once_and_a_bad_one_is_refused_without_a_tra
     let sha = a["sha256"].as_str().unwrap();
     assert_eq!(std::fs::read(s.state.store.path_of(sha)).unwrap(), good);
     // The same bytes again: the same artifact.
-    let (st, again) = s.upload(&s.admin, good.clone()).await;
+    let (st, again) = s.upload_as(&s.admin, good.clone(), "gw.otter").await;
     assert_eq!((st, &again["id"]), (StatusCode::OK, &a["id"]));
 
     // Signed by a key the server does not trust; one flipped byte; truncated; not an artifact at all.
@@ -151,7 +86,7 @@ async fn a_signed_artifact_is_stored_once_and_a_bad_one_is_refused_without_a_tra
         (good[..good.len() - 2000].to_vec(), "truncated"),
         (b"hello".to_vec(), ""),
     ] {
-        let (st, v) = s.upload(&s.admin, bad).await;
+        let (st, v) = s.upload_as(&s.admin, bad, "gw.otter").await;
         assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
         assert!(v["message"].as_str().unwrap().contains(why), "{v}");
     }
@@ -163,7 +98,7 @@ async fn a_signed_artifact_is_stored_once_and_a_bad_one_is_refused_without_a_tra
 
 async fn an_oversized_upload_is_refused(b: Backend) {
     let s = server(b, |c| c.max_upload = 1_000).await;
-    let (st, v) = s.upload(&s.admin, artifact(&s.dir, &s.key, "1.0", "gw")).await;
+    let (st, v) = s.upload_as(&s.admin, artifact(&s.dir, &s.key, "1.0", "gw"), "gw.otter").await;
     assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
     assert_eq!(std::fs::read_dir(s.dir.join("data/artifacts/tmp")).unwrap().count(), 0);
 }
@@ -220,7 +155,7 @@ async fn the_registry_filters_pages_and_manages_tokens(b: Backend) {
 
 async fn a_direct_deployment_shows_as_desired_and_can_be_cancelled(b: Backend) {
     let s = server(b, |_| {}).await;
-    let (_, a) = s.upload(&s.admin, artifact(&s.dir, &s.key, "3.0", "gw")).await;
+    let (_, a) = s.upload_as(&s.admin, artifact(&s.dir, &s.key, "3.0", "gw"), "gw.otter").await;
     s.call(&s.admin, Method::POST, "/api/v1/devices", Some(json!({"controller_id": "gw-1", "compatible": "gw"}))).await;
     s.call(&s.admin, Method::POST, "/api/v1/devices", Some(json!({"controller_id": "other", "compatible": "other"})))
         .await;
@@ -246,7 +181,7 @@ async fn a_direct_deployment_shows_as_desired_and_can_be_cancelled(b: Backend) {
 
 async fn the_compliance_report_and_the_audit_chain(b: Backend) {
     let s = server(b, |_| {}).await;
-    let (_, a) = s.upload(&s.admin, artifact(&s.dir, &s.key, "4.0", "gw")).await;
+    let (_, a) = s.upload_as(&s.admin, artifact(&s.dir, &s.key, "4.0", "gw"), "gw.otter").await;
     for id in ["gw-a", "gw-b", "=cmd"] {
         s.call(&s.admin, Method::POST, "/api/v1/devices", Some(json!({"controller_id": id, "compatible": "gw"}))).await;
     }
@@ -287,7 +222,7 @@ async fn the_compliance_report_and_the_audit_chain(b: Backend) {
 
 async fn rollouts_through_the_api_follow_the_roles(b: Backend) {
     let s = server(b, |_| {}).await;
-    let (_, a) = s.upload(&s.admin, artifact(&s.dir, &s.key, "5.0", "gw")).await;
+    let (_, a) = s.upload_as(&s.admin, artifact(&s.dir, &s.key, "5.0", "gw"), "gw.otter").await;
     for i in 0..4 {
         let tags = if i == 0 { json!(["canary"]) } else { json!([]) };
         s.call(
@@ -298,7 +233,11 @@ async fn rollouts_through_the_api_follow_the_roles(b: Backend) {
         )
         .await;
     }
-    let (viewer, operator, approver) = (s.token("viewer").await, s.token("operator").await, s.token("approver").await);
+    let (viewer, operator, approver) = (
+        s.token("viewer", "viewer").await,
+        s.token("operator", "operator").await,
+        s.token("approver", "approver").await,
+    );
     let (_, n) =
         s.call(&viewer, Method::POST, "/api/v1/rollouts/preview", Some(json!({"filter": {"compatible": "gw"}}))).await;
     assert_eq!(n["matching"], 4);

@@ -11,10 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::Backend;
 use ed25519_dalek::SigningKey;
-use otter_artifact::builder::{self, BuildOptions, ImageSource};
-use otter_server::auth::Role;
 use otter_server::config::Config;
-use otter_server::{AppState, api};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 
@@ -23,80 +20,22 @@ const TYPE: &str = "test-gw";
 /// What a hostile device reports: shown as text, it does nothing.
 const XSS: &str = "<img src=x onerror=\"window.__xss=1\">";
 
-struct Server {
-    _dir: tempfile::TempDir,
-    dir: std::path::PathBuf,
-    url: String,
-    state: AppState,
-    key: SigningKey,
-    admin: String,
-    http: reqwest::Client,
-}
+type Server = common::ApiServer;
 
 async fn server(backend: Backend, tune: impl FnOnce(&mut Config)) -> Server {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_owned();
-    let key = otter_artifact::keys::generate().unwrap();
-    otter_artifact::keys::write_keypair(&key, &dir.join("release")).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut config = Config::new(dir.join("data"), dir.join("release.pub"));
-    config.public_url = format!("http://{addr}");
-    config.database = backend.url();
-    tune(&mut config);
-    let state = AppState::open(config).await.unwrap();
-    let (_, admin) = api::issue_api_token(&state.db, "root", Role::Admin, "test").await.unwrap();
-    tokio::spawn(otter_server::serve(state.clone(), listener, std::future::pending()));
-    otter_common::http::init_tls();
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    Server { _dir: tmp, dir, url: format!("http://{addr}"), state, key, admin, http }
+    common::api_server(backend, tune).await
 }
 
 /// A signed `.otter` of `version` for [`TYPE`].
 fn artifact(dir: &Path, key: &SigningKey, version: &str, security_version: u64) -> Vec<u8> {
-    let img = dir.join(format!("img-{version}"));
-    std::fs::write(&img, (0..200_000u32).map(|i| (i * 7 + version.len() as u32) as u8).collect::<Vec<_>>()).unwrap();
-    let mut o = BuildOptions::new(vec![TYPE.into()], version);
-    o.chunk_size = 64 << 10;
-    o.level = 1;
-    o.security_version = security_version;
-    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: img };
-    let mut out = Vec::new();
-    builder::create(&o, &[src], std::slice::from_ref(key), &mut out).unwrap();
-    out
+    common::small_artifact(dir, key, version, TYPE, security_version, 200_000)
 }
 
 impl Server {
-    async fn call(&self, token: &str, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut rb = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(token);
-        if let Some(b) = body {
-            rb = rb.json(&b);
-        }
-        let r = rb.send().await.unwrap();
-        let status = r.status();
-        let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    /// A new API token of `role` named `name`.
-    async fn token(&self, name: &str, role: &str) -> String {
-        let (s, v) =
-            self.call(&self.admin, Method::POST, "/api/v1/tokens", Some(json!({"name": name, "role": role}))).await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        v["token"].as_str().unwrap().to_owned()
-    }
-
     async fn upload(&self, token: &str, bytes: Vec<u8>, name: &str) -> Value {
-        let r = self
-            .http
-            .post(format!("{}/api/v1/artifacts?filename={name}", self.url))
-            .bearer_auth(token)
-            .body(bytes)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{}", r.status());
-        r.json().await.unwrap()
+        let (status, v) = self.upload_as(token, bytes, name).await;
+        assert!(status.is_success(), "{status}: {v}");
+        v
     }
 
     /// A request with the console's session cookie (and, when `console`, the console's header).

@@ -154,18 +154,36 @@ fn cut_first_download(seen: Seen, after: usize, pause: Duration) -> impl FnOnce(
                 if !first || resp.status() != 200 {
                     return resp;
                 }
-                let (parts, body) = resp.into_parts();
-                let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
-                let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
-                tokio::spawn(async move {
-                    let _ = tx.send(Ok(bytes.slice(..after))).await;
-                    tokio::time::sleep(pause).await;
-                    let _ = tx.send(Err(std::io::Error::other("connection cut by the test"))).await;
-                });
-                Response::from_parts(parts, Body::from_stream(Rx(rx)))
+                truncated(resp, after, Tail::CutAfter(pause)).await
             }
         }))
     }
+}
+
+/// What a [`truncated`] answer does after its first bytes.
+enum Tail {
+    /// Waits, then fails the body: a connection cut.
+    CutAfter(Duration),
+    /// Sends nothing more until the client hangs up.
+    Silent,
+}
+
+/// `resp` with only the first `after` bytes of its body, then `tail`.
+async fn truncated(resp: Response, after: usize, tail: Tail) -> Response {
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+    tokio::spawn(async move {
+        let _ = tx.send(Ok(bytes.slice(..after))).await;
+        match tail {
+            Tail::CutAfter(pause) => {
+                tokio::time::sleep(pause).await;
+                let _ = tx.send(Err(std::io::Error::other("connection cut by the test"))).await;
+            }
+            Tail::Silent => tx.closed().await,
+        }
+    });
+    Response::from_parts(parts, Body::from_stream(Rx(rx)))
 }
 
 struct Rx(tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>);
@@ -244,15 +262,7 @@ fn hold_downloads(after: usize, started: Arc<Mutex<usize>>) -> impl FnOnce(axum:
                     return resp;
                 }
                 *started.lock().unwrap() += 1;
-                let (parts, body) = resp.into_parts();
-                let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
-                let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
-                tokio::spawn(async move {
-                    let _ = tx.send(Ok(bytes.slice(..after))).await;
-                    // Silent until the device hangs up.
-                    tx.closed().await;
-                });
-                Response::from_parts(parts, Body::from_stream(Rx(rx)))
+                truncated(resp, after, Tail::Silent).await
             }
         }))
     }

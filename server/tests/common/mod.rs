@@ -303,3 +303,110 @@ macro_rules! on_both {
         }
     )*};
 }
+
+/// A whole otter-server (device API, operator API, console, rollout scheduler, last-seen flusher) on 127.0.0.1,
+/// with an admin API token; its HTTP client does not follow redirects.
+pub struct ApiServer {
+    _dir: tempfile::TempDir,
+    /// The data directory's parent (keys, images).
+    pub dir: PathBuf,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The server's state.
+    pub state: AppState,
+    /// The release signing key (its public half is the keyring).
+    pub key: ed25519_dalek::SigningKey,
+    /// An admin API token.
+    pub admin: String,
+    /// The client.
+    pub http: reqwest::Client,
+}
+
+/// Starts an [`ApiServer`]; `tune` adjusts the settings.
+pub async fn api_server(backend: Backend, tune: impl FnOnce(&mut Config)) -> ApiServer {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let key = otter_artifact::keys::generate().unwrap();
+    otter_artifact::keys::write_keypair(&key, &dir.join("release")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = Config::new(dir.join("data"), dir.join("release.pub"));
+    config.public_url = format!("http://{addr}");
+    config.database = backend.url();
+    tune(&mut config);
+    let state = AppState::open(config).await.unwrap();
+    let role = otter_server::auth::Role::Admin;
+    let (_, admin) = otter_server::api::issue_api_token(&state.db, "root", role, "test").await.unwrap();
+    tokio::spawn(otter_server::serve(state.clone(), listener, std::future::pending()));
+    otter_common::http::init_tls();
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    ApiServer { _dir: tmp, dir, url: format!("http://{addr}"), state, key, admin, http }
+}
+
+impl ApiServer {
+    /// An API call with a Bearer token: (status, JSON body, or the text as a JSON string).
+    pub async fn call(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut rb = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(token);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let r = rb.send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+
+    /// A new API token of `role` named `name`.
+    pub async fn token(&self, name: &str, role: &str) -> String {
+        let body = serde_json::json!({"name": name, "role": role});
+        let (s, v) = self.call(&self.admin, reqwest::Method::POST, "/api/v1/tokens", Some(body)).await;
+        assert_eq!(s, reqwest::StatusCode::OK, "{v}");
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Uploads `bytes` as `filename` with `token`: (status, JSON answer).
+    pub async fn upload_as(
+        &self,
+        token: &str,
+        bytes: Vec<u8>,
+        filename: &str,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let r = self
+            .http
+            .post(format!("{}/api/v1/artifacts?filename={filename}", self.url))
+            .bearer_auth(token)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let s = r.status();
+        (s, r.json().await.unwrap())
+    }
+}
+
+/// A small signed artifact (a 64 KiB-chunked image of `len` bytes) of `version` for `compatible`.
+pub fn small_artifact(
+    dir: &Path,
+    key: &ed25519_dalek::SigningKey,
+    version: &str,
+    compatible: &str,
+    security_version: u64,
+    len: u32,
+) -> Vec<u8> {
+    let img = dir.join(format!("img-{version}"));
+    std::fs::write(&img, (0..len).map(|i| (i * 7 + version.len() as u32) as u8).collect::<Vec<_>>()).unwrap();
+    let mut o = BuildOptions::new(vec![compatible.into()], version);
+    o.chunk_size = 64 << 10;
+    o.level = 1;
+    o.security_version = security_version;
+    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: img };
+    let mut out = Vec::new();
+    builder::create(&o, &[src], std::slice::from_ref(key), &mut out).unwrap();
+    out
+}
