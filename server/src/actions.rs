@@ -122,16 +122,8 @@ pub async fn create_in(
     .await?;
     let id: i64 = r.try_get("id")?;
     if let Some(auto) = auto {
-        let details = vec![format!("confirmed automatically: {}", auto.describe())];
-        sqlx::query(
-            "INSERT INTO action_status (action_id, at_ms, execution, finished, code, details) \
-             VALUES ($1, $2, 'confirmation-confirmed', 'none', NULL, $3)",
-        )
-        .bind(id)
-        .bind(now)
-        .bind(serde_json::to_string(&details).expect("strings serialise"))
-        .execute(&mut *conn)
-        .await?;
+        let details = [format!("confirmed automatically: {}", auto.describe())];
+        add_status_in(conn, id, "confirmation-confirmed", "none", None, &details).await?;
     }
     Ok(id)
 }
@@ -253,6 +245,18 @@ pub async fn add_status(
     code: Option<i64>,
     details: &[String],
 ) -> Result<(), sqlx::Error> {
+    add_status_in(&mut *db.pool.acquire().await?, action_id, execution, finished, code, details).await
+}
+
+/// [`add_status`] on a connection (or inside a transaction).
+pub async fn add_status_in(
+    conn: &mut sqlx::AnyConnection,
+    action_id: i64,
+    execution: &str,
+    finished: &str,
+    code: Option<i64>,
+    details: &[String],
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO action_status (action_id, at_ms, execution, finished, code, details) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -262,7 +266,7 @@ pub async fn add_status(
     .bind(finished)
     .bind(code)
     .bind(serde_json::to_string(details).expect("strings serialise"))
-    .execute(&db.pool)
+    .execute(conn)
     .await?;
     Ok(())
 }
@@ -311,20 +315,6 @@ pub async fn of_device(db: &Db, device_id: i64, limit: i64) -> Result<Vec<Action
         .fetch_all(&db.pool)
         .await?;
     rows.iter().map(from_row).collect()
-}
-
-/// The device's last finished install: DDI `installedBase`. A download-only action that finished installed
-/// nothing, so it is not one.
-pub async fn last_finished(db: &Db, device_id: i64) -> Result<Option<Action>, sqlx::Error> {
-    let r = sqlx::query(
-        "SELECT * FROM actions WHERE device_id = $1 AND state = $2 AND kind <> $3 ORDER BY id DESC LIMIT 1",
-    )
-    .bind(device_id)
-    .bind(ActionState::Finished.as_str())
-    .bind(ActionKind::DownloadOnly.as_str())
-    .fetch_optional(&db.pool)
-    .await?;
-    r.as_ref().map(from_row).transpose()
 }
 
 /// Records the device's latest message on an action without changing its state.

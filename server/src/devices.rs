@@ -315,16 +315,19 @@ pub async fn identity(db: &Db, controller_id: &str) -> Result<Option<Identity>, 
     .bind(controller_id)
     .fetch_optional(&db.pool)
     .await?;
-    r.map(|r| {
-        Ok(Identity {
-            id: r.try_get("id")?,
-            controller_id: r.try_get("controller_id")?,
-            token_hash: r.try_get("token_hash")?,
-            last_seen_ms: r.try_get("last_seen_ms")?,
-            attributes_ms: r.try_get("attributes_ms")?,
-        })
+    r.as_ref().map(identity_from_row).transpose()
+}
+
+/// Builds an [`Identity`] from a row with the columns `id`, `controller_id`, `token_hash`, `last_seen_ms` and
+/// `attributes_ms` (the poll reads them with more: `ddi::poll::view`).
+pub fn identity_from_row(r: &sqlx::any::AnyRow) -> Result<Identity, sqlx::Error> {
+    Ok(Identity {
+        id: r.try_get("id")?,
+        controller_id: r.try_get("controller_id")?,
+        token_hash: r.try_get("token_hash")?,
+        last_seen_ms: r.try_get("last_seen_ms")?,
+        attributes_ms: r.try_get("attributes_ms")?,
     })
-    .transpose()
 }
 
 /// The controller id of the device holding this target token, if any.

@@ -14,7 +14,7 @@ use super::json::{BaseLinks, Config, ControllerBase, Link, Polling};
 use crate::AppState;
 use crate::config::ddi_sleep;
 use crate::db::{Db, now_ms};
-use crate::devices::Identity;
+use crate::devices::{self, Identity};
 use crate::error::HttpResult;
 use crate::hints;
 use crate::model::{ActionKind, ActionState, RolloutState, Speed, Window};
@@ -93,13 +93,7 @@ pub async fn view(db: &Db, controller_id: &str) -> Result<Option<PollView>, sqlx
         }
     };
     Ok(Some(PollView {
-        identity: Identity {
-            id: r.try_get("id")?,
-            controller_id: r.try_get("controller_id")?,
-            token_hash: r.try_get("token_hash")?,
-            last_seen_ms: r.try_get("last_seen_ms")?,
-            attributes_ms: r.try_get("attributes_ms")?,
-        },
+        identity: devices::identity_from_row(&r)?,
         open,
         installed: r.try_get("installed")?,
         fast: r.try_get::<i64, _>("fast")? != 0,
