@@ -760,3 +760,32 @@ on_both!(
     an_expired_edited_or_foreign_link_is_refused,
     enrollment_trades_a_limited_provisioning_token_for_a_target_token,
 );
+
+/// Pooled connections are not pinged before use (a round trip per poll), so a connection PostgreSQL dropped must
+/// cost at most one failed request, and the server must go on answering.
+#[tokio::test]
+async fn a_dropped_database_connection_costs_one_answer_and_is_replaced() {
+    let (s, _, token, _) = one_device(Backend::Postgres).await;
+    for _ in 0..4 {
+        assert_eq!(get(&s.base("dev1"), &tt(&token)).await.0, StatusCode::OK);
+    }
+    // Every other connection of the pool is dropped by the database (a restart or an idle timeout would do this).
+    let open: i64 = s.int("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()").await;
+    s.exec(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .await;
+    let mut failed = 0;
+    let mut ok = 0;
+    for _ in 0..(open + 5) {
+        match get(&s.base("dev1"), &tt(&token)).await.0 {
+            StatusCode::OK => ok += 1,
+            StatusCode::INTERNAL_SERVER_ERROR => failed += 1,
+            other => panic!("unexpected answer {other}"),
+        }
+    }
+    assert!(failed < open, "{failed} failures for {open} connections");
+    assert!(ok >= 5, "the server answers again ({ok} ok, {failed} failed)");
+    assert_eq!(get(&s.base("dev1"), &tt(&token)).await.0, StatusCode::OK);
+}
