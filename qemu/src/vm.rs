@@ -107,7 +107,11 @@ impl Qemu {
                 if !rom.is_file() {
                     return Err(Error::MissingFile { path: rom, package: "u-boot-qemu".to_owned() });
                 }
-                cmd.arg("-bios").arg(rom);
+                // No display adapter: U-Boot's qemu-x86 build otherwise runs the VGA BIOS in its
+                // real-mode emulator at every boot, and under TCG on a loaded machine that is
+                // where it was seen to hang (after "Loading Environment", before "Video:"). The
+                // console is the serial port either way.
+                cmd.arg("-bios").arg(rom).arg("-vga").arg("none");
             }
             Firmware::GrubCdrom(iso) => {
                 if !iso.is_file() {
