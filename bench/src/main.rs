@@ -3,6 +3,7 @@
 //! ```text
 //! otter-bench run ARTIFACT KEY.pub SCRATCH_DIR     # everything, prints a table
 //! otter-bench install SOURCE KEY.pub SLOT          # one install in this process, prints time and peak RSS
+//! otter-bench footprint OTTERD OTTERCTL ARTIFACT KEY.pub WORK   # the daemon's memory through its jobs
 //! ```
 //!
 //! `run` starts `install` as child processes so each install's peak RSS is its own.
@@ -21,6 +22,8 @@ use otter_artifact::{ArtifactReader, Keyring, Policy};
 use otter_installer::{CancelToken, InstallRequest, Progress, Source, Target};
 use sha2::Digest as _;
 
+mod footprint;
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -30,7 +33,17 @@ fn main() -> Result<()> {
             println!("{secs} {rss}");
             Ok(())
         }
-        _ => bail!("usage: otter-bench run ARTIFACT KEY.pub SCRATCH | otter-bench install SOURCE KEY.pub SLOT"),
+        Some("footprint") if args.len() == 7 => footprint::run(&footprint::Inputs {
+            otterd: args[2].clone().into(),
+            otterctl: args[3].clone().into(),
+            artifact: args[4].clone().into(),
+            key: args[5].clone().into(),
+            work: args[6].clone().into(),
+        }),
+        _ => bail!(
+            "usage: otter-bench run ARTIFACT KEY.pub SCRATCH | otter-bench install SOURCE KEY.pub SLOT | \
+             otter-bench footprint OTTERD OTTERCTL ARTIFACT KEY.pub WORK"
+        ),
     }
 }
 

@@ -129,6 +129,7 @@ struct RebootFile {
 struct InstallFile {
     max_window_mib: Option<u64>,
     skip_identical: Option<bool>,
+    decoders: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -272,6 +273,9 @@ pub struct Settings {
     pub max_window: u64,
     /// Skip rewriting identical chunks.
     pub skip_identical: bool,
+    /// Decoding threads of an install (`install.decoders`); 0: one per CPU, at most 4. Each one is a chunk
+    /// buffer or two of memory during an install.
+    pub decoders: usize,
     /// The update server (hawkBit DDI), when configured and enabled.
     pub server: Option<ServerSettings>,
     /// The files read, in order.
@@ -348,6 +352,8 @@ pub const COMMIT_DEADLINE: (Duration, Duration) = (Duration::from_secs(10), Dura
 pub const CHECK_TIMEOUT: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
 /// Bounds of `install.max_window_mib`: 1 to 1024 MiB (the decoder's window is memory the device must have).
 pub const MAX_WINDOW_MIB: (u64, u64) = (1, 1024);
+/// Bounds of `install.decoders`: 1 to 16 threads.
+pub const DECODERS: (usize, usize) = (1, 16);
 
 fn parse_hhmm(s: &str) -> Option<u32> {
     let (h, m) = s.trim().split_once(':')?;
@@ -563,6 +569,11 @@ fn validate(
             format!("{window_mib} is not between {} and {}", MAX_WINDOW_MIB.0, MAX_WINDOW_MIB.1),
         ));
     }
+    if let Some(n) = i.decoders
+        && !(DECODERS.0..=DECODERS.1).contains(&n)
+    {
+        return Err(invalid("install.decoders", format!("{n} is not between {} and {}", DECODERS.0, DECODERS.1)));
+    }
     Ok(Settings {
         root: root.to_owned(),
         compatible,
@@ -580,6 +591,7 @@ fn validate(
         reboot_command,
         max_window: window_mib << 20,
         skip_identical: i.skip_identical.unwrap_or(false),
+        decoders: i.decoders.unwrap_or(0),
         server,
         files,
     })

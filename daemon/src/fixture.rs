@@ -2,7 +2,9 @@
 //! (`uboot.env` + `fw_env.config`), the keyring, a kernel command line file and an otter configuration, all under
 //! one directory that otterd is pointed at with `--root`.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 use otter_bootloader::Slot;
 use otter_bootloader::uboot::{FwEnvConfig, UBootEnv};
@@ -154,4 +156,68 @@ pub fn pattern_image(dir: &Path, seed: u8, len: usize) -> std::io::Result<PathBu
     let p = dir.join(format!("image-{seed}.img"));
     std::fs::write(&p, data)?;
     Ok(p)
+}
+
+/// A private `dbus-daemon` listening on `DIR/bus`, for otterd and its clients in tests and benchmarks.
+#[derive(Debug)]
+pub struct PrivateBus {
+    child: Child,
+    /// The bus address (`unix:path=...`), for `otterd --bus-address` and clients.
+    pub address: String,
+}
+
+impl PrivateBus {
+    /// A bus where everyone may own any name and call anything.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        Self::with_policy(
+            dir,
+            r#"  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>"#,
+        )
+    }
+
+    /// A bus whose configuration holds `policy` (`<policy>` and `<include>` elements) in place of the open one.
+    pub fn with_policy(dir: &Path, policy: &str) -> anyhow::Result<Self> {
+        let config = dir.join("bus.conf");
+        std::fs::write(
+            &config,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>otter-test</type>
+  <listen>unix:path={}/bus</listen>
+  <auth>EXTERNAL</auth>
+{policy}
+</busconfig>
+"#,
+                dir.display()
+            ),
+        )?;
+        let mut child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", config.display()))
+            .args(["--nofork", "--print-address"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("starting dbus-daemon (Debian package dbus): {e}"))?;
+        let mut line = String::new();
+        let read = child.stdout.take().map(|o| BufReader::new(o).read_line(&mut line));
+        if !line.starts_with("unix:") {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("dbus-daemon printed {line:?} ({read:?})");
+        }
+        Ok(Self { child, address: line.trim().to_owned() })
+    }
+}
+
+impl Drop for PrivateBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -7,6 +7,7 @@
 //!   assessment of trial boots, and systemd notifications.
 //! - [`hawkbit`]: the Eclipse hawkBit DDI client (polling, deployments, feedback, inventory).
 //! - [`dbus`]: the `io.otter.Updater1` D-Bus service in front of the runtime.
+//! - [`memory`]: the allocator settings that bring the resident memory back to idle after each job.
 //! - [`secrets`]: files holding the server's token must be owner-only.
 //! - `fixture` and `sim` (feature `sim`: the simulator, the demo and the tests; not in the device binary): a
 //!   simulated device root and its power-ons (the U-Boot boot script's slot choice on the env file).
@@ -18,6 +19,7 @@ pub mod engine;
 pub mod fixture;
 pub mod hawkbit;
 pub mod health;
+pub mod memory;
 pub mod notify;
 pub mod runtime;
 pub mod secrets;

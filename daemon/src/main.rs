@@ -62,6 +62,8 @@ fn main() -> ExitCode {
         }
     }
     init_logging();
+    // Before any thread starts.
+    otterd::memory::configure();
     match run(&root, &command, bus) {
         Ok(code) => code,
         Err(e) => {

@@ -32,6 +32,8 @@ fn values_that_overflow_wrap_or_fail_every_update_are_refused_with_file_and_key(
         // 2^44 MiB << 20 wrapped to 0.
         ("[install]\nmax_window_mib = 17592186044416\n", "install.max_window_mib", "not between 1 and 1024"),
         ("[install]\nmax_window_mib = 0\n", "install.max_window_mib", "not between 1 and 1024"),
+        ("[install]\ndecoders = 0\n", "install.decoders", "not between 1 and 16"),
+        ("[install]\ndecoders = 17\n", "install.decoders", "not between 1 and 16"),
         ("[server]\npoll_max = \"307445734561825861m\"\n", "server.poll_max", "maximum of 7 days"),
         ("[server]\ntimeout = \"18446744073709551615ms\"\n", "server.timeout", "maximum of 7 days"),
     ];
@@ -52,7 +54,7 @@ fn values_that_overflow_wrap_or_fail_every_update_are_refused_with_file_and_key(
     // The bounds themselves are fine.
     let d = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(d.path().join("etc/otter")).unwrap();
-    let good = "[health]\ncommit_deadline = \"24h\"\nscript_timeout = \"1s\"\n[install]\nmax_window_mib = 1024\n";
+    let good = "[health]\ncommit_deadline = \"24h\"\nscript_timeout = \"1s\"\n[install]\nmax_window_mib = 1024\ndecoders = 16\n";
     std::fs::write(d.path().join("etc/otter/otter.toml"), format!("{MINIMAL}{good}")).unwrap();
     let (ok, out) = check(d.path());
     assert!(ok, "{out}");

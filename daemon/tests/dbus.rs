@@ -6,7 +6,7 @@
 //! `cargo build -p otterctl` first). A missing tool fails the test with its name; nothing is skipped.
 //! The unprivileged-caller test needs root (to switch to `nobody`).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use otter_artifact::builder::{self, BuildOptions, ImageSource};
 use otter_bootloader::Slot;
-use otterd::fixture::{Device, DeviceSpec};
+use otterd::fixture::{Device, DeviceSpec, PrivateBus};
 use serde_json::Value;
 
 const DEVICE_TYPE: &str = "dbus-gateway";
@@ -54,28 +54,16 @@ fn image_bytes(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// A private bus: `dbus-daemon` with a config that lets every local user connect and call (so that otterd's own
-/// uid check is what refuses unprivileged callers).
-struct Bus {
-    child: Child,
-    address: String,
-}
+/// The private bus: open to every local user (so that otterd's own uid check is what refuses unprivileged
+/// callers), or with the shipped policy of the system bus.
+struct Bus;
 
 impl Bus {
-    /// A bus that lets everything through, so the daemon's own checks are what is tested.
-    fn start(dir: &Path) -> Self {
-        let policy = r#"  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>"#;
-        Self::start_with(dir, policy)
+    fn start(dir: &Path) -> PrivateBus {
+        PrivateBus::open(dir).unwrap()
     }
 
-    /// A bus with the defaults of a system bus (method calls denied unless a policy allows them) and otter's own
-    /// policy file from `systemd/` included, as on a device.
-    fn start_system_like(dir: &Path) -> Self {
+    fn start_system_like(dir: &Path) -> PrivateBus {
         let policy_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/io.otter.Updater1.conf");
         let policy = format!(
             r#"  <policy context="default">
@@ -95,45 +83,7 @@ impl Bus {
   <include>{}</include>"#,
             policy_file.canonicalize().unwrap().display()
         );
-        Self::start_with(dir, &policy)
-    }
-
-    fn start_with(dir: &Path, policy: &str) -> Self {
-        let daemon = tool("dbus-daemon", "dbus");
-        let config = dir.join("bus.conf");
-        std::fs::write(
-            &config,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>otter-test</type>
-  <listen>unix:path={}/bus</listen>
-  <auth>EXTERNAL</auth>
-{policy}
-</busconfig>
-"#,
-                dir.display()
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(daemon)
-            .arg(format!("--config-file={}", config.display()))
-            .args(["--nofork", "--print-address"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting dbus-daemon");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.starts_with("unix:"), "dbus-daemon printed {line:?}");
-        Self { child, address: line.trim().to_owned() }
-    }
-}
-
-impl Drop for Bus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        PrivateBus::with_policy(dir, &policy).unwrap()
     }
 }
 
@@ -157,7 +107,7 @@ impl Drop for Otterd {
 
 struct Setup {
     dir: tempfile::TempDir,
-    bus: Bus,
+    bus: PrivateBus,
     device: Device,
     artifact: PathBuf,
     otterd: Option<Otterd>,

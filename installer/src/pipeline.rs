@@ -13,9 +13,11 @@ use crate::slot::{AlignedBuf, HEAD, SlotWriter};
 use crate::source::SourceReader;
 use crate::{CancelToken, InstallError, InstallRequest, resume};
 
-/// Chunks in flight between two stages. With N decoders the pipeline holds at most about 2 + N + 2 + 1 chunks, so
-/// 4 MiB chunks and two decoders need ~30 MiB of buffers.
-const CHANNEL_DEPTH: usize = 2;
+/// Chunks waiting between two stages. With N decoders the pipeline holds N + 2 decoded chunks (N decoding, one
+/// waiting, one being written) and N + 2 stored ones: 4 MiB chunks and two decoders need ~16 MiB of decoded
+/// buffers plus their compressed sizes. A deeper queue bought no speed on the install benchmark (`bench/run`) and
+/// cost 4 MiB of peak memory per step (`bench/footprint`).
+const CHANNEL_DEPTH: usize = 1;
 
 /// Least time between two progress reports of the reading thread.
 const REPORT_INTERVAL: Duration = Duration::from_millis(100);

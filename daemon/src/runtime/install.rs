@@ -92,6 +92,7 @@ impl Runtime {
             policy,
         );
         req.skip_identical = self.settings.skip_identical;
+        req.decode_threads = self.settings.decoders;
         // An install cut off by a power failure or a restart continues from here when the same artifact comes
         // again (the server retries the deployment, or the user re-runs the install).
         req.resume_file = Some(self.settings.state_dir.join("install-resume.json"));
@@ -124,6 +125,8 @@ impl Runtime {
                 let _ = tx.send(Msg::Progress(*p));
             };
             let result = otter_installer::install(&req, &progress, &thread_cancel);
+            // The pipeline's buffers are freed: give the pages back, whatever the outcome.
+            crate::memory::release();
             let _ = tx.send(Msg::InstallDone(Box::new(result)));
         });
         self.install = Some((thread, cancel));
