@@ -11,8 +11,11 @@ const USAGE: &str = "usage: otterd [--root DIR] [--session | --bus-address ADDR 
 
 fn init_logging() {
     use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OTTER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // `OTTER_LOG`: a level (`debug`) or per-target directives (`otterd::hawkbit=trace,info`), without regexes.
+    let filter = std::env::var("OTTER_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing_subscriber::filter::Targets>().ok())
+        .unwrap_or_else(|| tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO));
     // Under systemd stderr is connected to the journal (JOURNAL_STREAM); log natively there, with levels.
     if std::env::var_os("JOURNAL_STREAM").is_some()
         && let Ok(journald) = tracing_journald::layer()
