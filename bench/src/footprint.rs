@@ -30,11 +30,7 @@ pub struct Inputs {
 
 /// One figure of `/proc/PID/status` or `smaps_rollup`, in KiB.
 fn proc_kib(pid: u32, file: &str, field: &str) -> Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}"))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no {field} in /proc/{pid}/{file}"))
+    otter_bench::proc_kib(pid, file, field).with_context(|| format!("no {field} in /proc/{pid}/{file}"))
 }
 
 fn mib(kib: u64) -> f64 {

@@ -49,14 +49,7 @@ fn main() -> Result<()> {
 
 /// Peak resident set of this process, in KiB (VmHWM).
 fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    otter_bench::proc_kib("self", "status", "VmHWM:").unwrap_or(0)
 }
 
 fn install_once(source: &str, key: &Path, slot: &Path) -> Result<(f64, u64)> {

@@ -105,14 +105,7 @@ async fn history(db: &otter_server::db::Db, now: i64) -> Result<()> {
 }
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    otter_bench::proc_kib(pid, "status", field).unwrap_or(0)
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
