@@ -54,19 +54,12 @@ fn image_bytes(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// The private bus: open to every local user (so that otterd's own uid check is what refuses unprivileged
-/// callers), or with the shipped policy of the system bus.
-struct Bus;
-
-impl Bus {
-    fn start(dir: &Path) -> PrivateBus {
-        PrivateBus::open(dir).unwrap()
-    }
-
-    fn start_system_like(dir: &Path) -> PrivateBus {
-        let policy_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/io.otter.Updater1.conf");
-        let policy = format!(
-            r#"  <policy context="default">
+/// A private bus with the shipped policy of the system bus. Most tests use `PrivateBus::open`, open to every local
+/// user, so that otterd's own uid check is what refuses unprivileged callers.
+fn system_like_bus(dir: &Path) -> PrivateBus {
+    let policy_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/io.otter.Updater1.conf");
+    let policy = format!(
+        r#"  <policy context="default">
     <allow user="*"/>
     <deny own="*"/>
     <deny send_type="method_call"/>
@@ -81,10 +74,9 @@ impl Bus {
     <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
   </policy>
   <include>{}</include>"#,
-            policy_file.canonicalize().unwrap().display()
-        );
-        PrivateBus::with_policy(dir, &policy).unwrap()
-    }
+        policy_file.canonicalize().unwrap().display()
+    );
+    PrivateBus::with_policy(dir, &policy).unwrap()
 }
 
 /// The otterd binary on a simulated device, serving on the private bus.
@@ -143,7 +135,7 @@ impl Setup {
         let root = dir.path().join("root");
         spec.reboot_command = vec!["touch".into(), root.join("rebooted").display().to_string()];
         let device = Device::create(&root, &spec, None).unwrap();
-        let bus = if system_bus_policy { Bus::start_system_like(dir.path()) } else { Bus::start(dir.path()) };
+        let bus = if system_bus_policy { system_like_bus(dir.path()) } else { PrivateBus::open(dir.path()).unwrap() };
         let mut s = Self { dir, bus, device, artifact, otterd: None };
         s.start_otterd();
         s
