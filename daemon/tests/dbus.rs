@@ -520,6 +520,43 @@ fn install_fd_takes_pipes_and_refuses_what_it_cannot_read() {
     assert!(image[..IMAGE_LEN] == image_bytes(IMAGE_LEN, 3)[..], "slot B holds the image");
 }
 
+/// otterd's threads named `name` now.
+fn threads_named(pid: nix::unistd::Pid, name: &str) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter(|t| std::fs::read_to_string(t.as_ref().unwrap().path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .count()
+}
+
+#[test]
+fn install_decoders_sets_the_decoding_threads_of_an_install() {
+    // 5: more than the default ever starts (one per CPU, at most 4).
+    let s = Setup::with_config("manual", "[install]\ndecoders = 5\n");
+    let pid = s.otterd_pid();
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    let artifact = std::fs::read(&s.artifact).unwrap();
+    // Half the artifact, then nothing until the writer is dropped: the install is held in its pipeline.
+    let feeder = std::thread::spawn(move || {
+        writer.write_all(&artifact[..artifact.len() / 2]).unwrap();
+        writer
+    });
+    s.install_fd(reader.as_fd());
+    drop(reader);
+    let writer = feeder.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while threads_named(pid, otter_installer::DECODER_THREAD) != 5 {
+        let n = threads_named(pid, otter_installer::DECODER_THREAD);
+        assert!(Instant::now() < deadline, "{n} decoding threads, not 5: {}", s.status_json());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The truncated stream fails the install; its threads are gone with it.
+    drop(writer);
+    s.wait_operation("idle", Duration::from_secs(30));
+    let history: Value = serde_json::from_slice(&s.otterctl(&["history", "--json"]).stdout).unwrap();
+    assert_eq!((&history[0]["result"], &history[0]["code"]), (&"failed".into(), &"truncated".into()), "{history}");
+    assert_eq!(threads_named(pid, otter_installer::DECODER_THREAD), 0);
+}
+
 #[test]
 fn install_options_carry_http_headers_to_the_download() {
     let s = Setup::new("manual");

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use otter_artifact::{ArtifactError, ArtifactReader, Digest, KeyId, Keyring, Manifest, Policy};
 
 pub use error::{DigestAlgorithm, InstallError};
+pub use pipeline::DECODER_THREAD;
 use slot::SlotWriter;
 pub use source::{Announced, HttpOptions, Source, UrlRefresh};
 

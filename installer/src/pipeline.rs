@@ -18,6 +18,8 @@ use crate::{CancelToken, InstallError, InstallRequest, resume};
 /// buffers plus their compressed sizes. A deeper queue bought no speed on the install benchmark (`bench/run`) and
 /// cost 4 MiB of peak memory per step (`bench/footprint`).
 const CHANNEL_DEPTH: usize = 1;
+/// The name of an install's decoding threads (`install.decoders` of them).
+pub const DECODER_THREAD: &str = "otter-decode";
 
 /// Least time between two progress reports of the reading thread.
 const REPORT_INTERVAL: Duration = Duration::from_millis(100);
@@ -134,9 +136,12 @@ pub(crate) fn run(
     };
 
     std::thread::scope(|s| {
+        // Named, so that `top -H` and /proc show an install's threads for what they are.
         for _ in 0..threads {
             let (decoded_tx, stored_rx, shared) = (decoded_tx.clone(), Arc::clone(&stored_rx), &shared);
-            s.spawn(move || decode_chunks(shared, &stored_rx, decoded_tx));
+            let decoder = std::thread::Builder::new().name(DECODER_THREAD.into());
+            // As `Scope::spawn` would: a process that cannot start a thread is not going to install anything.
+            decoder.spawn_scoped(s, move || decode_chunks(shared, &stored_rx, decoded_tx)).expect("spawning a thread");
         }
         drop(decoded_tx);
         drop(stored_rx);
