@@ -848,3 +848,7 @@ mod tests {
         assert_eq!(fifo_result.join().unwrap(), Err(std::io::ErrorKind::InvalidInput));
     }
 }
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod client_tests;

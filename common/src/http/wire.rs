@@ -265,16 +265,28 @@ pub fn read_chunked(r: &mut impl BufRead, st: &mut Chunked, buf: &mut [u8]) -> i
                 return Ok(n);
             }
             Chunked::DataEnd => {
-                if !read_line(r, 0, "missing CRLF after chunk data")?.is_empty() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        WireError::Malformed("no CRLF after chunk"),
-                    ));
+                let mut b = read_byte(r)?;
+                if b == b'\r' {
+                    b = read_byte(r)?;
+                }
+                if b != b'\n' {
+                    let e = WireError::Malformed("no CRLF after chunk");
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
                 }
                 *st = Chunked::Size;
             }
         }
     }
+}
+
+/// One byte; the connection closing first is `UnexpectedEof`.
+fn read_byte(r: &mut impl BufRead) -> io::Result<u8> {
+    let b = *r
+        .fill_buf()?
+        .first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a chunked body"))?;
+    r.consume(1);
+    Ok(b)
 }
 
 /// Skips the trailer section (to its blank line), at most [`MAX_TRAILERS`] bytes.
@@ -289,5 +301,76 @@ fn skip_trailers(r: &mut impl BufRead) -> io::Result<()> {
         if total > MAX_TRAILERS {
             return Err(io::Error::new(io::ErrorKind::InvalidData, WireError::TooLarge("trailers over 64 KiB")));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufReader, Read};
+
+    use super::*;
+
+    /// A chunked body decoded from a reader that delivers one byte at a time (every split point).
+    fn chunked(raw: &[u8]) -> io::Result<Vec<u8>> {
+        let mut r = BufReader::with_capacity(1, raw);
+        let (mut st, mut out, mut buf) = (Chunked::Size, Vec::new(), [0u8; 3]);
+        loop {
+            match read_chunked(&mut r, &mut st, &mut buf)? {
+                0 => return Ok(out),
+                n => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_decoding_byte_by_byte_with_extensions_and_trailers() {
+        let raw = b"4;a=b\r\nWiki\r\n5 ; x\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nExpires: never\r\n\r\nNEXT";
+        assert_eq!(chunked(raw).unwrap(), b"Wikipedia in\r\n\r\nchunks.");
+        let mut r = BufReader::with_capacity(1, &raw[..]);
+        let mut st = Chunked::Size;
+        while read_chunked(&mut r, &mut st, &mut [0; 8]).unwrap() > 0 {}
+        let mut rest = String::new();
+        r.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "NEXT", "exactly the body is consumed");
+    }
+
+    #[test]
+    fn chunked_errors_are_bounded_and_typed() {
+        let kind = |raw: &[u8]| chunked(raw).unwrap_err().kind();
+        assert_eq!(kind(b"5\r\nab"), io::ErrorKind::UnexpectedEof);
+        assert_eq!(kind(b"2\r\nab\r\n"), io::ErrorKind::UnexpectedEof);
+        assert_eq!(kind(b"2\r\nab\r\n0\r\nX: y\r\n"), io::ErrorKind::UnexpectedEof, "inside trailers");
+        assert_eq!(kind(b"zz\r\n"), io::ErrorKind::InvalidData);
+        assert_eq!(kind(b"-1\r\n"), io::ErrorKind::InvalidData);
+        assert_eq!(kind(b"2\r\nabXY"), io::ErrorKind::InvalidData, "no CRLF after the data");
+        assert_eq!(kind(b"10000000000000000\r\n"), io::ErrorKind::InvalidData, "overflow");
+        let mut long = b"1;".to_vec();
+        long.extend(vec![b'x'; MAX_CHUNK_LINE + 10]);
+        assert_eq!(kind(&long), io::ErrorKind::InvalidData, "an endless chunk-size line");
+        let mut trailers = b"0\r\n".to_vec();
+        trailers.extend(std::iter::repeat_n(b"X: yyyyyyyyyyyyyyyyyyyyyy\r\n", 4000).flatten());
+        assert_eq!(kind(&trailers), io::ErrorKind::InvalidData, "endless trailers");
+    }
+
+    #[test]
+    fn heads_are_read_exactly_and_framed() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: Keep-Alive, close\r\n\r\nabc";
+        let mut r = BufReader::with_capacity(2, &raw[..]);
+        let h = read_head(&mut r).unwrap();
+        assert_eq!((h.status, h.http11, h.framing().unwrap()), (200, true, Framing::Length(3)));
+        assert!(h.has_token("CONNECTION", "close"));
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"abc");
+        let h = parse_head(b"HTTP/1.0 200 OK\n\n").unwrap();
+        assert_eq!((h.http11, h.framing().unwrap()), (false, Framing::Close));
+        let h = parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap();
+        assert_eq!(h.framing().unwrap(), Framing::Chunked { reuse: true });
+        let h = parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n").unwrap();
+        assert_eq!(h.framing().unwrap(), Framing::Chunked { reuse: false });
+        let h = parse_head(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n").unwrap();
+        assert_eq!(h.framing().unwrap(), Framing::Length(0));
+        assert!(matches!(read_head(&mut &b""[..]), Err(WireError::Closed { started: false })));
+        assert!(matches!(read_head(&mut &b"HTTP/1.1 2"[..]), Err(WireError::Closed { started: true })));
     }
 }
