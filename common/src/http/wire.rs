@@ -131,6 +131,7 @@ pub fn read_head(r: &mut impl BufRead) -> Result<Head, WireError> {
         buf.extend_from_slice(&avail[..take]);
         // The blank line may straddle two reads: look from a few bytes back.
         match find_head_end(&buf, old.saturating_sub(3)) {
+            Some(end) if end > MAX_HEAD => return Err(WireError::TooLarge("head over 64 KiB")),
             Some(end) => {
                 r.consume(end - old);
                 buf.truncate(end);
@@ -372,5 +373,17 @@ mod tests {
         assert_eq!(h.framing().unwrap(), Framing::Length(0));
         assert!(matches!(read_head(&mut &b""[..]), Err(WireError::Closed { started: false })));
         assert!(matches!(read_head(&mut &b"HTTP/1.1 2"[..]), Err(WireError::Closed { started: true })));
+        // Exactly at the bound, and one byte over, whatever the reads' sizes.
+        let head = |len: usize| {
+            let mut h = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+            h.resize(len - 4, b'a');
+            h.extend(b"\r\n\r\n");
+            h
+        };
+        for cap in [1, 7, 8192, MAX_HEAD * 2] {
+            assert!(read_head(&mut BufReader::with_capacity(cap, &head(MAX_HEAD)[..])).is_ok(), "{cap}");
+            let over = read_head(&mut BufReader::with_capacity(cap, &head(MAX_HEAD + 1)[..]));
+            assert!(matches!(over, Err(WireError::TooLarge(_))), "{cap}");
+        }
     }
 }
