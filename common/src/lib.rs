@@ -2,7 +2,7 @@
 //!
 //! - [`durable`]: replacing a file so a power cut leaves the old or the new one, never a mix, and nothing planted
 //!   next to it (a link at a temp name) is written through.
-//! - [`http`] (feature `http`): the HTTP client with its TLS trust and identity.
+//! - [`http`] (feature `http`): the blocking HTTP/1.1 client of the device with its TLS trust, identity and proxies.
 //! - [`redact`]: URLs without their secrets (userinfo, pre-signed query strings) for logs, status and history.
 //! - [`error_chain`]: an error and its sources on one line.
 
@@ -11,7 +11,7 @@ pub mod durable;
 pub mod http;
 pub mod redact;
 
-/// An error and all its causes on one line, `outer: inner: innermost` (reqwest hides the useful part in causes).
+/// An error and all its causes on one line, `outer: inner: innermost` (HTTP and TLS errors keep the useful part in causes).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();

@@ -5,9 +5,8 @@
 use std::time::Duration;
 
 use otter_common::error_chain as chain;
+use otter_common::http::{Client, HttpError, Method, Request, Response, Url};
 use otter_common::redact;
-use reqwest::blocking::{Client, Response};
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -17,7 +16,7 @@ use crate::config::{ServerAuth, ServerSettings};
 /// A failed DDI request.
 #[derive(Debug, thiserror::Error)]
 pub enum DdiError {
-    /// The client could not be built (bad CA bundle, client certificate or token).
+    /// The client could not be built (bad CA bundle, client certificate, token or proxy setting).
     #[error("hawkbit client setup: {0}")]
     Setup(String),
     /// No answer (connection refused, timeout, TLS failure).
@@ -82,34 +81,26 @@ pub struct DdiClient {
 }
 
 impl DdiClient {
-    /// Builds the client (reads the CA bundle and client identity).
+    /// Builds the client (reads the CA bundle and client identity, and the proxy environment).
     pub fn new(settings: &ServerSettings) -> Result<Self, DdiError> {
-        otter_common::http::init_tls();
-        let setup = |what: String| DdiError::Setup(what);
         let auth = match &settings.auth {
             ServerAuth::TargetToken(t) => Some(format!("TargetToken {t}")),
             ServerAuth::GatewayToken(t) => Some(format!("GatewayToken {t}")),
             ServerAuth::None | ServerAuth::Certificate => None,
         };
-        let mut headers = HeaderMap::new();
-        headers.insert(ACCEPT, HeaderValue::from_static("application/hal+json, application/json"));
+        // The client follows no redirects: DDI resources are not redirected, and a redirect would take the token
+        // along to wherever it points.
+        let mut builder = Client::builder()
+            .default_header("Accept", "application/hal+json, application/json")
+            .connect_timeout(settings.timeout)
+            // Each socket read and write (a poll's whole answer is a few KiB, so in effect the request).
+            .timeout(settings.timeout)
+            .ca_bundle(settings.ca_bundle.as_deref())
+            .client_identity(settings.client_identity.as_deref());
         if let Some(a) = &auth {
-            let mut v =
-                HeaderValue::from_str(a).map_err(|_| setup("server.token contains invalid characters".into()))?;
-            v.set_sensitive(true);
-            headers.insert(AUTHORIZATION, v);
+            builder = builder.default_header("Authorization", a);
         }
-        let base = || {
-            Client::builder()
-                .default_headers(headers.clone())
-                // DDI resources are not redirected; a redirect would take the token along to wherever it points.
-                .redirect(reqwest::redirect::Policy::none())
-                .connect_timeout(settings.timeout)
-                .timeout(settings.timeout)
-        };
-        let client =
-            otter_common::http::tls_client(base, settings.ca_bundle.as_deref(), settings.client_identity.as_deref())
-                .map_err(setup)?;
+        let client = builder.build().map_err(|e| DdiError::Setup(chain(&e)))?;
         let base = format!("{}/{}/controller/v1/{}", settings.url, settings.tenant, settings.controller_id);
         Ok(Self { base, client, auth, settings: settings.clone() })
     }
@@ -139,10 +130,17 @@ impl DdiClient {
         }
     }
 
-    fn check(&self, url: &str, r: Result<Response, reqwest::Error>) -> Result<Response, DdiError> {
-        let url = redact::url(url);
-        let r = r.map_err(|e| DdiError::Transport { url: url.clone(), message: redact::text(&chain(&e)) })?;
-        match r.status().as_u16() {
+    /// Sends a request; a status other than 2xx is an error.
+    fn call(&self, method: Method, url: &str, body: Option<Vec<u8>>) -> Result<Response, DdiError> {
+        let shown = redact::url(url);
+        let transport = |e: HttpError| DdiError::Transport { url: shown.clone(), message: redact::text(&chain(&e)) };
+        let mut req = Request::new(method, Url::parse(url).map_err(transport)?);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let r = self.client.send(&req).map_err(transport)?;
+        let url = shown.clone();
+        match r.status() {
             200..=299 => Ok(r),
             410 => Err(DdiError::Gone { url }),
             status => Err(DdiError::Status { url, status }),
@@ -156,7 +154,7 @@ impl DdiClient {
         if !same_origin(url, &self.settings.url) {
             return Err(DdiError::ForeignLink { url: redact::url(url), origin: redact::url(&self.settings.url) });
         }
-        let r = self.check(url, self.client.get(url).send())?;
+        let r = self.call(Method::Get, url, None)?;
         let mut bytes = Vec::new();
         r.take(MAX_JSON + 1)
             .read_to_end(&mut bytes)
@@ -168,11 +166,14 @@ impl DdiClient {
             .map_err(|e| DdiError::Malformed { url: redact::url(url), message: e.to_string() })
     }
 
-    fn send<B: Serialize>(&self, method: reqwest::Method, url: &str, body: &B) -> Result<(), DdiError> {
+    fn send<B: Serialize>(&self, method: Method, url: &str, body: &B) -> Result<(), DdiError> {
+        use std::io::Read as _;
         let body = serde_json::to_vec(body).expect("serialisable");
-        let req = self.client.request(method, url).header("Content-Type", "application/json").body(body);
-        // The answer's body is not used: it is dropped unread.
-        self.check(url, req.send()).map(drop)
+        let r = self.call(method, url, Some(body))?;
+        // The answer's body is not used; read (up to MAX_JSON) so the connection serves the next poll, and a
+        // failure here changes nothing: the server has answered.
+        let _ = std::io::copy(&mut r.take(MAX_JSON), &mut std::io::sink());
+        Ok(())
     }
 
     /// Polls the controller base.
@@ -192,29 +193,29 @@ impl DdiClient {
 
     /// Posts feedback on a deployment.
     pub fn deployment_feedback(&self, action_id: &str, f: &Feedback) -> Result<(), DdiError> {
-        self.send(reqwest::Method::POST, &format!("{}/deploymentBase/{action_id}/feedback", self.base), f)
+        self.send(Method::Post, &format!("{}/deploymentBase/{action_id}/feedback", self.base), f)
     }
 
     /// Posts the answer to a cancel request.
     pub fn cancel_feedback(&self, cancel_id: &str, f: &Feedback) -> Result<(), DdiError> {
-        self.send(reqwest::Method::POST, &format!("{}/cancelAction/{cancel_id}/feedback", self.base), f)
+        self.send(Method::Post, &format!("{}/cancelAction/{cancel_id}/feedback", self.base), f)
     }
 
     /// Posts a consent decision.
     pub fn confirmation_feedback(&self, action_id: &str, f: &ConfirmationFeedback) -> Result<(), DdiError> {
-        self.send(reqwest::Method::POST, &format!("{}/confirmationBase/{action_id}/feedback", self.base), f)
+        self.send(Method::Post, &format!("{}/confirmationBase/{action_id}/feedback", self.base), f)
     }
 
     /// Uploads attributes.
     pub fn config_data(&self, data: &ConfigData) -> Result<(), DdiError> {
-        self.send(reqwest::Method::PUT, &format!("{}/configData", self.base), data)
+        self.send(Method::Put, &format!("{}/configData", self.base), data)
     }
 }
 
 /// Whether `url` has the origin (scheme, host, port) of `server`.
 pub fn same_origin(url: &str, server: &str) -> bool {
-    match (reqwest::Url::parse(url), reqwest::Url::parse(server)) {
-        (Ok(a), Ok(b)) => a.origin() == b.origin() && a.origin().is_tuple(),
+    match (Url::parse(url), Url::parse(server)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin(),
         _ => false,
     }
 }

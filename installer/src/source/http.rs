@@ -17,12 +17,8 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use otter_common::http::{Client, Origin, Request, Response, Scheme, Url};
 use otter_common::{error_chain, redact};
-use reqwest::Url;
-use reqwest::blocking::{Client, Response};
-use reqwest::header::{
-    CONTENT_RANGE, ETAG, HeaderMap, HeaderName, HeaderValue, IF_RANGE, LAST_MODIFIED, LOCATION, RANGE,
-};
 
 use super::{ByteCounter, Cancelled, ResumeExhausted, SourceChangedMarker};
 use crate::CancelToken;
@@ -140,38 +136,32 @@ pub fn parse_link(link: &str, https_only: bool) -> Result<Url, InstallError> {
     let not_http = || InstallError::NotHttpUrl { link: redact::url(link) };
     let url = Url::parse(link).map_err(|_| not_http())?;
     match url.scheme() {
-        "https" => Ok(url),
-        "http" if https_only => Err(InstallError::InsecureLink { url: redact::url(link) }),
-        "http" => Ok(url),
-        _ => Err(not_http()),
+        Scheme::Https => Ok(url),
+        Scheme::Http if https_only => Err(InstallError::InsecureLink { url: redact::url(link) }),
+        Scheme::Http => Ok(url),
     }
 }
 
 fn build_client(opts: &HttpOptions, stall_timeout: Duration) -> Result<Client, InstallError> {
-    otter_common::http::init_tls();
     let timeout = opts.read_timeout.min(stall_timeout).max(Duration::from_millis(100));
-    let base = || {
-        Client::builder()
-            // Redirects are followed by `HttpReader::send`, which decides per hop whether credentials go along.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(opts.connect_timeout)
-            // The blocking client applies this to each connect, read and write wait, not to the whole body.
-            .timeout(timeout)
-    };
-    otter_common::http::tls_client(base, opts.ca_bundle.as_deref(), opts.client_identity.as_deref())
-        .map_err(InstallError::HttpSetup)
+    // The client follows no redirects: `HttpReader::send` does, deciding per hop whether credentials go along.
+    Client::builder()
+        .connect_timeout(opts.connect_timeout)
+        // Each socket read and write waits at most this long (not the whole body): a silent server is noticed
+        // within a stall window.
+        .timeout(timeout)
+        .ca_bundle(opts.ca_bundle.as_deref())
+        .client_identity(opts.client_identity.as_deref())
+        .build()
+        .map_err(|e| InstallError::HttpSetup(error_chain(&e)))
 }
 
-fn credential_headers(opts: &HttpOptions) -> Result<HeaderMap, InstallError> {
-    let setup = |what: &str, e: &dyn std::fmt::Display| InstallError::HttpSetup(format!("{what}: {e}"));
-    let mut headers = HeaderMap::new();
+/// The credential headers, checked now (a CR or LF in a token is a setup error, not a request sent).
+fn credential_headers(opts: &HttpOptions) -> Result<Vec<(String, String)>, InstallError> {
     for (k, v) in &opts.headers {
-        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| setup(&format!("header name {k:?}"), &e))?;
-        let mut value = HeaderValue::from_str(v).map_err(|e| setup(&format!("header {k:?} value"), &e))?;
-        value.set_sensitive(true);
-        headers.insert(name, value);
+        otter_common::http::check_header(k, v).map_err(|e| InstallError::HttpSetup(e.to_string()))?;
     }
-    Ok(headers)
+    Ok(opts.headers.clone())
 }
 
 /// Digests of the whole body, computed while it is delivered in order.
@@ -234,9 +224,9 @@ pub struct HttpReader {
     /// A connection that delivers fewer than [`STALL_MIN_BYTES`] in this much waiting is stalled (resumed, and once
     /// the resumes run out, [`InstallError::Stalled`]); see [`crate::InstallRequest::stall_timeout`].
     stall_timeout: Duration,
-    headers: HeaderMap,
+    headers: Vec<(String, String)>,
     /// Where [`HttpReader::headers`] may go.
-    credential_origin: reqwest::Url,
+    credential_origin: Origin,
     cancel: CancelToken,
     response: Option<Response>,
     /// Bytes of the body delivered to the caller.
@@ -244,7 +234,7 @@ pub struct HttpReader {
     /// The body's length: the announced size, else `Content-Length`. Nothing is read past it.
     pub(super) length: Option<u64>,
     /// Strong validator for `If-Range`: the ETag, else Last-Modified.
-    validator: Option<HeaderValue>,
+    validator: Option<String>,
     resumes: u32,
     received: ByteCounter,
     /// Digests of everything delivered from byte 0 on; `None` once a range was skipped (no whole-file digest).
@@ -266,8 +256,10 @@ impl HttpReader {
     ) -> Result<Self, InstallError> {
         let first = parse_link(url, opts.https_only)?;
         let credential_origin = match &opts.credential_origin {
-            Some(o) => Url::parse(o).map_err(|e| InstallError::HttpSetup(format!("credential origin {o:?}: {e}")))?,
-            None => first.clone(),
+            Some(o) => {
+                Url::parse(o).map_err(|e| InstallError::HttpSetup(format!("credential origin: {e}")))?.origin().clone()
+            }
+            None => first.origin().clone(),
         };
         let mut r = Self {
             url: url.to_owned(),
@@ -298,15 +290,15 @@ impl HttpReader {
         };
         let mut resp = send(&r, url)?;
         // An expired pre-signed link: ask once for a fresh one.
-        if matches!(resp.status().as_u16(), 401 | 403)
+        if matches!(resp.status(), 401 | 403)
             && let Some(fresh) = r.opts.refresh.as_ref().and_then(UrlRefresh::fresh)
         {
             resp = send(&r, &fresh)?;
             r.url = fresh;
         }
         let status = resp.status();
-        if !status.is_success() {
-            return Err(InstallError::HttpStatus { url: redact::url(&r.url), status: status.as_u16() });
+        if !(200..300).contains(&status) {
+            return Err(InstallError::HttpStatus { url: redact::url(&r.url), status });
         }
         r.length = match (opts.announced.size, resp.content_length()) {
             (Some(announced), Some(actual)) if announced != actual => {
@@ -327,27 +319,29 @@ impl HttpReader {
     fn send(&self, url: &str, from: Option<u64>) -> Result<Response, SendError> {
         let mut current = parse_link(url, self.opts.https_only).map_err(SendError::Refused)?;
         for _ in 0..=MAX_REDIRECTS {
-            let mut req = self.client.get(current.clone());
-            if current.origin() == self.credential_origin.origin() {
-                req = req.headers(self.headers.clone());
-            }
-            if let Some(from) = from {
-                req = req.header(RANGE, format!("bytes={from}-"));
-                if let Some(v) = &self.validator {
-                    req = req.header(IF_RANGE, v.clone());
+            let mut req = Request::get(current.clone());
+            if current.origin() == &self.credential_origin {
+                for (k, v) in &self.headers {
+                    req = req.header(k, v);
                 }
             }
-            let resp = req.send().map_err(|e| SendError::Transport(redact::text(&error_chain(&e))))?;
-            if !resp.status().is_redirection() {
+            if let Some(from) = from {
+                req = req.header("Range", format!("bytes={from}-"));
+                if let Some(v) = &self.validator {
+                    req = req.header("If-Range", v);
+                }
+            }
+            let resp = self.client.send(&req).map_err(|e| SendError::Transport(redact::text(&error_chain(&e))))?;
+            if !(300..400).contains(&resp.status()) {
                 return Ok(resp);
             }
-            let Some(location) = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()) else {
+            let Some(location) = resp.header("location") else {
                 return Ok(resp);
             };
             let next = current
                 .join(location)
                 .map_err(|_| SendError::Refused(InstallError::NotHttpUrl { link: redact::url(location) }))?;
-            current = parse_link(next.as_str(), self.opts.https_only).map_err(SendError::Refused)?;
+            current = parse_link(&next.to_string(), self.opts.https_only).map_err(SendError::Refused)?;
         }
         Err(SendError::Refused(InstallError::TooManyRedirects { url: redact::url(url), limit: MAX_REDIRECTS }))
     }
@@ -395,7 +389,7 @@ impl HttpReader {
                 Err(SendError::Transport(_)) => continue,
                 Err(SendError::Refused(e)) => return Err(self.give_up(e)),
             };
-            match resp.status().as_u16() {
+            match resp.status() {
                 206 => {
                     if content_range_start(&resp) != Some(self.position) {
                         return Err(self.changed());
@@ -414,7 +408,7 @@ impl HttpReader {
                     match self.opts.refresh.as_ref().and_then(UrlRefresh::fresh) {
                         Some(fresh) => self.url = fresh,
                         None => {
-                            let status = resp.status().as_u16();
+                            let status = resp.status();
                             return Err(self.give_up(InstallError::HttpStatus { url: redact::url(&self.url), status }));
                         }
                     }
@@ -439,7 +433,7 @@ impl HttpReader {
             Err(SendError::Refused(e)) => return Err(self.give_up(e)),
         };
         self.window = (Duration::ZERO, 0);
-        match resp.status().as_u16() {
+        match resp.status() {
             206 if content_range_start(&resp) == Some(target) => {
                 self.response = Some(resp);
                 self.position = target;
@@ -491,21 +485,20 @@ impl HttpReader {
 }
 
 fn content_range_start(resp: &Response) -> Option<u64> {
-    resp.headers()
-        .get(CONTENT_RANGE)
-        .and_then(|v| v.to_str().ok())
+    resp.header("content-range")
         .and_then(|v| v.strip_prefix("bytes "))
         .and_then(|v| v.split('-').next())
         .and_then(|v| v.parse::<u64>().ok())
 }
 
-/// The strong validator of a response for `If-Range`: its ETag unless weak, else Last-Modified.
-fn validator(resp: &Response) -> Option<HeaderValue> {
-    resp.headers()
-        .get(ETAG)
-        .filter(|v| !v.as_bytes().starts_with(b"W/"))
-        .or_else(|| resp.headers().get(LAST_MODIFIED))
-        .cloned()
+/// The strong validator of a response for `If-Range`: its ETag unless weak, else Last-Modified. One that could
+/// not be sent back as a header is none.
+fn validator(resp: &Response) -> Option<String> {
+    resp.header("etag")
+        .filter(|v| !v.starts_with("W/"))
+        .or_else(|| resp.header("last-modified"))
+        .filter(|v| otter_common::http::check_header("If-Range", v).is_ok())
+        .map(str::to_owned)
 }
 
 impl Read for HttpReader {
