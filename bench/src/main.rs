@@ -4,6 +4,7 @@
 //! otter-bench run ARTIFACT KEY.pub SCRATCH_DIR     # everything, prints a table
 //! otter-bench install SOURCE KEY.pub SLOT          # one install in this process, prints time and peak RSS
 //! otter-bench footprint OTTERD OTTERCTL ARTIFACT KEY.pub WORK   # the daemon's memory through its jobs
+//! otter-bench delta OLD.img NEW.img FULL_BYTES     # delta candidates for one image pair (bench/delta)
 //! ```
 //!
 //! `run` starts `install` as child processes so each install's peak RSS is its own.
@@ -22,6 +23,7 @@ use otter_artifact::{ArtifactReader, Keyring, Policy};
 use otter_installer::{CancelToken, InstallRequest, Progress, Source, Target};
 use sha2::Digest as _;
 
+mod delta;
 mod footprint;
 
 fn main() -> Result<()> {
@@ -40,9 +42,10 @@ fn main() -> Result<()> {
             key: args[5].clone().into(),
             work: args[6].clone().into(),
         }),
+        Some("delta") if args.len() == 5 => delta::run(&args[2], &args[3], args[4].parse()?),
         _ => bail!(
             "usage: otter-bench run ARTIFACT KEY.pub SCRATCH | otter-bench install SOURCE KEY.pub SLOT | \
-             otter-bench footprint OTTERD OTTERCTL ARTIFACT KEY.pub WORK"
+             otter-bench footprint OTTERD OTTERCTL ARTIFACT KEY.pub WORK | otter-bench delta OLD NEW FULL_BYTES"
         ),
     }
 }
