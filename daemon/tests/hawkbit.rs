@@ -439,18 +439,8 @@ fn gateway_token_is_sent() {
 
 /// A private CA (its PEM and issuer) and a server certificate for 127.0.0.1 it signed, with the server's key.
 fn private_pki() -> (String, rcgen::Issuer<'static, rcgen::KeyPair>, rcgen::Certificate, rcgen::KeyPair) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let server_cert = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
-    (ca.pem(), issuer, server_cert, server_key)
+    let p = otter_common::http::testing::private_pki();
+    (p.ca_pem, p.issuer, p.server_cert, p.server_key)
 }
 
 #[test]

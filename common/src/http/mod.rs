@@ -7,6 +7,8 @@
 //! Every size that comes from the network is bounded ([`wire`]), and a body that ends early is an error.
 
 mod proxy;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod url;
 pub mod wire;
 

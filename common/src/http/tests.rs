@@ -342,23 +342,16 @@ struct Pki {
 }
 
 fn pki(client_auth: bool) -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     init_tls();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert =
-        CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap().signed_by(&key, &issuer).unwrap();
+    let super::testing::PrivatePki { ca_pem, issuer, server_cert: cert, server_key: key } =
+        super::testing::private_pki();
     let builder = rustls::ServerConfig::builder();
     let builder = match client_auth {
         true => {
             let mut roots = rustls::RootCertStore::empty();
-            roots.add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap()).unwrap();
+            roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
             builder.with_client_cert_verifier(
                 rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().unwrap(),
             )
@@ -371,7 +364,7 @@ fn pki(client_auth: bool) -> Pki {
             PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
         )
         .unwrap();
-    Pki { ca_pem: ca.pem(), issuer, server }
+    Pki { ca_pem, issuer, server }
 }
 
 /// Serves `conn` over TLS: one answer per request; records whether the client presented a certificate.
