@@ -139,7 +139,7 @@ impl DdiClient {
             req = req.json(b);
         }
         let r = self.client.send(&req).map_err(transport)?;
-        let url = shown.clone();
+        let url = shown;
         match r.status() {
             200..=299 => Ok(r),
             410 => Err(DdiError::Gone { url }),
