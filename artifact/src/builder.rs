@@ -14,8 +14,8 @@ use sha2::Digest as _;
 use crate::error::ArtifactError;
 use crate::keys::SignatureBlock;
 use crate::manifest::{
-    Chunk, Compression, DEFAULT_CHUNK_SIZE, Digest, FORMAT_VERSION, KIND_SLOT_IMAGE, MANIFEST_ENTRY, Manifest, Payload,
-    SIGNATURE_ENTRY,
+    Base, Chunk, Compression, DEFAULT_CHUNK_SIZE, DELTA_FORMAT_VERSION, Digest, FORMAT_VERSION, KIND_SLOT_DELTA,
+    KIND_SLOT_IMAGE, MANIFEST_ENTRY, MAX_REFERENCE, Manifest, Payload, Reference, SIGNATURE_ENTRY,
 };
 use crate::reader::Limits;
 use crate::tar::{TarReader, TarWriter};
@@ -32,7 +32,106 @@ pub struct ImageSource {
     pub slot_class: String,
     /// The image file.
     pub path: PathBuf,
+    /// Make a delta payload (`slot-delta`) against this older image instead of a full one.
+    pub base: Option<DeltaBase>,
 }
+
+/// The image a delta payload is made against (the one the devices run), and how far around each chunk to look.
+#[derive(Debug, Clone)]
+pub struct DeltaBase {
+    /// The base image file (the decoded payload of the artifact the devices installed).
+    pub path: PathBuf,
+    /// Bytes of the base on each side of a chunk's own offset that its patch may refer to: the device holds about
+    /// twice this plus one chunk of its running slot while it decodes. Capped so a reference stays within
+    /// [`MAX_REFERENCE`].
+    pub window: u64,
+}
+
+/// Default [`DeltaBase::window`]: 16 MiB on each side (measured in `docs/delta-study.md`: 0.057 of the full
+/// artifact on a monthly Debian update, 44 MiB of device memory; 32 MiB doubled both the patches and the memory).
+pub const DEFAULT_DELTA_WINDOW: u64 = 16 << 20;
+
+/// A base image opened for making patches: its description for the manifest, and the file.
+struct OpenBase {
+    file: File,
+    base: Base,
+    window: u64,
+}
+
+impl OpenBase {
+    fn open(src: &DeltaBase, chunk_size: u64) -> Result<Self, ArtifactError> {
+        let file = File::open(&src.path).map_err(io_err(format!("opening base image {}", src.path.display())))?;
+        let size = file.metadata().map_err(io_err(format!("reading size of {}", src.path.display())))?.len();
+        let mut whole = sha2::Sha256::new();
+        let mut chunks = Vec::new();
+        let mut buf = Vec::new();
+        for offset in (0..size).step_by(chunk_size as usize) {
+            buf.resize(chunk_size.min(size - offset) as usize, 0);
+            file.read_exact_at(&mut buf, offset).map_err(io_err(format!("reading {}", src.path.display())))?;
+            whole.update(&buf);
+            chunks.push(Digest::of(&buf));
+        }
+        let base = Base { size, sha256: Digest(whole.finalize().into()), chunk_size, chunks };
+        Ok(Self { file, base, window: src.window })
+    }
+
+    /// The base chunks within the window around `range` of the new image, bounded by [`MAX_REFERENCE`], or the one
+    /// base chunk at the same offset when it is identical (its patch is then found at once).
+    fn reference_for(&self, range: std::ops::Range<u64>, hash: &Digest) -> Option<Reference> {
+        let cs = self.base.chunk_size;
+        let same = range.start / cs;
+        if range.start.is_multiple_of(cs) && self.base.chunks.get(same as usize) == Some(hash) {
+            return Some(Reference { first: same, count: 1 });
+        }
+        let span = MAX_REFERENCE.min(range.end - range.start + 2 * self.window) / cs;
+        let last = self.base.chunks.len() as u64;
+        let first = (range.start.saturating_sub(self.window) / cs).min(last);
+        let end = range.end.saturating_add(self.window).div_ceil(cs).min(last).min(first + span.max(1));
+        (end > first).then(|| Reference { first, count: end - first })
+    }
+
+    /// A patch of `target` against its reference region, or a plain frame when that is not smaller.
+    fn encode(&self, level: i32, target: &[u8], hash: &Digest, offset: u64) -> Result<Compressed, ArtifactError> {
+        use zstd::zstd_safe::{CCtx, CParameter};
+        let plain = || -> Result<Vec<u8>, ArtifactError> {
+            let mut c = zstd::bulk::Compressor::new(level).map_err(io_err("creating zstd encoder"))?;
+            c.set_parameter(CParameter::ChecksumFlag(true)).map_err(io_err("configuring zstd"))?;
+            c.compress(target).map_err(io_err("compressing a chunk"))
+        };
+        let Some(reference) = self.reference_for(offset..offset + target.len() as u64, hash) else {
+            return Ok((plain()?, None));
+        };
+        let region = self.base.chunk_range(reference.first as usize).start
+            ..self.base.chunk_range((reference.first + reference.count - 1) as usize).end;
+        let mut prefix = vec![0u8; (region.end - region.start) as usize];
+        self.file.read_exact_at(&mut prefix, region.start).map_err(io_err("reading the base image"))?;
+        let window_log = (prefix.len() as u64 + target.len() as u64).next_power_of_two().trailing_zeros().max(10);
+        let zstd = |code: usize| ArtifactError::Io {
+            context: "making a zstd patch".into(),
+            source: io::Error::other(zstd::zstd_safe::get_error_name(code)),
+        };
+        let mut cctx = CCtx::create();
+        for p in
+            [CParameter::CompressionLevel(level), CParameter::WindowLog(window_log), CParameter::ChecksumFlag(true)]
+        {
+            cctx.set_parameter(p).map_err(zstd)?;
+        }
+        cctx.ref_prefix(&prefix).map_err(zstd)?;
+        let mut patch = Vec::with_capacity(zstd::zstd_safe::compress_bound(target.len()));
+        cctx.compress2(&mut patch, target).map_err(zstd)?;
+        // A patch far smaller than the chunk cannot lose to a plain frame; otherwise compare.
+        if patch.len() * 8 > target.len() {
+            let plain = plain()?;
+            if plain.len() <= patch.len() {
+                return Ok((plain, None));
+            }
+        }
+        Ok((patch, Some(reference)))
+    }
+}
+
+/// A chunk's stored bytes and the base region they were made against.
+type Compressed = (Vec<u8>, Option<Reference>);
 
 /// Everything about an artifact except its payloads.
 #[derive(Debug, Clone)]
@@ -92,15 +191,25 @@ fn encode_image(opts: &BuildOptions, src: &ImageSource, stored: &mut File) -> Re
         n => n,
     }
     .min(count.max(1));
+    let base = match &src.base {
+        Some(b) if opts.compression == Compression::Zstd => Some(OpenBase::open(b, opts.chunk_size)?),
+        Some(_) => {
+            return Err(ArtifactError::Io {
+                context: format!("making a delta of {}", src.name),
+                source: io::Error::other("a delta payload is zstd-compressed"),
+            });
+        }
+        None => None,
+    };
     let next = AtomicUsize::new(0);
-    type Compressed = (usize, Digest, Option<Digest>, Vec<u8>);
-    let (tx, rx) = mpsc::sync_channel::<Result<Compressed, ArtifactError>>(threads * 2);
+    type Encoded = (usize, Digest, Option<Digest>, Vec<u8>, Option<Reference>);
+    let (tx, rx) = mpsc::sync_channel::<Result<Encoded, ArtifactError>>(threads * 2);
     let mut chunks = vec![None; count];
     let mut stored_size = 0u64;
     std::thread::scope(|s| -> Result<(), ArtifactError> {
         for _ in 0..threads {
             let tx = tx.clone();
-            let (image, next) = (&image, &next);
+            let (image, next, base) = (&image, &next, &base);
             s.spawn(move || {
                 let mut compressor = match opts.compression {
                     // Each frame carries zstd's own checksum of its content, so the decoder checks its output.
@@ -126,12 +235,16 @@ fn encode_image(opts: &BuildOptions, src: &ImageSource, stored: &mut File) -> Re
                         .map_err(io_err(format!("reading {}", src.path.display())))
                         .and_then(|()| {
                             let hash = Digest::of(&buf);
-                            match &mut compressor {
-                                Some(c) => {
-                                    let data = c.compress(&buf).map_err(io_err("compressing a chunk"))?;
-                                    Ok((i, hash, Some(Digest::of(&data)), data))
+                            match (&mut compressor, base) {
+                                (Some(_), Some(base)) => {
+                                    let (data, reference) = base.encode(opts.level, &buf, &hash, offset)?;
+                                    Ok((i, hash, Some(Digest::of(&data)), data, reference))
                                 }
-                                None => Ok((i, hash, None, buf.clone())),
+                                (Some(c), None) => {
+                                    let data = c.compress(&buf).map_err(io_err("compressing a chunk"))?;
+                                    Ok((i, hash, Some(Digest::of(&data)), data, None))
+                                }
+                                (None, _) => Ok((i, hash, None, buf.clone(), None)),
                             }
                         });
                     if tx.send(result).is_err() {
@@ -145,12 +258,12 @@ fn encode_image(opts: &BuildOptions, src: &ImageSource, stored: &mut File) -> Re
         let mut pending = BTreeMap::new();
         let mut want = 0;
         for result in rx {
-            let (i, hash, stored_sha256, data) = result?;
-            pending.insert(i, (hash, stored_sha256, data));
-            while let Some((hash, stored_sha256, data)) = pending.remove(&want) {
+            let (i, hash, stored_sha256, data, reference) = result?;
+            pending.insert(i, (hash, stored_sha256, data, reference));
+            while let Some((hash, stored_sha256, data, reference)) = pending.remove(&want) {
                 stored.write_all(&data).map_err(io_err("writing compressed data to a temporary file"))?;
                 stored_size += data.len() as u64;
-                chunks[want] = Some(Chunk { sha256: hash, stored_size: data.len() as u64, stored_sha256 });
+                chunks[want] = Some(Chunk { sha256: hash, stored_size: data.len() as u64, stored_sha256, reference });
                 want += 1;
             }
         }
@@ -169,7 +282,7 @@ fn encode_image(opts: &BuildOptions, src: &ImageSource, stored: &mut File) -> Re
     Ok(Payload {
         name: src.name.clone(),
         file: format!("{}.{ext}", src.name),
-        kind: KIND_SLOT_IMAGE.into(),
+        kind: if base.is_some() { KIND_SLOT_DELTA } else { KIND_SLOT_IMAGE }.into(),
         slot_class: src.slot_class.clone(),
         compression: opts.compression,
         size,
@@ -177,6 +290,7 @@ fn encode_image(opts: &BuildOptions, src: &ImageSource, stored: &mut File) -> Re
         stored_size,
         chunk_size: opts.chunk_size,
         chunks,
+        base: base.map(|b| b.base),
     })
 }
 
@@ -195,8 +309,9 @@ pub fn create(
         payloads.push(encode_image(opts, src, &mut tmp)?);
         staged.push(tmp);
     }
+    let delta = payloads.iter().any(Payload::is_delta);
     let manifest = Manifest {
-        format_version: FORMAT_VERSION.into(),
+        format_version: if delta { DELTA_FORMAT_VERSION } else { FORMAT_VERSION }.into(),
         compatible: opts.compatible.clone(),
         version: opts.version.clone(),
         security_version: opts.security_version,

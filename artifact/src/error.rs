@@ -106,6 +106,24 @@ pub enum ArtifactError {
         /// What is wrong.
         reason: String,
     },
+    /// A delta payload's base region, read from the device (its running slot), is not the image the delta was made
+    /// against: the device is not running the delta's base. Checked before the region is used.
+    #[error(
+        "payload {payload:?}: the base differs from the delta's at byte {offset} (the slot it reads is not the image \
+         this delta was made from)"
+    )]
+    DeltaBaseMismatch {
+        /// The payload.
+        payload: String,
+        /// Offset in the base image of the first chunk that differs (or could not be read).
+        offset: u64,
+    },
+    /// A delta payload's chunk was to be decoded with no base at hand.
+    #[error("payload {payload:?} is a delta: it can only be read with its base image (the running slot)")]
+    DeltaNeedsBase {
+        /// The payload.
+        payload: String,
+    },
     /// The manifest's format major version is not one this reader understands.
     #[error("unsupported artifact format version {found} (this reader supports {supported}.x)")]
     UnsupportedFormat {
@@ -231,6 +249,8 @@ impl ArtifactError {
             | Self::Decompress { .. }
             | Self::FrameWithoutChecksum { .. } => "corrupt-payload",
             Self::WindowTooLarge { .. } => "window-too-large",
+            Self::DeltaBaseMismatch { .. } => "delta-base-mismatch",
+            Self::DeltaNeedsBase { .. } => "delta-needs-base",
             Self::BadKeyFile { .. } => "bad-key",
         }
     }

@@ -8,13 +8,15 @@
 
 #[cfg(any(test, feature = "build-host"))]
 pub mod builder;
+pub mod delta;
 mod error;
 pub mod keys;
 pub mod manifest;
 mod reader;
 pub mod tar;
 
+pub use delta::BaseWindow;
 pub use error::ArtifactError;
 pub use keys::{KeyId, Keyring, SignatureBlock};
-pub use manifest::{Chunk, Compression, Digest, Manifest, Payload};
+pub use manifest::{Base, Chunk, Compression, Digest, Manifest, Payload, Reference};
 pub use reader::{ArtifactReader, ChunkDecoder, ChunkRef, Limits, Policy};

@@ -10,8 +10,11 @@ use crate::tar::check_name;
 
 /// The format major version this crate reads and writes. Readers reject any other major version.
 pub const FORMAT_MAJOR: u32 = 1;
-/// The format version string this crate writes.
+/// The format version string this crate writes for full artifacts (1.1: chunks carry `stored_sha256`).
 pub const FORMAT_VERSION: &str = "1.1";
+/// The format version string of delta artifacts (1.2 added `slot-delta` payloads, their `base` and the chunks'
+/// `reference`; full artifacts stay 1.1 so that 1.1 readers keep reading them).
+pub const DELTA_FORMAT_VERSION: &str = "1.2";
 /// Name of the first tar entry.
 pub const MANIFEST_ENTRY: &str = "manifest.json";
 /// Name of the second tar entry.
@@ -24,6 +27,9 @@ pub const MAX_CHUNK_SIZE: u64 = 16 << 20;
 pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
 /// Most payloads one artifact may carry.
 pub const MAX_PAYLOADS: usize = 16;
+/// Largest reference region of one delta chunk, in bytes (40 MiB: +-16 MiB around a 4 MiB chunk plus alignment to
+/// the base's chunks). It is what a device holds of its running slot while it decodes a delta, so it bounds memory.
+pub const MAX_REFERENCE: u64 = 40 << 20;
 
 /// A SHA-256 digest, written as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,6 +92,41 @@ pub enum Compression {
 
 /// Payload kind: a raw slot image. Other kinds may be added in later minor versions.
 pub const KIND_SLOT_IMAGE: &str = "slot-image";
+/// Payload kind (format 1.2): a raw slot image whose chunks are zstd frames patched against regions of a base image
+/// (the one the device runs), described by the payload's `base`. A 1.1 reader refuses it as an unknown kind.
+pub const KIND_SLOT_DELTA: &str = "slot-delta";
+
+/// The image a delta payload's chunks refer to (format 1.2): the image the device must be running, identified
+/// chunk by chunk so that a device can check exactly the regions it reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Base {
+    /// Size of the base image in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole base image (the `sha256` of the full artifact's payload that installed it).
+    pub sha256: Digest,
+    /// Size of every base chunk but the last: a multiple of 4096 from 4 KiB to 16 MiB.
+    pub chunk_size: u64,
+    /// SHA-256 of each base chunk, in image order: exactly `ceil(size / chunk_size)` digests.
+    pub chunks: Vec<Digest>,
+}
+
+impl Base {
+    /// Byte range of base chunk `index`.
+    pub fn chunk_range(&self, index: usize) -> std::ops::Range<u64> {
+        let start = index as u64 * self.chunk_size;
+        start..(start + self.chunk_size).min(self.size)
+    }
+}
+
+/// The region of the base image a delta chunk's frame was compressed against: base chunks `first ..
+/// first + count`, used as zstd's reference prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reference {
+    /// Index of the first base chunk.
+    pub first: u64,
+    /// Number of base chunks, at least 1.
+    pub count: u64,
+}
 
 /// One chunk of a payload, as listed in the manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +139,10 @@ pub struct Chunk {
     /// the decoder sees a byte of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored_sha256: Option<Digest>,
+    /// The base region the frame was compressed against (format 1.2, `slot-delta` payloads only); a delta chunk
+    /// without one is an ordinary frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Reference>,
 }
 
 /// One payload entry of the manifest.
@@ -123,6 +168,9 @@ pub struct Payload {
     pub chunk_size: u64,
     /// The chunks in order.
     pub chunks: Vec<Chunk>,
+    /// The image the chunks are patched against (format 1.2, `slot-delta` payloads only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Base>,
 }
 
 impl Payload {
@@ -135,6 +183,18 @@ impl Payload {
     /// Byte offset of chunk `index` in the installed image.
     pub fn chunk_offset(&self, index: usize) -> u64 {
         index as u64 * self.chunk_size
+    }
+
+    /// Whether this is a delta payload (kind `slot-delta`), which can only be decoded with its base at hand.
+    pub fn is_delta(&self) -> bool {
+        self.kind == KIND_SLOT_DELTA
+    }
+
+    /// Byte range of the base image that chunk `index` is patched against, if it is.
+    pub fn reference_range(&self, index: usize) -> Option<std::ops::Range<u64>> {
+        let (base, r) = (self.base.as_ref()?, self.chunks[index].reference?);
+        let start = base.chunk_range(r.first as usize).start;
+        Some(start..base.chunk_range((r.first + r.count - 1) as usize).end)
     }
 }
 
@@ -167,6 +227,40 @@ pub fn zstd_bound(len: u64) -> u64 {
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ArtifactError {
     ArtifactError::InvalidManifest { field: field.into(), reason: reason.into() }
+}
+
+fn valid_chunk_size(size: u64) -> bool {
+    (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size) && size.is_multiple_of(MIN_CHUNK_SIZE)
+}
+
+/// The rules of a `slot-delta` payload (format 1.2): zstd frames, each checked on its stored bytes, and references
+/// that lie inside the base and within [`MAX_REFERENCE`].
+fn validate_delta(p: &Payload, base: &Base, f: &dyn Fn(&str) -> String) -> Result<(), ArtifactError> {
+    if p.compression != Compression::Zstd {
+        return Err(invalid(f("compression"), "a slot-delta payload is zstd-compressed"));
+    }
+    if base.size == 0 || !valid_chunk_size(base.chunk_size) {
+        return Err(invalid(f("base"), "needs a size and a chunk_size that is a multiple of 4096 up to 16 MiB"));
+    }
+    if base.chunks.len() as u64 != base.size.div_ceil(base.chunk_size) {
+        return Err(invalid(f("base.chunks"), "must hold one digest per base chunk"));
+    }
+    for (c, chunk) in p.chunks.iter().enumerate() {
+        let field = |name: &str| f(&format!("chunks[{c}].{name}"));
+        if chunk.stored_sha256.is_none() {
+            return Err(invalid(field("stored_sha256"), "every chunk of a slot-delta payload needs one"));
+        }
+        let Some(r) = chunk.reference else { continue };
+        let end = r.first.checked_add(r.count).filter(|&e| r.count > 0 && e <= base.chunks.len() as u64);
+        if end.is_none() {
+            return Err(invalid(field("reference"), "must name 1 or more chunks of the base"));
+        }
+        let len = p.reference_range(c).map_or(0, |r| r.end - r.start);
+        if len > MAX_REFERENCE {
+            return Err(invalid(field("reference"), format!("{len} bytes, more than the limit of {MAX_REFERENCE}")));
+        }
+    }
+    Ok(())
 }
 
 impl Manifest {
@@ -218,8 +312,14 @@ impl Manifest {
             if p.file == MANIFEST_ENTRY || p.file == SIGNATURE_ENTRY || !files.insert(p.file.as_str()) {
                 return Err(invalid(f("file"), format!("{:?} is reserved or used twice", p.file)));
             }
-            if p.kind != KIND_SLOT_IMAGE {
-                return Err(invalid(f("kind"), format!("unsupported payload kind {:?}", p.kind)));
+            match (p.kind.as_str(), &p.base) {
+                (KIND_SLOT_IMAGE, None) if p.chunks.iter().all(|c| c.reference.is_none()) => {}
+                (KIND_SLOT_IMAGE, _) => {
+                    return Err(invalid(f("base"), "a slot-image payload has no base and no chunk references"));
+                }
+                (KIND_SLOT_DELTA, Some(base)) => validate_delta(p, base, &f)?,
+                (KIND_SLOT_DELTA, None) => return Err(invalid(f("base"), "a slot-delta payload needs a base")),
+                (kind, _) => return Err(invalid(f("kind"), format!("unsupported payload kind {kind:?}"))),
             }
             if p.slot_class.is_empty() {
                 return Err(invalid(f("slot_class"), "must not be empty"));
@@ -227,7 +327,7 @@ impl Manifest {
             if p.size == 0 {
                 return Err(invalid(f("size"), "an image cannot be empty"));
             }
-            if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&p.chunk_size) || p.chunk_size % MIN_CHUNK_SIZE != 0 {
+            if !valid_chunk_size(p.chunk_size) {
                 return Err(invalid(
                     f("chunk_size"),
                     format!("{} is not a multiple of 4096 between 4 KiB and 16 MiB", p.chunk_size),
@@ -311,10 +411,11 @@ mod tests {
                 stored_size: 300,
                 chunk_size: 4096,
                 chunks: vec![
-                    Chunk { sha256: Digest::of(b"a"), stored_size: 100, stored_sha256: None },
-                    Chunk { sha256: Digest::of(b"b"), stored_size: 100, stored_sha256: None },
-                    Chunk { sha256: Digest::of(b"c"), stored_size: 100, stored_sha256: None },
+                    Chunk { sha256: Digest::of(b"a"), stored_size: 100, stored_sha256: None, reference: None },
+                    Chunk { sha256: Digest::of(b"b"), stored_size: 100, stored_sha256: None, reference: None },
+                    Chunk { sha256: Digest::of(b"c"), stored_size: 100, stored_sha256: None, reference: None },
                 ],
+                base: None,
             }],
         }
     }

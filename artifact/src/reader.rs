@@ -8,6 +8,7 @@ use std::io::Read;
 
 use sha2::Digest as _;
 
+use crate::delta::BaseWindow;
 use crate::error::ArtifactError;
 use crate::keys::{KeyId, Keyring, SignatureBlock};
 use crate::manifest::{Compression, Digest, MANIFEST_ENTRY, Manifest, Payload, SIGNATURE_ENTRY};
@@ -89,14 +90,24 @@ impl ChunkDecoder {
     /// Decodes stored chunk `index` of `payload` into `out`, which must be exactly the chunk's decoded length, and
     /// checks its SHA-256. `out` is never filled beyond its length, whatever the frame claims: that is the
     /// decompression-bomb guard.
+    ///
+    /// A chunk of a delta payload that has a reference is decoded against `reference`, the checked bytes of its base
+    /// region ([`crate::BaseWindow::reference`]); its decoded bytes depend on more than its signed frame, so they
+    /// are always checked against the chunk's signed `sha256` as well.
     pub fn decode_into(
         &mut self,
         payload: &Payload,
         index: usize,
         stored: &[u8],
+        reference: Option<&[u8]>,
         out: &mut [u8],
     ) -> Result<(), ArtifactError> {
         let expected = payload.chunk_len(index);
+        let reference = match (payload.chunks[index].reference, reference) {
+            (Some(_), None) => return Err(ArtifactError::DeltaNeedsBase { payload: payload.name.clone() }),
+            (Some(_), reference) => reference,
+            (None, _) => None,
+        };
         assert_eq!(out.len() as u64, expected, "caller passes a buffer of the chunk's decoded length");
         let chunk = index as u64;
         let mismatch = || ArtifactError::ChunkHashMismatch { payload: payload.name.clone(), chunk };
@@ -123,12 +134,17 @@ impl ChunkDecoder {
                 if stored_checked && !header.checksum {
                     return Err(ArtifactError::FrameWithoutChecksum { payload: payload.name.clone(), chunk });
                 }
-                if header.window > self.max_window {
+                // A patch's window spans its reference and the chunk; both are bounded by the signed manifest.
+                let limit = match reference {
+                    Some(r) => self.max_window.max((r.len() as u64 + expected).next_power_of_two()),
+                    None => self.max_window,
+                };
+                if header.window > limit {
                     return Err(ArtifactError::WindowTooLarge {
                         payload: payload.name.clone(),
                         chunk,
                         window: header.window,
-                        limit: self.max_window,
+                        limit,
                     });
                 }
                 let size_mismatch =
@@ -143,19 +159,34 @@ impl ChunkDecoder {
                 }
                 // Decoding into a buffer of exactly the declared size: a frame that would produce more fails with
                 // "destination buffer too small" instead of allocating.
-                let n = self.zstd.decompress_to_buffer(stored, out).map_err(|e| {
-                    if e.to_string().contains("too small") { size_mismatch() } else { bad(e.to_string()) }
-                })?;
+                let failed = |e: String| if e.contains("too small") { size_mismatch() } else { bad(e) };
+                let n = match reference {
+                    None => self.zstd.decompress_to_buffer(stored, out).map_err(|e| failed(e.to_string()))?,
+                    Some(reference) => decode_patch(stored, reference, limit, out)
+                        .map_err(|code| failed(zstd::zstd_safe::get_error_name(code).into()))?,
+                };
                 if n != out.len() {
                     return Err(size_mismatch());
                 }
             }
         }
-        if (!stored_checked || self.check_decoded) && Digest::of(out) != payload.chunks[index].sha256 {
+        if (!stored_checked || self.check_decoded || reference.is_some())
+            && Digest::of(out) != payload.chunks[index].sha256
+        {
             return Err(mismatch());
         }
         Ok(())
     }
+}
+
+/// Decodes one patch frame against its reference prefix, with a context of its own (a prefix is borrowed for
+/// one frame only). Decoding into a flat buffer of the chunk's size needs no window buffer.
+fn decode_patch(stored: &[u8], reference: &[u8], window: u64, out: &mut [u8]) -> Result<usize, usize> {
+    use zstd::zstd_safe::{DCtx, DParameter};
+    let mut dctx = DCtx::create();
+    dctx.set_parameter(DParameter::WindowLogMax((63 - window.leading_zeros()).clamp(10, 31)))?;
+    dctx.ref_prefix(reference)?;
+    dctx.decompress(out, stored)
 }
 
 struct FrameHeader {
@@ -235,6 +266,8 @@ pub struct ArtifactReader<R> {
     /// Chunks of the current payload were skipped, so `image_hash` does not cover the whole image.
     image_hash_incomplete: bool,
     stored: Vec<u8>,
+    /// The base of each delta payload, by payload index ([`ArtifactReader::set_base`]).
+    bases: Vec<Option<BaseWindow>>,
 }
 
 fn read_small_entry<R: Read>(
@@ -312,7 +345,18 @@ impl<R: Read> ArtifactReader<R> {
             image_hash: sha2::Sha256::new(),
             image_hash_incomplete: false,
             stored: Vec::new(),
+            bases: Vec::new(),
         })
+    }
+
+    /// Gives delta payload `payload` its base: the image its chunks are patched against, e.g. the running slot.
+    /// Without one, [`ArtifactReader::next_chunk`] refuses the payload's patched chunks with
+    /// [`ArtifactError::DeltaNeedsBase`].
+    pub fn set_base(&mut self, payload: usize, base: std::fs::File) {
+        if self.bases.len() <= payload {
+            self.bases.resize_with(payload + 1, || None);
+        }
+        self.bases[payload] = Some(BaseWindow::new(base));
     }
 
     /// The verified manifest.
@@ -469,7 +513,11 @@ impl<R: Read> ArtifactReader<R> {
             None if self.audit => self.decoder.insert(ChunkDecoder::new(self.limits.max_window)?.check_decoded()),
             None => self.decoder.insert(ChunkDecoder::new(self.limits.max_window)?),
         };
-        decoder.decode_into(payload, at.index, stored, out)?;
+        let reference = match self.bases.get_mut(at.payload).and_then(Option::as_mut) {
+            Some(base) => base.reference(payload, at.index)?,
+            None => None,
+        };
+        decoder.decode_into(payload, at.index, stored, reference, out)?;
         if !self.audit {
             return Ok(Some(at));
         }
@@ -511,6 +559,7 @@ impl<R: Read> ArtifactReader<R> {
             image_hash: sha2::Sha256::new(),
             image_hash_incomplete: false,
             stored: Vec::new(),
+            bases: Vec::new(),
         }
     }
 
@@ -541,7 +590,7 @@ mod tests {
             .map(|(name, bytes)| {
                 let path = dir.path().join(name);
                 std::fs::write(&path, bytes).unwrap();
-                ImageSource { name: (*name).into(), slot_class: (*name).into(), path }
+                ImageSource { name: (*name).into(), slot_class: (*name).into(), path, base: None }
             })
             .collect();
         let mut opts = BuildOptions::new(vec!["t".into()], "1");

@@ -57,7 +57,7 @@ fn peak_rss_kib() -> u64 {
 
 fn install_once(source: &str, key: &Path, slot: &Path) -> Result<(f64, u64)> {
     let keyring = Keyring::from_file(key)?;
-    let target = Target { slot_class: "rootfs".into(), path: slot.to_owned(), max_size: None };
+    let target = Target { slot_class: "rootfs".into(), path: slot.to_owned(), max_size: None, base: None };
     let mut req = InstallRequest::new(Source::parse(source), vec![target], keyring, Policy::default());
     if let Some(n) = std::env::var("OTTER_BENCH_DECODERS").ok().and_then(|v| v.parse().ok()) {
         req.decode_threads = n;
@@ -251,12 +251,12 @@ fn run(artifact: &Path, key: &Path, scratch: &Path) -> Result<()> {
     let mut opts = BuildOptions::new(vec!["bench".into()], "tiny");
     opts.chunk_size = 4096;
     let tiny = tiny_dir.path().join("tiny.otter");
-    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: tiny_img };
+    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: tiny_img, base: None };
     builder::create(&opts, &[src], std::slice::from_ref(&sk), File::create(&tiny)?)?;
     let mut tiny_ring = Keyring::new();
     tiny_ring.add(sk.verifying_key());
     let tiny_slot = tiny_dir.path().join("slot.img");
-    let target = Target { slot_class: "rootfs".into(), path: tiny_slot, max_size: None };
+    let target = Target { slot_class: "rootfs".into(), path: tiny_slot, max_size: None, base: None };
     let req = InstallRequest::new(Source::File(tiny.clone()), vec![target], tiny_ring, Policy::default());
     let tiny_rounds = 50;
     let mut times = Vec::new();

@@ -126,8 +126,12 @@ impl Setup {
         let mut opts = BuildOptions::new(vec![DEVICE_TYPE.into()], "2.0");
         opts.chunk_size = 256 << 10;
         let artifact = dir.path().join("update.otter");
-        let src =
-            ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: dir.path().join("image.bin") };
+        let src = ImageSource {
+            name: "rootfs".into(),
+            slot_class: "rootfs".into(),
+            path: dir.path().join("image.bin"),
+            base: None,
+        };
         builder::create(&opts, &[src], std::slice::from_ref(&key), std::fs::File::create(&artifact).unwrap()).unwrap();
         let mut spec = DeviceSpec::new(DEVICE_TYPE, &dir.path().join("release.pub"));
         spec.reboot_policy = policy.into();

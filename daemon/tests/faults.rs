@@ -99,7 +99,7 @@ fn build(dir: &Path, version: &str, security_version: u64) -> PathBuf {
     o.chunk_size = 256 << 10;
     o.level = 1;
     o.security_version = security_version;
-    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: image };
+    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: image, base: None };
     let mut artifact = Vec::new();
     builder::create(&o, &[src], &[key], &mut artifact).unwrap();
     let path = dir.join(format!("update-{version}.otter"));

@@ -37,7 +37,7 @@ fn artifact_of(key: &ed25519_dalek::SigningKey, version: &str, image: &Path) -> 
     let mut o = BuildOptions::new(vec![TYPE.into()], version);
     o.chunk_size = 256 << 10;
     o.level = 1;
-    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: image.to_owned() };
+    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: image.to_owned(), base: None };
     let mut out = Vec::new();
     builder::create(&o, &[src], std::slice::from_ref(key), &mut out).unwrap();
     out

@@ -94,6 +94,7 @@ fuzz_target!(|data: &[u8]| {
             sha256: Digest::of(&plain),
             stored_size: stored.len() as u64,
             stored_sha256: (flags & STORED_HASH != 0).then(|| Digest::of(&stored)),
+            reference: None,
         });
         stored_all.extend_from_slice(&stored);
         plain_all.extend_from_slice(&plain);
@@ -116,6 +117,7 @@ fuzz_target!(|data: &[u8]| {
             stored_size: stored_all.len() as u64,
             chunk_size: CHUNK,
             chunks,
+            base: None,
         }],
     };
     let f = fixed();
@@ -139,7 +141,7 @@ fuzz_target!(|data: &[u8]| {
     let slot = f.dir.path().join("slot.img");
     std::fs::write(&source, &artifact).expect("write artifact");
     std::fs::write(&slot, vec![0xa5u8; 2 * CHUNK as usize]).expect("write slot");
-    let targets = vec![Target { slot_class: "rootfs".into(), path: slot.clone(), max_size: None }];
+    let targets = vec![Target { slot_class: "rootfs".into(), path: slot.clone(), max_size: None, base: None }];
     let mut req = InstallRequest::new(Source::File(source), targets, f.keyring.clone(), policy);
     req.decode_threads = 2;
     let installed = otter_installer::install(&req, &|_: &Progress| {}, &CancelToken::new());

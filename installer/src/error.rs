@@ -72,6 +72,12 @@ pub enum InstallError {
         #[source]
         error: io::Error,
     },
+    /// A delta's base is the slot it would be written to: it would overwrite what it reads.
+    #[error("the delta's base {slot} is its target slot")]
+    BaseIsTarget {
+        /// The slot device or file.
+        slot: PathBuf,
+    },
     /// The artifact has a payload for a slot class no target was given for.
     #[error("artifact has payload {payload:?} for slot class {slot_class:?}, but no target slot is configured for it")]
     NoTarget {
@@ -242,6 +248,7 @@ impl InstallError {
             Self::Slot { error, .. } if error.raw_os_error() == Some(libc::ENOSPC) => "no-space",
             Self::Slot { .. } => "slot-io",
             Self::NoTarget { .. } => "no-target",
+            Self::BaseIsTarget { .. } => "base-is-target",
             Self::Refused { .. } => "previously-failed",
             Self::StreamHashMismatch { .. } => "stream-hash-mismatch",
             Self::Stalled { .. } => "stalled",

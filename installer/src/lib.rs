@@ -70,6 +70,9 @@ pub struct Target {
     pub path: PathBuf,
     /// Size limit of the slot in bytes, on top of a block device's own size (a file-backed slot has none).
     pub max_size: Option<u64>,
+    /// The image a delta payload for this slot class is patched against: the running slot of that class (a block
+    /// device or file, only read). `None` refuses delta artifacts for this class.
+    pub base: Option<PathBuf>,
 }
 
 /// Everything one install needs.
@@ -355,6 +358,7 @@ fn plan_slots(
     cancel: &CancelToken,
 ) -> Result<pipeline::Plan, InstallError> {
     let mut slots = Vec::new();
+    let mut bases = Vec::new();
     for p in &manifest.payloads {
         let t = req
             .targets
@@ -367,6 +371,7 @@ fn plan_slots(
         {
             return Err(InstallError::SlotTooSmall { slot: t.path.clone(), capacity, needed: p.size });
         }
+        bases.push(if p.is_delta() { Some(open_base(p, t, &w)?) } else { None });
         slots.push(w);
     }
     if cancel.is_cancelled() {
@@ -376,12 +381,35 @@ fn plan_slots(
         s.invalidate()?;
     }
     let n = manifest.payloads.len();
-    let mut plan =
-        pipeline::Plan { slots, resumed: vec![0; n], heads: vec![Vec::new(); n], checkpoint_error: Mutex::new(None) };
+    let mut plan = pipeline::Plan {
+        slots,
+        bases,
+        resumed: vec![0; n],
+        heads: vec![Vec::new(); n],
+        checkpoint_error: Mutex::new(None),
+    };
     if let Some(record_path) = &req.resume_file {
         resume_from_record(record_path, manifest, digest, &mut plan)?;
     }
     Ok(plan)
+}
+
+/// Opens the base of delta payload `p` (the target's running counterpart) and checks every region the delta refers
+/// to against the signed base, before anything is written: a device not running the delta's base refuses it with
+/// `delta-base-mismatch` and its slots untouched. The decoders check each region again as they read it.
+fn open_base(p: &otter_artifact::Payload, t: &Target, slot: &SlotWriter) -> Result<std::fs::File, InstallError> {
+    let needs_base = || InstallError::Artifact(ArtifactError::DeltaNeedsBase { payload: p.name.clone() });
+    let path = t.base.as_ref().ok_or_else(needs_base)?;
+    let file = std::fs::File::open(path).map_err(|error| InstallError::Slot {
+        slot: path.clone(),
+        context: "opening the delta's base".into(),
+        error,
+    })?;
+    if slot.same_device(&file) {
+        return Err(InstallError::BaseIsTarget { slot: path.clone() });
+    }
+    otter_artifact::delta::check_base(p, &file)?;
+    Ok(file)
 }
 
 /// Fills `plan` with the chunks the resume record at `record_path` claims and the slots really hold.

@@ -2,12 +2,13 @@
 //! chunks to one writer thread. Small bounded channels between the stages keep memory flat whatever the image size;
 //! the first error of any stage stops all of them.
 
+use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use otter_artifact::{ArtifactError, ArtifactReader, ChunkDecoder, ChunkRef, Digest, Manifest};
+use otter_artifact::{ArtifactError, ArtifactReader, BaseWindow, ChunkDecoder, ChunkRef, Digest, Manifest};
 
 use crate::slot::{AlignedBuf, HEAD, SlotWriter};
 use crate::source::SourceReader;
@@ -66,6 +67,8 @@ impl<T> Pool<T> {
 pub(crate) struct Plan {
     /// One open slot per payload, in manifest order.
     pub slots: Vec<SlotWriter>,
+    /// The checked base of each delta payload (its running slot), `None` for full payloads.
+    pub bases: Vec<Option<File>>,
     /// Leading chunks of each payload found intact in its slot (not fetched again).
     pub resumed: Vec<usize>,
     /// Each payload's held-back first block (written last).
@@ -101,6 +104,9 @@ pub(crate) fn run(
 ) -> Result<Outcome, InstallError> {
     let manifest = reader.manifest().clone();
     let threads = match req.decode_threads {
+        // A delta is decoded by one thread, in order: its base regions overlap from one chunk to the next, and one
+        // window of them (up to 40 MiB) is what a delta costs in memory. A patch decodes in milliseconds.
+        _ if manifest.payloads.iter().any(|p| p.is_delta()) => 1,
         0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4),
         n => n,
     };
@@ -137,11 +143,17 @@ pub(crate) fn run(
 
     std::thread::scope(|s| {
         // Named, so that `top -H` and /proc show an install's threads for what they are.
+        // The bases go to the first decoder: a delta has only one.
+        let mut bases = std::mem::take(&mut plan.bases);
         for _ in 0..threads {
             let (decoded_tx, stored_rx, shared) = (decoded_tx.clone(), Arc::clone(&stored_rx), &shared);
+            let windows: Vec<Option<BaseWindow>> =
+                std::mem::take(&mut bases).into_iter().map(|b| b.map(BaseWindow::new)).collect();
             let decoder = std::thread::Builder::new().name(DECODER_THREAD.into());
             // As `Scope::spawn` would: a process that cannot start a thread is not going to install anything.
-            decoder.spawn_scoped(s, move || decode_chunks(shared, &stored_rx, decoded_tx)).expect("spawning a thread");
+            decoder
+                .spawn_scoped(s, move || decode_chunks(shared, windows, &stored_rx, decoded_tx))
+                .expect("spawning a thread");
         }
         drop(decoded_tx);
         drop(stored_rx);
@@ -223,6 +235,7 @@ fn read_chunks(
 /// One decoding stage thread: decodes and verifies stored chunks until the channel closes or a stage failed.
 fn decode_chunks(
     shared: &Shared,
+    mut windows: Vec<Option<BaseWindow>>,
     stored_rx: &Mutex<mpsc::Receiver<(ChunkRef, Vec<u8>)>>,
     decoded_tx: mpsc::SyncSender<(ChunkRef, AlignedBuf)>,
 ) {
@@ -240,7 +253,12 @@ fn decode_chunks(
         let payload = &shared.manifest.payloads[at.payload];
         let mut out = shared.decoded_pool.get(|| AlignedBuf::new(shared.max_chunk));
         let buf = out.resize(payload.chunk_len(at.index) as usize);
-        let result = decoder.decode_into(payload, at.index, &stored, buf);
+        let result = match windows.get_mut(at.payload).and_then(Option::as_mut) {
+            Some(window) => window
+                .reference(payload, at.index)
+                .and_then(|reference| decoder.decode_into(payload, at.index, &stored, reference, buf)),
+            None => decoder.decode_into(payload, at.index, &stored, None, buf),
+        };
         shared.stored_pool.put(stored);
         if let Err(e) = result {
             return shared.first_error.set(e.into());

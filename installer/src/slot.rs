@@ -98,6 +98,18 @@ impl SlotWriter {
         self.capacity
     }
 
+    /// Whether `other` is this slot: the same block device, or the same file.
+    pub fn same_device(&self, other: &File) -> bool {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        match (self.buffered.metadata(), other.metadata()) {
+            (Ok(a), Ok(b)) if a.file_type().is_block_device() && b.file_type().is_block_device() => {
+                a.rdev() == b.rdev()
+            }
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        }
+    }
+
     /// The slot's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -343,7 +343,8 @@ impl Device {
         // Low: quick to build here and to decode under TCG; the empty space compresses anyway.
         opts.level = 3;
         let key = otter_artifact::keys::read_signing_key(&release().key).expect("signing key");
-        let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: payload.to_owned() };
+        let src =
+            ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: payload.to_owned(), base: None };
         let mut artifact = Vec::new();
         let manifest = builder::create(&opts, &[src], &[key], &mut artifact).expect("build the artifact");
         self.server.add_artifact(ARTIFACT, artifact.clone());

@@ -32,7 +32,12 @@ fn artifact(dir: &Path, key: &ed25519_dalek::SigningKey) -> std::path::PathBuf {
     let mut o = otter_artifact::builder::BuildOptions::new(vec!["gw".into()], "5.0");
     o.chunk_size = 64 << 10;
     o.level = 1;
-    let src = otter_artifact::builder::ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: img };
+    let src = otter_artifact::builder::ImageSource {
+        name: "rootfs".into(),
+        slot_class: "rootfs".into(),
+        path: img,
+        base: None,
+    };
     let out = dir.join("gw-5.0.otter");
     otter_artifact::builder::create(&o, &[src], std::slice::from_ref(key), std::fs::File::create(&out).unwrap())
         .unwrap();

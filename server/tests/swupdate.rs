@@ -48,7 +48,12 @@ async fn swupdate_suricatta_speaks_ddi_with_otter_server() {
     std::fs::write(&img, vec![3u8; 100_000]).unwrap();
     let mut o = otter_artifact::builder::BuildOptions::new(vec!["gw".into()], "7.0");
     o.level = 1;
-    let src = otter_artifact::builder::ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: img };
+    let src = otter_artifact::builder::ImageSource {
+        name: "rootfs".into(),
+        slot_class: "rootfs".into(),
+        path: img,
+        base: None,
+    };
     let mut bytes = Vec::new();
     otter_artifact::builder::create(&o, &[src], std::slice::from_ref(&key), &mut bytes).unwrap();
     let (_, admin) = api::issue_api_token(&state.db, "root", Role::Admin, "test").await.unwrap();

@@ -409,7 +409,7 @@ fn main() -> Result<()> {
         opts.security_version = 1;
         opts.chunk_size = 1 << 20;
         let out = work.join(format!("update-{version}.otter"));
-        let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: img };
+        let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: img, base: None };
         builder::create(&opts, &[src], std::slice::from_ref(&key), std::fs::File::create(&out)?)?;
         artifacts.push(out);
     }

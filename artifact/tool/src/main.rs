@@ -259,8 +259,11 @@ fn create(a: CreateArgs) -> Result<()> {
     if let Some(t) = a.created {
         opts.created = t;
     }
-    let images: Vec<ImageSource> =
-        a.image.into_iter().map(|(name, path)| ImageSource { slot_class: name.clone(), name, path }).collect();
+    let images: Vec<ImageSource> = a
+        .image
+        .into_iter()
+        .map(|(name, path)| ImageSource { slot_class: name.clone(), name, path, base: None })
+        .collect();
     let start = Instant::now();
     let m = write_atomically(&a.output, |w| Ok(builder::create(&opts, &images, &keys, w)?))?;
     let stored: u64 = m.payloads.iter().map(|p| p.stored_size).sum();
@@ -324,7 +327,7 @@ fn install(a: InstallArgs) -> Result<()> {
     };
     let mut req = InstallRequest::new(
         Source::parse(&a.source),
-        vec![Target { slot_class: a.slot_class, path: a.slot.clone(), max_size: a.slot_size }],
+        vec![Target { slot_class: a.slot_class, path: a.slot.clone(), max_size: a.slot_size, base: None }],
         keyring,
         policy,
     );

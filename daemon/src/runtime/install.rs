@@ -87,7 +87,7 @@ impl Runtime {
         let path = self.settings.slot_path(target).to_owned();
         let mut req = InstallRequest::new(
             Source::parse(&source),
-            vec![Target { slot_class: "rootfs".into(), path, max_size: self.settings.slot_size }],
+            vec![Target { slot_class: "rootfs".into(), path, max_size: self.settings.slot_size, base: None }],
             keyring,
             policy,
         );

@@ -66,7 +66,7 @@ impl Fixture {
     pub fn artifact_with(&self, opts: &BuildOptions) -> Vec<u8> {
         let img = self.path("image.bin");
         std::fs::write(&img, &self.image).unwrap();
-        let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: img };
+        let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: img, base: None };
         let mut out = Vec::new();
         builder::create(opts, &[src], std::slice::from_ref(&self.key), &mut out).unwrap();
         out
@@ -83,7 +83,7 @@ impl Fixture {
     pub fn request(&self, source: Source, slot: &Path) -> InstallRequest {
         InstallRequest::new(
             source,
-            vec![Target { slot_class: "rootfs".into(), path: slot.to_owned(), max_size: None }],
+            vec![Target { slot_class: "rootfs".into(), path: slot.to_owned(), max_size: None, base: None }],
             self.keyring.clone(),
             self.policy(),
         )

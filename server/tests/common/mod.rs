@@ -75,7 +75,7 @@ pub fn artifact_bytes(key: &ed25519_dalek::SigningKey, version: &str, image: &Pa
     let mut o = BuildOptions::new(vec![TYPE.into()], version);
     o.chunk_size = 256 << 10;
     o.level = 1;
-    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: image.to_owned() };
+    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: image.to_owned(), base: None };
     let mut out = Vec::new();
     builder::create(&o, &[src], std::slice::from_ref(key), &mut out).unwrap();
     out
@@ -405,7 +405,7 @@ pub fn small_artifact(
     o.chunk_size = 64 << 10;
     o.level = 1;
     o.security_version = security_version;
-    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: img };
+    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: img, base: None };
     let mut out = Vec::new();
     builder::create(&o, &[src], std::slice::from_ref(key), &mut out).unwrap();
     out

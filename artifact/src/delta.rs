@@ -1,0 +1,279 @@
+//! The device side of delta payloads (format 1.2, `docs/artifact-format.md` section 9): the base regions their
+//! chunks are patched against, read from the running slot and checked against the signed base before zstd sees a
+//! byte of them.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use crate::error::ArtifactError;
+use crate::manifest::{Digest, Payload};
+
+fn base_chunk(file: &File, payload: &Payload, index: usize, buf: &mut Vec<u8>) -> Result<(), ArtifactError> {
+    let base = payload.base.as_ref().ok_or_else(|| ArtifactError::DeltaNeedsBase { payload: payload.name.clone() })?;
+    let range = base.chunk_range(index);
+    let start = buf.len();
+    buf.resize(start + (range.end - range.start) as usize, 0);
+    let mismatch = || ArtifactError::DeltaBaseMismatch { payload: payload.name.clone(), offset: range.start };
+    match file.read_exact_at(&mut buf[start..], range.start) {
+        Ok(()) => {}
+        // A slot shorter than the base cannot hold it.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(mismatch()),
+        Err(source) => {
+            return Err(ArtifactError::Io {
+                context: format!("reading the base of payload {:?}", payload.name),
+                source,
+            });
+        }
+    }
+    if Digest::of(&buf[start..]) != base.chunks[index] {
+        return Err(mismatch());
+    }
+    Ok(())
+}
+
+/// Checks that `file` holds every base chunk that a chunk of delta `payload` refers to: what a device does before
+/// it writes anything, so that a device not running the delta's base refuses it with
+/// [`ArtifactError::DeltaBaseMismatch`] and its target slot untouched. Reads each such chunk once.
+pub fn check_base(payload: &Payload, file: &File) -> Result<(), ArtifactError> {
+    let Some(base) = &payload.base else { return Ok(()) };
+    let mut used = vec![false; base.chunks.len()];
+    for r in payload.chunks.iter().filter_map(|c| c.reference) {
+        used[r.first as usize..(r.first + r.count) as usize].fill(true);
+    }
+    let mut buf = Vec::new();
+    for index in (0..used.len()).filter(|&i| used[i]) {
+        buf.clear();
+        base_chunk(file, payload, index, &mut buf)?;
+    }
+    Ok(())
+}
+
+/// The reference regions of one delta payload, read from its base (the running slot) as the chunks come in order.
+///
+/// Holds one contiguous region (zstd's reference prefix must be), at most [`crate::manifest::MAX_REFERENCE`]
+/// bytes: moving to the next chunk keeps the base chunks both regions share and reads only the new ones, so each
+/// base chunk is read and checked against its signed digest about once per install.
+pub struct BaseWindow {
+    file: File,
+    /// Index of the first base chunk in `buf`.
+    first: u64,
+    /// Number of base chunks in `buf`, each checked.
+    count: u64,
+    buf: Vec<u8>,
+}
+
+impl BaseWindow {
+    /// A window over `file`, the base image (a slot device or an image file), read-only.
+    pub fn new(file: File) -> Self {
+        Self { file, first: 0, count: 0, buf: Vec::new() }
+    }
+
+    /// The checked bytes of the base region that chunk `index` of `payload` is patched against, or `None` for a
+    /// chunk that has no reference. The window must only be used with one payload.
+    pub fn reference(&mut self, payload: &Payload, index: usize) -> Result<Option<&[u8]>, ArtifactError> {
+        let Some(want) = payload.chunks[index].reference else { return Ok(None) };
+        let base =
+            payload.base.as_ref().ok_or_else(|| ArtifactError::DeltaNeedsBase { payload: payload.name.clone() })?;
+        let offset_of = |chunk: u64| chunk * base.chunk_size;
+        let held_end = self.first + self.count;
+        if want.first < self.first || want.first >= held_end {
+            self.buf.clear();
+            (self.first, self.count) = (want.first, 0);
+        } else if want.first > self.first {
+            // Drop the base chunks before the new region; keep the rest in place.
+            let drop = (offset_of(want.first) - offset_of(self.first)) as usize;
+            self.buf.drain(..drop);
+            self.count -= want.first - self.first;
+            self.first = want.first;
+        }
+        let want_end = want.first + want.count;
+        if self.first + self.count > want_end {
+            self.buf.truncate((offset_of(want_end) - offset_of(self.first)) as usize);
+            self.count = want.count;
+        }
+        while self.first + self.count < want_end {
+            let next = (self.first + self.count) as usize;
+            if let Err(e) = base_chunk(&self.file, payload, next, &mut self.buf) {
+                // A failed read leaves nothing unchecked behind.
+                self.buf.clear();
+                self.count = 0;
+                return Err(e);
+            }
+            self.count += 1;
+        }
+        Ok(Some(&self.buf))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::{self, BuildOptions, DeltaBase, ImageSource};
+    use crate::{ArtifactReader, Keyring, Manifest, Policy};
+
+    const CHUNK: u64 = 64 << 10;
+
+    /// Incompressible bytes: only a patch against the base can make them small.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    struct Built {
+        dir: tempfile::TempDir,
+        old: Vec<u8>,
+        new: Vec<u8>,
+        artifact: Vec<u8>,
+        ring: Keyring,
+    }
+
+    impl Built {
+        fn file(&self, name: &str, bytes: &[u8]) -> File {
+            let path = self.dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            File::open(path).unwrap()
+        }
+
+        fn reader(&self) -> ArtifactReader<&[u8]> {
+            ArtifactReader::open(&self.artifact[..], &self.ring, &Policy::default()).unwrap()
+        }
+
+        fn manifest(&self) -> Manifest {
+            self.reader().manifest().clone()
+        }
+    }
+
+    /// A 1 MiB base and a new image that inserts 1000 bytes at 200 KiB (shifting everything after it), changes 8 KiB
+    /// at 600 KiB and grows by 100 KiB of new data; the delta is made with a 128 KiB window.
+    fn build() -> Built {
+        let dir = tempfile::tempdir().unwrap();
+        let old = noise(1 << 20, 1);
+        let mut new = old[..200 << 10].to_vec();
+        new.extend(noise(1000, 2));
+        new.extend_from_slice(&old[200 << 10..]);
+        new[600 << 10..608 << 10].copy_from_slice(&noise(8 << 10, 3));
+        new.extend(noise(100 << 10, 4));
+        std::fs::write(dir.path().join("old.img"), &old).unwrap();
+        std::fs::write(dir.path().join("new.img"), &new).unwrap();
+        let mut opts = BuildOptions::new(vec!["t".into()], "2");
+        opts.chunk_size = CHUNK;
+        opts.level = 3;
+        let src = ImageSource {
+            name: "rootfs".into(),
+            slot_class: "rootfs".into(),
+            path: dir.path().join("new.img"),
+            base: Some(DeltaBase { path: dir.path().join("old.img"), window: 128 << 10 }),
+        };
+        let key = crate::keys::generate().unwrap();
+        let mut artifact = Vec::new();
+        builder::create(&opts, &[src], std::slice::from_ref(&key), &mut artifact).unwrap();
+        let mut ring = Keyring::new();
+        ring.add(key.verifying_key());
+        Built { dir, old, new, artifact, ring }
+    }
+
+    fn read_all(r: &mut ArtifactReader<&[u8]>) -> Result<Vec<u8>, ArtifactError> {
+        let (mut image, mut out) = (Vec::new(), Vec::new());
+        while r.next_chunk(&mut out)?.is_some() {
+            image.extend_from_slice(&out);
+        }
+        Ok(image)
+    }
+
+    #[test]
+    fn a_delta_rebuilds_the_new_image_from_its_base_and_is_a_fraction_of_it() {
+        let b = build();
+        let m = b.manifest();
+        let p = &m.payloads[0];
+        assert_eq!((m.format_version.as_str(), p.kind.as_str()), ("1.2", "slot-delta"));
+        let base = p.base.as_ref().unwrap();
+        assert_eq!((base.size, base.sha256), (b.old.len() as u64, Digest::of(&b.old)));
+        assert!(p.chunks[..16].iter().all(|c| c.reference.is_some()), "every chunk over the base is a patch");
+        assert!(p.chunks[17..].iter().all(|c| c.reference.is_none()), "new data beyond the base's window is not");
+        // Shifted and unchanged data costs almost nothing; the 1000 + 8 KiB + 100 KiB of new noise is what remains.
+        assert!(p.stored_size < 120 << 10, "delta of {} bytes for ~109 KiB of new data", p.stored_size);
+
+        let mut r = b.reader();
+        r.set_base(0, b.file("base", &b.old));
+        assert!(read_all(&mut r).unwrap() == b.new, "the delta decodes to the new image");
+        check_base(p, &b.file("base", &b.old)).unwrap();
+    }
+
+    #[test]
+    fn a_device_not_running_the_base_is_refused_before_and_while_decoding() {
+        let b = build();
+        let p = b.manifest().payloads[0].clone();
+        let mut other = b.old.clone();
+        other[300 << 10] ^= 1;
+        fn at<T: std::fmt::Debug>(r: Result<T, ArtifactError>) -> u64 {
+            match r {
+                Err(ArtifactError::DeltaBaseMismatch { offset, .. }) => offset,
+                other => panic!("expected delta-base-mismatch, got {other:?}"),
+            }
+        }
+        // The check before anything is written names the first base chunk that differs.
+        assert_eq!(at(check_base(&p, &b.file("other", &other))), 4 * CHUNK);
+        assert_eq!(at(check_base(&p, &b.file("short", &b.old[..900 << 10]))), 14 * CHUNK);
+        // A reader given the wrong base refuses the first chunk whose reference covers the difference.
+        let mut r = b.reader();
+        r.set_base(0, b.file("other", &other));
+        assert_eq!(at(read_all(&mut r)), 4 * CHUNK);
+        // Without a base, a patched chunk is never decoded.
+        let mut r = b.reader();
+        assert!(matches!(read_all(&mut r), Err(ArtifactError::DeltaNeedsBase { .. })));
+    }
+
+    #[test]
+    fn the_window_reads_each_base_chunk_once_in_order_and_follows_any_order() {
+        let b = build();
+        let p = b.manifest().payloads[0].clone();
+        let mut w = BaseWindow::new(b.file("base", &b.old));
+        for index in (0..p.chunks.len()).chain([3, 0, 9]) {
+            let want = p.reference_range(index);
+            let got = w.reference(&p, index).unwrap().map(<[u8]>::to_vec);
+            assert_eq!(got.as_deref(), want.map(|r| &b.old[r.start as usize..r.end as usize]), "chunk {index}");
+        }
+    }
+
+    #[test]
+    fn delta_manifests_follow_their_rules() {
+        let b = build();
+        let good = b.manifest();
+        let broken = |f: &dyn Fn(&mut crate::Payload)| {
+            let mut m = good.clone();
+            f(&mut m.payloads[0]);
+            match m.validate() {
+                Err(ArtifactError::InvalidManifest { field, .. }) => field,
+                other => panic!("expected an invalid manifest, got {other:?}"),
+            }
+        };
+        assert!(broken(&|p| p.base = None).ends_with("base"));
+        assert!(broken(&|p| p.kind = "slot-image".into()).ends_with("base"));
+        assert!(broken(&|p| p.chunks[1].stored_sha256 = None).ends_with("stored_sha256"));
+        assert!(
+            broken(&|p| p.chunks[1].reference = Some(crate::Reference { first: 15, count: 2 })).ends_with("reference")
+        );
+        assert!(
+            broken(&|p| p.chunks[1].reference = Some(crate::Reference { first: 0, count: 0 })).ends_with("reference")
+        );
+        assert!(broken(&|p| p.base.as_mut().unwrap().chunks.pop().map(drop).unwrap_or(())).ends_with("base.chunks"));
+        assert!(
+            broken(&|p| {
+                let base = p.base.as_mut().unwrap();
+                base.chunk_size = 16 << 20;
+                base.size = 48 << 20;
+                base.chunks = vec![base.chunks[0]; 3];
+                p.chunks[1].reference = Some(crate::Reference { first: 0, count: 3 });
+            })
+            .ends_with("reference")
+        );
+    }
+}
