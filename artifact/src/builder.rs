@@ -111,9 +111,14 @@ impl OpenBase {
             source: io::Error::other(zstd::zstd_safe::get_error_name(code)),
         };
         let mut cctx = CCtx::create();
-        for p in
-            [CParameter::CompressionLevel(level), CParameter::WindowLog(window_log), CParameter::ChecksumFlag(true)]
-        {
+        // Long-distance matching finds the base's long runs at any level; without it the fast levels' small hash
+        // tables miss most of a 40 MiB reference (a chunk identical to its base came out 4x larger at level 1).
+        for p in [
+            CParameter::CompressionLevel(level),
+            CParameter::WindowLog(window_log),
+            CParameter::EnableLongDistanceMatching(true),
+            CParameter::ChecksumFlag(true),
+        ] {
             cctx.set_parameter(p).map_err(zstd)?;
         }
         cctx.ref_prefix(&prefix).map_err(zstd)?;

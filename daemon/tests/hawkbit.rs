@@ -876,3 +876,76 @@ fn an_action_stays_bound_to_its_artifact_across_a_power_cut() {
     assert!(b.handle.status().job.is_none(), "nothing installing");
     assert!(r.slot_head(Slot::B).iter().all(|&x| x == 0), "slot B holds no valid image");
 }
+
+/// The rig's old image (slot A) with 64 KiB rewritten at 1 MiB: what a small fix changes.
+fn small_change_of_the_old_image(r: &Rig) -> PathBuf {
+    let mut bytes = std::fs::read(r.dir.path().join("image-1.img")).unwrap();
+    bytes[1 << 20..(1 << 20) + (64 << 10)].fill(0x5a);
+    let path = r.dir.path().join("fixed.img");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// A delta of `image` against `base`, signed like the rig's artifacts.
+fn delta_of(r: &Rig, version: &str, image: &Path, base: &Path) -> Vec<u8> {
+    let key = otter_artifact::keys::read_signing_key(&r.dir.path().join("release.key")).unwrap();
+    let mut o = BuildOptions::new(vec![TYPE.into()], version);
+    o.chunk_size = 256 << 10;
+    o.level = 1;
+    let base = Some(builder::DeltaBase { path: base.to_owned(), window: 1 << 20 });
+    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: image.to_owned(), base };
+    let mut out = Vec::new();
+    builder::create(&o, &[src], std::slice::from_ref(&key), &mut out).unwrap();
+    out
+}
+
+fn body_bytes_sent_for(r: &Rig, name: &str) -> (usize, u64) {
+    let requests: Vec<_> = r.server.requests_to("/artifacts/").into_iter().filter(|q| q.path.ends_with(name)).collect();
+    (requests.len(), requests.iter().map(|q| q.body_bytes_sent).sum())
+}
+
+#[test]
+fn a_deployment_offering_a_delta_and_the_full_artifact_downloads_only_the_delta_when_the_device_runs_its_base() {
+    let r = rig(Opts::default());
+    let key = otter_artifact::keys::read_signing_key(&r.dir.path().join("release.key")).unwrap();
+    let fixed = small_change_of_the_old_image(&r);
+    let full = artifact_of(&key, "2.1", &fixed);
+    let delta = delta_of(&r, "2.1", &fixed, &r.dir.path().join("image-1.img"));
+    assert!(delta.len() * 4 < full.len(), "delta {} bytes, full {}", delta.len(), full.len());
+    r.server.add_artifact("update-2.1.otter", full);
+    r.server.add_artifact("update-2.1-from-2.0.otter", delta.clone());
+    let mut spec = ActionSpec::new("update-2.1.otter", "2.1");
+    spec.artifacts.push("update-2.1-from-2.0.otter".into());
+    let id = r.server.create_action("dev1", spec);
+    r.complete(id);
+    assert!(std::fs::read(r.device.slot_file(Slot::B)).unwrap()[..3 << 20] == std::fs::read(&fixed).unwrap()[..]);
+    assert_eq!(body_bytes_sent_for(&r, "update-2.1.otter"), (0, 0), "the full artifact was never requested");
+    assert_eq!(body_bytes_sent_for(&r, "update-2.1-from-2.0.otter").1, delta.len() as u64);
+    let first = r.server.action(id).unwrap().feedback[0].clone();
+    assert!(feedback_details(&first).contains("update-2.1.otter instead"), "{}", feedback_details(&first));
+}
+
+#[test]
+fn a_device_not_running_the_deltas_base_falls_back_to_the_full_artifact() {
+    let r = rig(Opts::default());
+    let key = otter_artifact::keys::read_signing_key(&r.dir.path().join("release.key")).unwrap();
+    let fixed = small_change_of_the_old_image(&r);
+    let full = artifact_of(&key, "2.1", &fixed);
+    // A delta made from another release than the one in slot A (it differs in 4 KiB at 2 MiB).
+    let mut other = std::fs::read(r.dir.path().join("image-1.img")).unwrap();
+    other[2 << 20..(2 << 20) + 4096].fill(7);
+    let other_base = r.dir.path().join("release-1.9.img");
+    std::fs::write(&other_base, other).unwrap();
+    let delta = delta_of(&r, "2.1", &fixed, &other_base);
+    assert!(delta.len() < full.len(), "the delta is tried first");
+    r.server.add_artifact("update-2.1.otter", full.clone());
+    r.server.add_artifact("update-2.1-from-1.9.otter", delta);
+    let mut spec = ActionSpec::new("update-2.1-from-1.9.otter", "2.1");
+    spec.artifacts.push("update-2.1.otter".into());
+    let id = r.server.create_action("dev1", spec);
+    r.complete(id);
+    assert!(std::fs::read(r.device.slot_file(Slot::B)).unwrap()[..3 << 20] == std::fs::read(&fixed).unwrap()[..]);
+    let (delta_requests, _) = body_bytes_sent_for(&r, "update-2.1-from-1.9.otter");
+    assert_eq!(delta_requests, 1, "the delta was opened once, its manifest refused against slot A");
+    assert_eq!(body_bytes_sent_for(&r, "update-2.1.otter"), (1, full.len() as u64));
+}

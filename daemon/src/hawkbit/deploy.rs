@@ -8,7 +8,7 @@ use super::client::{DdiClient, DdiError, action_id};
 use super::model::{self, DeploymentBase, Execution, Feedback, Finished, HandlingType, MaintenanceWindow};
 use super::worker::{Worker, interrupted};
 use crate::engine::{JobPhase, Outcome, Rejection};
-use crate::runtime::{Command, InstallSettings};
+use crate::runtime::{Command, Fallback, InstallSettings};
 
 impl Worker {
     pub(super) fn deployment(&mut self, href: &str) -> Result<(), DdiError> {
@@ -82,32 +82,26 @@ impl Worker {
 
     fn start(&mut self, id: &str, href: &str, d: &DeploymentBase) -> Result<(), DdiError> {
         let dep = &d.deployment;
-        let Some((chunk, artifact)) = dep.artifact(PART) else {
+        // A delta and the full artifact may both be offered: the smallest first, the others if this device does
+        // not run the delta's base.
+        let candidates = dep.artifacts(PART);
+        let Some(&(chunk, artifact)) = candidates.first() else {
             let names: Vec<&str> =
                 dep.chunks.iter().flat_map(|c| c.artifacts.iter().map(|a| a.filename.as_str())).collect();
             self.fail(id, vec![format!("no .otter artifact in a chunk of part {PART:?} (artifacts: {names:?})")]);
             return Ok(());
         };
-        let Some(url) = artifact.url().map(str::to_owned) else {
-            self.fail(id, vec![format!("artifact {} has no download link", artifact.filename)]);
-            return Ok(());
-        };
-        // Only an http(s) link is downloaded; a path or `file:` link would make the daemon read local files.
-        let https_only = self.client.download_options().https_only;
-        if let Err(e) = otter_installer::source::parse_link(&url, https_only) {
-            self.fail(id, vec![format!("artifact {}: {e} ({})", artifact.filename, e.code())]);
-            return Ok(());
-        }
-        let announced = match announced(chunk, artifact) {
-            Ok(a) => a,
-            Err(m) => {
-                self.fail(id, vec![m]);
-                return Ok(());
+        let mut links = Vec::new();
+        for &(c, a) in &candidates {
+            match self.link(c, a) {
+                Ok(link) => links.push(link),
+                Err(m) => {
+                    self.fail(id, vec![m]);
+                    return Ok(());
+                }
             }
-        };
-        if announced.sha256.is_none() {
-            tracing::warn!("hawkbit: artifact {} has no sha256", artifact.filename);
         }
+        let (url, announced) = links[0].clone();
         if dep.download == HandlingType::Skip {
             tracing::info!("hawkbit: action {id}: download skipped for now");
             return Ok(());
@@ -117,8 +111,8 @@ impl Worker {
             return self.download_only(id, artifact, &url, announced, window_closed);
         }
         // Bound before the first byte is installed, and kept in the report log: after a restart (a power cut mid
-        // install) the same action must still name the same file.
-        let bound = fingerprint(chunk, artifact);
+        // install) the same action must still name the same files.
+        let bound = candidates.iter().map(|(c, a)| fingerprint(c, a)).collect::<Vec<_>>().join(" or ");
         match self.reported.get(id).artifact {
             Some(was) if was != bound => {
                 self.fail(
@@ -133,33 +127,16 @@ impl Worker {
             Some(_) => {}
             None => self.reported.update(id, |r| r.artifact = Some(bound)),
         }
-        let mut http = self.client.download_options();
-        let (client, href_owned) = (self.client.clone(), href.to_owned());
-        let (chunk_bound, artifact_bound) = (chunk.clone(), artifact.clone());
-        // A pre-signed link expired: the deployment again, for a fresh link to the same file. A deployment that
-        // now names another file (name, size, hashes or version) gives no link: the action is bound to the
-        // artifact it started with.
-        http.refresh = Some(otter_installer::UrlRefresh::new(move || {
-            let d = client.deployment(&href_owned).ok()?;
-            let (c, a) = d.deployment.artifact(PART)?;
-            let same = c.version == chunk_bound.version
-                && a.filename == artifact_bound.filename
-                && a.size == artifact_bound.size
-                && a.hashes == artifact_bound.hashes;
-            if !same {
-                tracing::warn!("hawkbit: the deployment now names another artifact; not following its link");
-            }
-            same.then(|| a.url().map(str::to_owned)).flatten()
-        }));
-        http.announced = announced;
-        // The download is bound to this artifact: a file that changes behind the URL fails the action instead of
-        // installing whatever the server serves now.
-        http.pin_entity = true;
+        let mut downloads = candidates.iter().zip(links).map(|(&(c, a), (url, announced))| Fallback {
+            source: url,
+            http: self.download_options(href, c, a, announced),
+        });
+        let Fallback { source, http } = downloads.next().expect("one candidate at least");
         let (reply, rx) = mpsc::channel();
         self.handle.send(Command::InstallRemote {
-            source: url,
+            source,
             remote_id: id.to_owned(),
-            options: Box::new(InstallSettings { http, ..Default::default() }),
+            options: Box::new(InstallSettings { http, fallbacks: downloads.collect(), ..Default::default() }),
             reply,
         });
         match rx.recv().unwrap_or(Err(Rejection::Stopped)) {
@@ -170,10 +147,16 @@ impl Worker {
                 }
                 self.status = self.handle.status();
                 let target = self.status.job.as_ref().map_or("?".into(), |j| j.target.to_string());
-                let details = vec![format!(
+                let mut details = vec![format!(
                     "downloading {} ({} {}, {} bytes) into slot {target}",
                     artifact.filename, chunk.name, chunk.version, artifact.size
                 )];
+                if let Some((_, full)) = candidates.get(1) {
+                    details.push(format!(
+                        "{} instead ({} bytes) if the first is a delta for another base than this device runs",
+                        full.filename, full.size
+                    ));
+                }
                 self.last_progress = Some((id.to_owned(), std::time::Instant::now(), 0));
                 self.feedback(id, &Feedback::new(Execution::Proceeding, Finished::None, details).progress(0, 100));
             }
@@ -182,6 +165,61 @@ impl Worker {
             Err(r) => self.fail(id, vec![format!("refused: {r}")]),
         }
         Ok(())
+    }
+
+    /// An artifact's download link and what the server announced of it; the message for the operator when either
+    /// is unusable.
+    fn link(
+        &self,
+        chunk: &model::Chunk,
+        artifact: &model::Artifact,
+    ) -> Result<(String, otter_installer::Announced), String> {
+        let url = artifact.url().ok_or_else(|| format!("artifact {} has no download link", artifact.filename))?;
+        // Only an http(s) link is downloaded; a path or `file:` link would make the daemon read local files.
+        let https_only = self.client.download_options().https_only;
+        if let Err(e) = otter_installer::source::parse_link(url, https_only) {
+            return Err(format!("artifact {}: {e} ({})", artifact.filename, e.code()));
+        }
+        let announced = announced(chunk, artifact)?;
+        if announced.sha256.is_none() {
+            tracing::warn!("hawkbit: artifact {} has no sha256", artifact.filename);
+        }
+        Ok((url.to_owned(), announced))
+    }
+
+    /// The download settings of one artifact of the action at `href`, bound to it.
+    fn download_options(
+        &self,
+        href: &str,
+        chunk: &model::Chunk,
+        artifact: &model::Artifact,
+        announced: otter_installer::Announced,
+    ) -> otter_installer::HttpOptions {
+        let mut http = self.client.download_options();
+        let (client, href_owned) = (self.client.clone(), href.to_owned());
+        let (chunk_bound, artifact_bound) = (chunk.clone(), artifact.clone());
+        // A pre-signed link expired: the deployment again, for a fresh link to the same file. A deployment that
+        // now names another file (name, size, hashes or version) gives no link: the action is bound to the
+        // artifacts it started with.
+        http.refresh = Some(otter_installer::UrlRefresh::new(move || {
+            let d = client.deployment(&href_owned).ok()?;
+            let found = d.deployment.artifacts(PART);
+            let same = found.iter().find(|(c, a)| {
+                c.version == chunk_bound.version
+                    && a.filename == artifact_bound.filename
+                    && a.size == artifact_bound.size
+                    && a.hashes == artifact_bound.hashes
+            });
+            if same.is_none() {
+                tracing::warn!("hawkbit: the deployment now names another artifact; not following its link");
+            }
+            same.and_then(|(_, a)| a.url().map(str::to_owned))
+        }));
+        http.announced = announced;
+        // The download is bound to this artifact: a file that changes behind the URL fails the action instead of
+        // installing whatever the server serves now.
+        http.pin_entity = true;
+        http
     }
 
     /// The device says "not now" (a local application inhibits updates, the daemon is still starting or

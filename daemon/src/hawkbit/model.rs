@@ -213,13 +213,25 @@ impl Artifact {
     }
 }
 
+fn is_otter(a: &Artifact) -> bool {
+    a.filename.ends_with(".otter")
+}
+
 impl Deployment {
     /// Our artifact: the first `.otter` file of the first chunk whose part is `part`.
     pub fn artifact(&self, part: &str) -> Option<(&Chunk, &Artifact)> {
-        self.chunks
-            .iter()
-            .filter(|c| c.part == part)
-            .find_map(|c| c.artifacts.iter().find(|a| a.filename.ends_with(".otter")).map(|a| (c, a)))
+        self.artifacts(part).into_iter().next()
+    }
+
+    /// Every `.otter` file of the first chunk whose part is `part`, smallest first: a deployment that offers a
+    /// delta beside the full artifact lists both, and the device tries the delta first.
+    pub fn artifacts(&self, part: &str) -> Vec<(&Chunk, &Artifact)> {
+        let Some(chunk) = self.chunks.iter().find(|c| c.part == part && c.artifacts.iter().any(is_otter)) else {
+            return Vec::new();
+        };
+        let mut found: Vec<_> = chunk.artifacts.iter().filter(|a| is_otter(a)).map(|a| (chunk, a)).collect();
+        found.sort_by_key(|(_, a)| a.size);
+        found
     }
 }
 

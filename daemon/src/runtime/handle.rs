@@ -83,6 +83,19 @@ pub struct InstallSettings {
     /// The artifact as an open file the caller handed over (D-Bus `InstallFd`); the job's source is then only
     /// its name.
     pub fd: Option<otter_installer::source::SharedFd>,
+    /// Other artifacts of the same update, tried in order when the one before them is a delta whose base this
+    /// device does not run (it fails before writing anything): a hawkBit deployment offering a delta and the full
+    /// artifact.
+    pub fallbacks: Vec<Fallback>,
+}
+
+/// An artifact installed instead when the one before it is a delta for another base.
+#[derive(Debug, Clone)]
+pub struct Fallback {
+    /// Its URL.
+    pub source: String,
+    /// Its download settings (announced size and hashes, link refresh).
+    pub http: otter_installer::HttpOptions,
 }
 
 /// What `Command::Mark` does to a slot.

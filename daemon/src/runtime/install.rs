@@ -87,7 +87,13 @@ impl Runtime {
         let path = self.settings.slot_path(target).to_owned();
         let mut req = InstallRequest::new(
             Source::parse(&source),
-            vec![Target { slot_class: "rootfs".into(), path, max_size: self.settings.slot_size, base: None }],
+            // A delta is patched against the image this device runs.
+            vec![Target {
+                slot_class: "rootfs".into(),
+                path,
+                max_size: self.settings.slot_size,
+                base: Some(self.settings.slot_path(!target).to_owned()),
+            }],
             keyring,
             policy,
         );
@@ -99,8 +105,10 @@ impl Runtime {
         if let Some(server) = &self.settings.server {
             req.stall_timeout = server.stall_timeout;
         }
+        let mut fallbacks = Vec::new();
         if let Some(options) = self.install_settings.take() {
             req.http = options.http;
+            fallbacks = options.fallbacks;
             if let Some(locator) = options.locator {
                 req.source = Source::parse(&locator);
             }
@@ -124,7 +132,19 @@ impl Runtime {
                 *last = Instant::now();
                 let _ = tx.send(Msg::Progress(*p));
             };
-            let result = otter_installer::install(&req, &progress, &thread_cancel);
+            let mut result = otter_installer::install(&req, &progress, &thread_cancel);
+            for fallback in fallbacks {
+                // Only a delta made for another base is replaced, and it failed before writing anything.
+                match &result {
+                    Err(e) if matches!(e.code(), "delta-base-mismatch" | "delta-needs-base") => {
+                        tracing::info!("{e}; installing {} instead", otter_common::redact::url(&fallback.source));
+                    }
+                    _ => break,
+                }
+                req.source = Source::parse(&fallback.source);
+                req.http = fallback.http;
+                result = otter_installer::install(&req, &progress, &thread_cancel);
+            }
             // The pipeline's buffers are freed: give the pages back, whatever the outcome.
             crate::memory::release();
             let _ = tx.send(Msg::InstallDone(Box::new(result)));

@@ -31,7 +31,7 @@ use crate::state::{StateError, StateStore};
 pub use effects::{
     BootedSlotError, OpenBootError, Platform, RebootError, Rebooting, SystemPlatform, booted_slot, open_bootloader,
 };
-pub use handle::{Command, Handle, InstallSettings, MarkState, SlotRef};
+pub use handle::{Command, Fallback, Handle, InstallSettings, MarkState, SlotRef};
 use handle::{Msg, Subscribers};
 pub use status::Status;
 
