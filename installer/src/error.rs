@@ -205,7 +205,8 @@ impl InstallError {
     /// Whether the artifact itself is at fault (malformed, not for this device, older than allowed, corrupt
     /// payload, failed here before), so that retrying the same artifact cannot succeed: an automatic job never
     /// retries it. Network, disk, key and cancellation errors are not the artifact's fault, nor is an artifact
-    /// error this version does not know (it may be retried; never wrongly blacklisted).
+    /// error this version does not know (it may be retried; never wrongly blacklisted), nor a delta whose base the
+    /// device does not run now (`delta-base-mismatch`: it applies again after a rollback to its base).
     pub fn is_artifact_fault(&self) -> bool {
         use otter_artifact::ArtifactError as A;
         match self {

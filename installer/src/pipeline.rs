@@ -136,7 +136,9 @@ pub(crate) fn run(
         slots: &mut plan.slots,
         heads: &mut plan.heads,
         done: plan.resumed.clone(),
-        skip_identical: req.skip_identical,
+        // A delta install is paced by its download and decoded by one thread: comparing each chunk with what the
+        // slot holds costs little there, and spares the flash what it already has (a re-install, a resume).
+        skip_identical: req.skip_identical || manifest.payloads.iter().any(|p| p.is_delta()),
         checkpoints,
         cancel,
     };

@@ -89,6 +89,21 @@ fn a_delta_installs_the_new_image_from_the_running_slot_for_a_fraction_of_the_do
 }
 
 #[test]
+fn a_delta_installed_again_rewrites_nothing_the_slot_already_holds() {
+    let d = delta();
+    let a = d.f.path("d.otter");
+    std::fs::write(&a, &d.artifact).unwrap();
+    let slot = d.f.path("slot.img");
+    let mut req = d.f.request(Source::File(a), &slot);
+    req.targets[0].base = Some(d.running.clone());
+    let first = otter_installer::install(&req, &|_: &Progress| {}, &CancelToken::new()).unwrap();
+    assert_eq!(first.chunks_skipped, 0, "a fresh slot holds nothing of the image");
+    let again = otter_installer::install(&req, &|_: &Progress| {}, &CancelToken::new()).unwrap();
+    assert_eq!(again.chunks_skipped, first.manifest.payloads[0].chunks.len() as u64, "every chunk is in place");
+    assert!(std::fs::read(&slot).unwrap() == d.f.image, "the slot holds the new image");
+}
+
+#[test]
 fn a_device_not_running_the_base_refuses_before_writing_anything() {
     let d = delta();
     let mut other = std::fs::read(&d.running).unwrap();
