@@ -9,101 +9,147 @@ use std::os::unix::fs::FileExt;
 use crate::error::ArtifactError;
 use crate::manifest::{Digest, Payload};
 
-fn base_chunk(file: &File, payload: &Payload, index: usize, buf: &mut Vec<u8>) -> Result<(), ArtifactError> {
-    let base = payload.base.as_ref().ok_or_else(|| ArtifactError::DeltaNeedsBase { payload: payload.name.clone() })?;
-    let range = base.chunk_range(index);
-    let start = buf.len();
-    buf.resize(start + (range.end - range.start) as usize, 0);
-    let mismatch = || ArtifactError::DeltaBaseMismatch { payload: payload.name.clone(), offset: range.start };
-    match file.read_exact_at(&mut buf[start..], range.start) {
-        Ok(()) => {}
-        // A slot shorter than the base cannot hold it.
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(mismatch()),
-        Err(source) => {
-            return Err(ArtifactError::Io {
-                context: format!("reading the base of payload {:?}", payload.name),
-                source,
-            });
-        }
-    }
-    if Digest::of(&buf[start..]) != base.chunks[index] {
-        return Err(mismatch());
-    }
-    Ok(())
-}
-
-/// Checks that `file` holds every base chunk that a chunk of delta `payload` refers to: what a device does before
-/// it writes anything, so that a device not running the delta's base refuses it with
-/// [`ArtifactError::DeltaBaseMismatch`] and its target slot untouched. Reads each such chunk once.
-pub fn check_base(payload: &Payload, file: &File) -> Result<(), ArtifactError> {
-    let Some(base) = &payload.base else { return Ok(()) };
-    let mut used = vec![false; base.chunks.len()];
-    for r in payload.chunks.iter().filter_map(|c| c.reference) {
-        used[r.first as usize..(r.first + r.count) as usize].fill(true);
-    }
-    let mut buf = Vec::new();
-    for index in (0..used.len()).filter(|&i| used[i]) {
-        buf.clear();
-        base_chunk(file, payload, index, &mut buf)?;
-    }
-    Ok(())
-}
+/// Alignment of direct reads, in bytes (covers 512-byte and 4 KiB logical blocks).
+const ALIGN: usize = 4096;
 
 /// The reference regions of one delta payload, read from its base (the running slot) as the chunks come in order.
 ///
 /// Holds one contiguous region (zstd's reference prefix must be), at most [`crate::manifest::MAX_REFERENCE`]
 /// bytes: moving to the next chunk keeps the base chunks both regions share and reads only the new ones, so each
 /// base chunk is read and checked against its signed digest about once per install.
+///
+/// Reads bypass the page cache when the caller gives a descriptor opened with `O_DIRECT`: a mounted root file
+/// system's block device can show, through the cache, bytes the disk does not hold (ext4 loads its journal's
+/// superblock into the device's cache and changes it there, even when mounted read-only), and the delta was made
+/// from what the disk holds.
 pub struct BaseWindow {
-    file: File,
-    /// Index of the first base chunk in `buf`.
+    buffered: File,
+    direct: Option<File>,
+    /// Index of the first base chunk held.
     first: u64,
-    /// Number of base chunks in `buf`, each checked.
+    /// Number of base chunks held, each checked.
     count: u64,
     buf: Vec<u8>,
+    /// Where the held region starts in `buf`: the first 4 KiB boundary.
+    at: usize,
+    /// Bytes held.
+    len: usize,
 }
 
 impl BaseWindow {
-    /// A window over `file`, the base image (a slot device or an image file), read-only.
-    pub fn new(file: File) -> Self {
-        Self { file, first: 0, count: 0, buf: Vec::new() }
+    /// A window over the base image (a slot device or an image file), read-only: through `direct` (the same file
+    /// opened with `O_DIRECT`) where the kernel allows it, through `buffered` otherwise.
+    pub fn new(buffered: File, direct: Option<File>) -> Self {
+        Self { buffered, direct, first: 0, count: 0, buf: Vec::new(), at: 0, len: 0 }
+    }
+
+    /// Room for `bytes` plus alignment; a larger buffer replaces the current one (and forgets what it held).
+    fn reserve(&mut self, bytes: usize) {
+        if self.buf.len() < bytes + 2 * ALIGN {
+            // Zeroed allocations this size are fresh pages: only what is read into them becomes resident.
+            self.buf = vec![0; bytes + 2 * ALIGN];
+            self.at = self.buf.as_ptr().align_offset(ALIGN).min(ALIGN);
+            (self.first, self.count, self.len) = (0, 0, 0);
+        }
+    }
+
+    /// Reads base chunk `index` into the buffer at `pos` (a 4 KiB boundary, with room for the chunk rounded up to
+    /// 4 KiB) and checks it; returns its length.
+    fn read_chunk(&mut self, payload: &Payload, index: usize, pos: usize) -> Result<usize, ArtifactError> {
+        let base =
+            payload.base.as_ref().ok_or_else(|| ArtifactError::DeltaNeedsBase { payload: payload.name.clone() })?;
+        let range = base.chunk_range(index);
+        let want = (range.end - range.start) as usize;
+        let dst = &mut self.buf[pos..pos + want.next_multiple_of(ALIGN)];
+        let mut got = 0;
+        while got < want {
+            let from = range.start + got as u64;
+            let read = match &self.direct {
+                Some(d) => d.read_at(&mut dst[got..], from),
+                None => self.buffered.read_at(&mut dst[got..want], from),
+            };
+            match read {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Some file systems accept O_DIRECT when opening and refuse it when reading.
+                Err(e) if self.direct.is_some() && e.kind() == io::ErrorKind::InvalidInput => self.direct = None,
+                Err(source) => {
+                    return Err(ArtifactError::Io {
+                        context: format!("reading the base of payload {:?} at byte {from}", payload.name),
+                        source,
+                    });
+                }
+            }
+        }
+        // A slot shorter than the base cannot hold it.
+        if got < want || Digest::of(&dst[..want]) != base.chunks[index] {
+            return Err(ArtifactError::DeltaBaseMismatch { payload: payload.name.clone(), offset: range.start });
+        }
+        Ok(want)
+    }
+
+    /// Checks that the base holds every base chunk that a chunk of delta `payload` refers to: what a device does
+    /// before it writes anything, so that a device not running the delta's base refuses it with
+    /// [`ArtifactError::DeltaBaseMismatch`] and its target slot untouched. Reads each such chunk once.
+    pub fn check(&mut self, payload: &Payload) -> Result<(), ArtifactError> {
+        let Some(base) = &payload.base else { return Ok(()) };
+        let mut used = vec![false; base.chunks.len()];
+        for r in payload.chunks.iter().filter_map(|c| c.reference) {
+            used[r.first as usize..(r.first + r.count) as usize].fill(true);
+        }
+        self.reserve(base.chunk_size as usize);
+        (self.first, self.count, self.len) = (0, 0, 0);
+        for index in (0..used.len()).filter(|&i| used[i]) {
+            self.read_chunk(payload, index, self.at)?;
+        }
+        Ok(())
     }
 
     /// The checked bytes of the base region that chunk `index` of `payload` is patched against, or `None` for a
     /// chunk that has no reference. The window must only be used with one payload.
     pub fn reference(&mut self, payload: &Payload, index: usize) -> Result<Option<&[u8]>, ArtifactError> {
         let Some(want) = payload.chunks[index].reference else { return Ok(None) };
-        let base =
-            payload.base.as_ref().ok_or_else(|| ArtifactError::DeltaNeedsBase { payload: payload.name.clone() })?;
-        let offset_of = |chunk: u64| chunk * base.chunk_size;
-        let held_end = self.first + self.count;
-        if want.first < self.first || want.first >= held_end {
-            self.buf.clear();
-            (self.first, self.count) = (want.first, 0);
+        let (Some(base), Some(region)) = (&payload.base, payload.reference_range(index)) else {
+            return Err(ArtifactError::DeltaNeedsBase { payload: payload.name.clone() });
+        };
+        let chunk_size = base.chunk_size as usize;
+        self.reserve((region.end - region.start) as usize);
+        if want.first < self.first || want.first >= self.first + self.count {
+            (self.first, self.count, self.len) = (want.first, 0, 0);
         } else if want.first > self.first {
-            // Drop the base chunks before the new region; keep the rest in place.
-            let drop = (offset_of(want.first) - offset_of(self.first)) as usize;
-            self.buf.drain(..drop);
+            // Drop the base chunks before the new region; move the rest to the front.
+            let drop = (want.first - self.first) as usize * chunk_size;
+            self.buf.copy_within(self.at + drop..self.at + self.len, self.at);
+            self.len -= drop;
             self.count -= want.first - self.first;
             self.first = want.first;
         }
         let want_end = want.first + want.count;
         if self.first + self.count > want_end {
-            self.buf.truncate((offset_of(want_end) - offset_of(self.first)) as usize);
             self.count = want.count;
+            self.len = want.count as usize * chunk_size;
         }
         while self.first + self.count < want_end {
             let next = (self.first + self.count) as usize;
-            if let Err(e) = base_chunk(&self.file, payload, next, &mut self.buf) {
-                // A failed read leaves nothing unchecked behind.
-                self.buf.clear();
-                self.count = 0;
-                return Err(e);
+            match self.read_chunk(payload, next, self.at + self.len) {
+                Ok(n) => self.len += n,
+                Err(e) => {
+                    // A failed read leaves nothing unchecked behind.
+                    (self.count, self.len) = (0, 0);
+                    return Err(e);
+                }
             }
             self.count += 1;
         }
-        Ok(Some(&self.buf))
+        Ok(Some(&self.buf[self.at..self.at + self.len]))
     }
+}
+
+/// Checks a base given as a file: [`BaseWindow::check`] through the page cache (build hosts, tests).
+pub fn check_base(payload: &Payload, file: &File) -> Result<(), ArtifactError> {
+    let file = file.try_clone().map_err(|source| ArtifactError::Io { context: "opening the base".into(), source })?;
+    BaseWindow::new(file, None).check(payload)
 }
 
 #[cfg(test)]
@@ -235,7 +281,7 @@ mod tests {
     fn the_window_reads_each_base_chunk_once_in_order_and_follows_any_order() {
         let b = build();
         let p = b.manifest().payloads[0].clone();
-        let mut w = BaseWindow::new(b.file("base", &b.old));
+        let mut w = BaseWindow::new(b.file("base", &b.old), None);
         for index in (0..p.chunks.len()).chain([3, 0, 9]) {
             let want = p.reference_range(index);
             let got = w.reference(&p, index).unwrap().map(<[u8]>::to_vec);

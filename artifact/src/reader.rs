@@ -356,7 +356,7 @@ impl<R: Read> ArtifactReader<R> {
         if self.bases.len() <= payload {
             self.bases.resize_with(payload + 1, || None);
         }
-        self.bases[payload] = Some(BaseWindow::new(base));
+        self.bases[payload] = Some(BaseWindow::new(base, None));
     }
 
     /// The verified manifest.

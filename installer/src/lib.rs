@@ -397,7 +397,11 @@ fn plan_slots(
 /// Opens the base of delta payload `p` (the target's running counterpart) and checks every region the delta refers
 /// to against the signed base, before anything is written: a device not running the delta's base refuses it with
 /// `delta-base-mismatch` and its slots untouched. The decoders check each region again as they read it.
-fn open_base(p: &otter_artifact::Payload, t: &Target, slot: &SlotWriter) -> Result<std::fs::File, InstallError> {
+fn open_base(
+    p: &otter_artifact::Payload,
+    t: &Target,
+    slot: &SlotWriter,
+) -> Result<otter_artifact::BaseWindow, InstallError> {
     let needs_base = || InstallError::Artifact(ArtifactError::DeltaNeedsBase { payload: p.name.clone() });
     let path = t.base.as_ref().ok_or_else(needs_base)?;
     let file = std::fs::File::open(path).map_err(|error| InstallError::Slot {
@@ -408,8 +412,12 @@ fn open_base(p: &otter_artifact::Payload, t: &Target, slot: &SlotWriter) -> Resu
     if slot.same_device(&file) {
         return Err(InstallError::BaseIsTarget { slot: path.clone() });
     }
-    otter_artifact::delta::check_base(p, &file)?;
-    Ok(file)
+    // Read past the page cache where possible: see `BaseWindow`.
+    use std::os::unix::fs::OpenOptionsExt;
+    let direct = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path).ok();
+    let mut window = otter_artifact::BaseWindow::new(file, direct);
+    window.check(p)?;
+    Ok(window)
 }
 
 /// Fills `plan` with the chunks the resume record at `record_path` claims and the slots really hold.

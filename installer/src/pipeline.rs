@@ -2,7 +2,6 @@
 //! chunks to one writer thread. Small bounded channels between the stages keep memory flat whatever the image size;
 //! the first error of any stage stops all of them.
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -68,7 +67,7 @@ pub(crate) struct Plan {
     /// One open slot per payload, in manifest order.
     pub slots: Vec<SlotWriter>,
     /// The checked base of each delta payload (its running slot), `None` for full payloads.
-    pub bases: Vec<Option<File>>,
+    pub bases: Vec<Option<BaseWindow>>,
     /// Leading chunks of each payload found intact in its slot (not fetched again).
     pub resumed: Vec<usize>,
     /// Each payload's held-back first block (written last).
@@ -149,8 +148,7 @@ pub(crate) fn run(
         let mut bases = std::mem::take(&mut plan.bases);
         for _ in 0..threads {
             let (decoded_tx, stored_rx, shared) = (decoded_tx.clone(), Arc::clone(&stored_rx), &shared);
-            let windows: Vec<Option<BaseWindow>> =
-                std::mem::take(&mut bases).into_iter().map(|b| b.map(BaseWindow::new)).collect();
+            let windows = std::mem::take(&mut bases);
             let decoder = std::thread::Builder::new().name(DECODER_THREAD.into());
             // As `Scope::spawn` would: a process that cannot start a thread is not going to install anything.
             decoder
