@@ -510,3 +510,22 @@ fn delta_refuses_inputs_that_do_not_verify_or_are_not_full_artifacts_and_writes_
     let m = d.manifest("d.otter");
     assert_eq!(m["payloads"][0]["kind"], "slot-delta");
 }
+
+#[test]
+fn a_new_payload_without_an_old_counterpart_stays_a_full_payload() {
+    let (d, _) = delta_setup();
+    let args = ["create", "--key", "old.key", "--compatible", "gw-a", "--version", "4", "--level", "3"];
+    let images = ["--image", "rootfs=new.img", "--image", "boot=rootfs.img", "--chunk-size-kib", "64"];
+    ok(d.path(), &[&args[..], &images, &["-o", "two.otter"]].concat());
+    let out = ok(d.path(), &delta_args("old.otter", "two.otter", "d2.otter", "old.pub"));
+    assert!(out.lines().nth(1).unwrap().starts_with("boot: full (OLD has no slot class \"boot\"), "), "{out}");
+    let m = d.manifest("d2.otter");
+    assert_eq!(m["format_version"], "1.2");
+    let kinds: Vec<&str> = m["payloads"].as_array().unwrap().iter().map(|p| p["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["slot-delta", "slot-image"]);
+    assert!(m["payloads"][1].get("base").is_none());
+    // The full payload needs no base; the delta does.
+    ok(d.path(), &["verify", "--key", "old.pub", "--base", "rootfs=old.img", "d2.otter"]);
+    let e = fails(d.path(), &["verify", "--key", "old.pub", "--base", "boot=old.img", "d2.otter"]);
+    assert!(e.contains("pass it with --base rootfs=IMAGE"), "{e}");
+}
