@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
-use otter_artifact::builder::{self, BuildOptions, ImageSource};
+use otter_artifact::builder::{self, BuildOptions, DeltaBase, ImageSource};
 use otter_artifact::keys::{self, KeyId};
 use otter_artifact::manifest::{self, Compression};
-use otter_artifact::{ArtifactReader, Keyring, Limits, Policy};
+use otter_artifact::{ArtifactError, ArtifactReader, Keyring, Limits, Manifest, Policy};
 use otter_common::durable::Replacement;
-use otter_installer::{CancelToken, HttpOptions, InstallRequest, Phase, Progress, Source, Target};
+use otter_installer::{CancelToken, HttpOptions, InstallError, InstallRequest, Phase, Progress, Source, Target};
 
 #[derive(Parser)]
 #[command(name = "otter-artifact", version, about = "Build, sign, verify, inspect and install otter artifacts")]
@@ -48,6 +48,10 @@ enum Command {
     Verify {
         #[command(flatten)]
         trust: TrustArgs,
+        /// The base image of the delta payloads of slot class CLASS, as CLASS=FILE (repeatable): the image the
+        /// devices run, e.g. the decoded payload of the artifact the delta was made from.
+        #[arg(long, value_name = "CLASS=FILE", value_parser = parse_named_path)]
+        base: Vec<(String, PathBuf)>,
         /// Artifact file, or `-` for stdin.
         file: String,
     },
@@ -61,13 +65,16 @@ enum Command {
     },
     /// Install an artifact's slot image into a slot device or file.
     Install(InstallArgs),
+    /// Make a delta artifact: NEW's images as patches against OLD's, for devices that run OLD. Both are verified
+    /// completely first; the delta is signed like `create` and carries NEW's manifest fields.
+    Delta(DeltaArgs),
 }
 
 #[derive(Args)]
 #[group(required = true, multiple = false)]
 struct TrustArgs {
     /// A trusted public key file.
-    #[arg(long)]
+    #[arg(long, value_name = "PUB", visible_alias = "trust-key")]
     key: Option<PathBuf>,
     /// A directory of trusted `*.pub` key files.
     #[arg(long)]
@@ -99,7 +106,7 @@ struct CreateArgs {
     #[arg(long, default_value_t = 0)]
     security_version: u64,
     /// Image to include as NAME=FILE; NAME is also the slot class (e.g. rootfs=rootfs.ext4).
-    #[arg(long, required = true, value_parser = parse_image)]
+    #[arg(long, required = true, value_parser = parse_named_path)]
     image: Vec<(String, PathBuf)>,
     /// Output artifact.
     #[arg(short = 'o', long = "output")]
@@ -124,12 +131,45 @@ struct CreateArgs {
     created: Option<u64>,
 }
 
-fn parse_image(s: &str) -> Result<(String, PathBuf), String> {
+/// Parses `NAME=FILE` (`--image`, `--base`).
+fn parse_named_path(s: &str) -> Result<(String, PathBuf), String> {
     let (name, file) = s.split_once('=').ok_or("expected NAME=FILE")?;
     if name.is_empty() || file.is_empty() {
         return Err("expected NAME=FILE".into());
     }
     Ok((name.to_owned(), PathBuf::from(file)))
+}
+
+#[derive(Args)]
+// The signing key is `--key`, as for `create`; the trusted public key that OLD and NEW must verify against is
+// TrustArgs' `--key` under its other name.
+#[command(mut_arg("key", |a| a.long("trust-key").alias(None).help("A trusted public key file, for OLD and NEW")))]
+struct DeltaArgs {
+    /// The full artifact the devices run.
+    #[arg(long, value_name = "OLD.otter")]
+    from: PathBuf,
+    /// The full artifact to update them to.
+    #[arg(long, value_name = "NEW.otter")]
+    to: PathBuf,
+    /// Output artifact.
+    #[arg(short = 'o', long = "output")]
+    output: PathBuf,
+    /// Secret key to sign the delta with (repeat to sign with several keys).
+    #[arg(long = "key", value_name = "SECRET", required = true)]
+    signing_key: Vec<PathBuf>,
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// MiB of OLD's image on each side of a chunk's offset that its patch may refer to: a device holds about twice
+    /// this plus one chunk of its running slot while it decodes (capped at 40 MiB in all).
+    #[arg(long, default_value_t = builder::DEFAULT_DELTA_WINDOW >> 20,
+          value_parser = clap::value_parser!(u64).range(0..=64))]
+    window_mib: u64,
+    /// zstd compression level (1-22).
+    #[arg(long, default_value_t = builder::DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
+    level: i32,
+    /// Compression threads (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 #[derive(Args)]
@@ -172,6 +212,10 @@ struct InstallArgs {
     /// Largest zstd window accepted, in MiB.
     #[arg(long, default_value_t = 8)]
     max_window_mib: u64,
+    /// The running slot of --slot-class (block device or image file, only read): the base a delta artifact's
+    /// payload is patched against. It must hold the image the delta was made from, and cannot be --slot.
+    #[arg(long)]
+    base: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -224,11 +268,21 @@ fn run(cli: Cli) -> Result<()> {
             let m = write_atomically(&output, |w| Ok(builder::add_signature(input, &key, w)?))?;
             println!("signed {} {} with key {}", output.display(), m.version, KeyId::of(&key.verifying_key()));
         }
-        Command::Verify { trust, file } => {
+        Command::Verify { trust, base, file } => {
             let keyring = trust.load()?;
-            let policy = Policy { device_type: None, min_security_version: 0, limits: Limits::default() };
-            let mut r = ArtifactReader::open(open_input(&file)?, &keyring, &policy)?;
-            r.verify_all()?;
+            let mut r = ArtifactReader::open(open_input(&file)?, &keyring, &verify_policy())?;
+            for (class, path) in &base {
+                let payloads: Vec<usize> = (0..r.manifest().payloads.len())
+                    .filter(|&i| r.manifest().payloads[i].slot_class == *class)
+                    .collect();
+                if payloads.is_empty() {
+                    bail!("--base {class}={}: {file} has no payload of slot class {class:?}", path.display());
+                }
+                for i in payloads {
+                    r.set_base(i, File::open(path).with_context(|| format!("cannot open base {}", path.display()))?);
+                }
+            }
+            r.verify_all().map_err(|e| with_base_hint(e, r.manifest(), |class| format!("--base {class}=IMAGE")))?;
             let m = r.manifest();
             println!(
                 "{file}: valid, version {} for {}, signed by {}, {} payload(s), manifest sha256 {}",
@@ -241,8 +295,25 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Inspect { json, file } => inspect(json, &file)?,
         Command::Install(a) => install(a)?,
+        Command::Delta(a) => delta(a)?,
     }
     Ok(())
+}
+
+/// What `verify` and `delta` check artifacts against: everything but a device's own policy.
+fn verify_policy() -> Policy {
+    Policy { device_type: None, min_security_version: 0, limits: Limits::default() }
+}
+
+/// `e`, and if it is [`ArtifactError::DeltaNeedsBase`], which option gives the payload its base.
+fn with_base_hint(e: ArtifactError, m: &Manifest, option: impl Fn(&str) -> String) -> anyhow::Error {
+    match &e {
+        ArtifactError::DeltaNeedsBase { payload } => {
+            let class = m.payloads.iter().find(|p| p.name == *payload).map_or("CLASS", |p| p.slot_class.as_str());
+            anyhow!("{e}; pass it with {}", option(class))
+        }
+        _ => e.into(),
+    }
 }
 
 fn create(a: CreateArgs) -> Result<()> {
@@ -309,7 +380,135 @@ fn inspect(json: bool, file: &str) -> Result<()> {
             p.chunk_size / 1024,
             p.sha256
         );
+        if let Some(base) = &p.base {
+            let patched = p.chunks.iter().filter(|c| c.reference.is_some()).count();
+            let largest = (0..p.chunks.len()).filter_map(|i| p.reference_range(i)).map(|r| r.end - r.start).max();
+            println!(
+                "  kind {}: base of {} bytes in chunks of {} KiB, sha256 {}; {patched} of {} chunks patched, largest \
+                 reference {:.1} MiB",
+                p.kind,
+                base.size,
+                base.chunk_size / 1024,
+                base.sha256,
+                p.chunks.len(),
+                largest.unwrap_or(0) as f64 / (1 << 20) as f64
+            );
+        }
     }
+    Ok(())
+}
+
+/// An artifact verified completely (signature, manifest, every chunk), its payloads decoded into anonymous
+/// temporary files.
+struct Decoded {
+    manifest: Manifest,
+    images: Vec<File>,
+}
+
+/// Verifies `reader` to its end, writing each payload's decoded image into a temporary file of its own.
+fn decode_all<R: Read>(mut reader: ArtifactReader<R>) -> Result<Decoded> {
+    let mut images =
+        reader.manifest().payloads.iter().map(|_| tempfile::tempfile()).collect::<io::Result<Vec<File>>>()?;
+    let mut out = Vec::new();
+    while let Some(at) = reader.next_chunk(&mut out)? {
+        images[at.payload].write_all(&out).context("writing a decoded image to a temporary file")?;
+    }
+    Ok(Decoded { manifest: reader.manifest().clone(), images })
+}
+
+/// A path that opens `file` again, which has none: the builder reads its images by path.
+fn path_of(file: &File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+fn delta(a: DeltaArgs) -> Result<()> {
+    let keyring = a.trust.load()?;
+    let keys = a.signing_key.iter().map(|k| keys::read_signing_key(k)).collect::<Result<Vec<_>, _>>()?;
+    let start = Instant::now();
+    let open = |path: &Path, what: &str| -> Result<ArtifactReader<Box<dyn Read>>> {
+        let r = ArtifactReader::open(open_input(&path.to_string_lossy())?, &keyring, &verify_policy())
+            .with_context(|| format!("{what} {}", path.display()))?;
+        if let Some(p) = r.manifest().payloads.iter().find(|p| p.is_delta()) {
+            bail!("{what} {}: payload {:?} is a delta; deltas are made between full artifacts", path.display(), p.name);
+        }
+        Ok(r)
+    };
+    let (old, new) = (open(&a.from, "OLD")?, open(&a.to, "NEW")?);
+    let classes = |m: &Manifest| m.payloads.iter().map(|p| p.slot_class.as_str()).collect::<Vec<_>>().join(", ");
+    if !new.manifest().payloads.iter().any(|n| old.manifest().payloads.iter().any(|o| o.slot_class == n.slot_class)) {
+        bail!(
+            "OLD and NEW share no slot class (OLD has {}, NEW has {})",
+            classes(old.manifest()),
+            classes(new.manifest())
+        );
+    }
+    let old = decode_all(old).with_context(|| format!("OLD {}", a.from.display()))?;
+    let new = decode_all(new).with_context(|| format!("NEW {}", a.to.display()))?;
+    let decoded = start.elapsed();
+
+    let m = &new.manifest;
+    let mut opts = BuildOptions::new(m.compatible.clone(), m.version.clone());
+    opts.security_version = m.security_version;
+    opts.created = m.created;
+    opts.description = m.description.clone();
+    opts.chunk_size = m.payloads[0].chunk_size;
+    opts.compression = Compression::Zstd;
+    opts.level = a.level;
+    opts.threads = a.threads;
+    // The OLD payload of each NEW payload's slot class, if any.
+    let bases: Vec<Option<usize>> =
+        m.payloads.iter().map(|n| old.manifest.payloads.iter().position(|o| o.slot_class == n.slot_class)).collect();
+    let images: Vec<ImageSource> = m
+        .payloads
+        .iter()
+        .zip(&new.images)
+        .zip(&bases)
+        .map(|((p, image), base)| ImageSource {
+            name: p.name.clone(),
+            slot_class: p.slot_class.clone(),
+            path: path_of(image),
+            base: base.map(|o| DeltaBase { path: path_of(&old.images[o]), window: a.window_mib << 20 }),
+        })
+        .collect();
+    let building = Instant::now();
+    let d = write_atomically(&a.output, |w| {
+        let d = builder::create(&opts, &images, &keys, w)?;
+        // The images went through temporary files: check that they are NEW's and OLD's before signing for them.
+        for ((p, n), base) in d.payloads.iter().zip(&m.payloads).zip(&bases) {
+            let old_sha = base.map(|o| old.manifest.payloads[o].sha256);
+            if p.sha256 != n.sha256 || p.base.as_ref().map(|b| b.sha256) != old_sha {
+                bail!("payload {:?}: the decoded images do not match the manifests' sha256", p.name);
+            }
+        }
+        Ok(d)
+    })?;
+    let built = building.elapsed();
+    for ((p, n), base) in d.payloads.iter().zip(&m.payloads).zip(&bases) {
+        let patched = p.chunks.iter().filter(|c| c.reference.is_some()).count();
+        let against = match base {
+            Some(o) => format!("delta against OLD's {:?}", old.manifest.payloads[*o].name),
+            None => format!("full (OLD has no slot class {:?})", p.slot_class),
+        };
+        println!(
+            "{}: {against}, {} bytes stored, NEW stores {} bytes: {:.3} of it; {patched} chunks patched, {} plain; \
+             built in {:.1}s",
+            p.name,
+            p.stored_size,
+            n.stored_size,
+            p.stored_size as f64 / n.stored_size.max(1) as f64,
+            p.chunks.len() - patched,
+            built.as_secs_f64()
+        );
+    }
+    println!(
+        "created {}: version {}, {} payload(s), format {}; verified and decoded OLD and NEW in {:.1}s",
+        a.output.display(),
+        d.version,
+        d.payloads.len(),
+        d.format_version,
+        decoded.as_secs_f64()
+    );
     Ok(())
 }
 
@@ -327,7 +526,7 @@ fn install(a: InstallArgs) -> Result<()> {
     };
     let mut req = InstallRequest::new(
         Source::parse(&a.source),
-        vec![Target { slot_class: a.slot_class, path: a.slot.clone(), max_size: a.slot_size, base: None }],
+        vec![Target { slot_class: a.slot_class, path: a.slot.clone(), max_size: a.slot_size, base: a.base }],
         keyring,
         policy,
     );
@@ -364,6 +563,12 @@ fn install(a: InstallArgs) -> Result<()> {
         }
     };
     let report = otter_installer::install(&req, &progress, &CancelToken::new())
+        .map_err(|e| match e {
+            InstallError::Artifact(e @ ArtifactError::DeltaNeedsBase { .. }) => {
+                anyhow!("{e}; pass it with --base (the running slot of class {})", req.targets[0].slot_class)
+            }
+            e => e.into(),
+        })
         .with_context(|| format!("install into {} failed", a.slot.display()))?;
     let secs = report.elapsed.as_secs_f64();
     println!(

@@ -36,6 +36,11 @@ fn setup() -> tempfile::TempDir {
 }
 
 fn create(dir: &Path, key: &str, out: &str) {
+    create_from(dir, key, "rootfs=rootfs.img", out);
+}
+
+/// `create` with `image` as its `--image NAME=FILE`.
+fn create_from(dir: &Path, key: &str, image: &str, out: &str) {
     ok(
         dir,
         &[
@@ -51,7 +56,7 @@ fn create(dir: &Path, key: &str, out: &str) {
             "--security-version",
             "4",
             "--image",
-            "rootfs=rootfs.img",
+            image,
             "--level",
             "3",
             "--chunk-size-kib",
@@ -310,4 +315,217 @@ fn links_planted_at_the_output_temp_name_are_never_written_through() {
         std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     assert_eq!(names, ["x.otter", "x.otter.new", "x.otter.tmp", "y.otter", "y.otter.tmp"], "no temp file left");
+}
+
+/// Pseudo-random bytes: compression alone cannot shrink them, only a patch against a base can.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// `delta` from `from` to `to` into `out`, trusting `trust`, signed with old.key; small window, quick level. Level 4,
+/// not 3: zstd indexes only the last `1 << max(hashLog + 3, chainLog + 1)` bytes of a reference prefix, 1 MiB at
+/// level 3 and 2 MiB at level 4, and the regions here are up to 2 MiB + 64 KiB.
+fn delta_args<'a>(from: &'a str, to: &'a str, out: &'a str, trust: &'a str) -> Vec<&'a str> {
+    let args = ["delta", "--from", from, "--to", to, "-o", out, "--key", "old.key", "--trust-key", trust];
+    [&args[..], &["--window-mib", "1", "--level", "4"]].concat()
+}
+
+/// old.img (3 MiB of noise) and new.img (old.img with 1000 bytes inserted at 1 MiB, which shifts everything
+/// after it, and 64 KiB replaced at 2 MiB), their full artifacts old.otter and new.otter (64 KiB chunks, signed
+/// with old.key), and d.otter, the delta between them.
+struct Delta {
+    dir: tempfile::TempDir,
+    old: Vec<u8>,
+    new: Vec<u8>,
+}
+
+impl Delta {
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path().join(name)).unwrap()
+    }
+
+    fn manifest(&self, artifact: &str) -> serde_json::Value {
+        let j: serde_json::Value = serde_json::from_str(&ok(self.path(), &["inspect", "--json", artifact])).unwrap();
+        j["manifest"].clone()
+    }
+}
+
+fn delta_setup() -> (Delta, String) {
+    let dir = setup();
+    let old = noise(3 << 20, 1);
+    let mut new = old[..1 << 20].to_vec();
+    new.extend(noise(1000, 2));
+    new.extend_from_slice(&old[1 << 20..]);
+    new[2 << 20..(2 << 20) + (64 << 10)].copy_from_slice(&noise(64 << 10, 3));
+    std::fs::write(dir.path().join("old.img"), &old).unwrap();
+    std::fs::write(dir.path().join("new.img"), &new).unwrap();
+    create_from(dir.path(), "old.key", "rootfs=old.img", "old.otter");
+    create_from(dir.path(), "old.key", "rootfs=new.img", "new.otter");
+    let out = ok(dir.path(), &delta_args("old.otter", "new.otter", "d.otter", "old.pub"));
+    (Delta { dir, old, new }, out)
+}
+
+/// The directory's entries, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_delta_is_a_fraction_of_the_new_artifact_verifies_with_its_base_and_installs_the_new_image() {
+    let (d, out) = delta_setup();
+    // One line per payload, then the summary.
+    let line = out.lines().next().unwrap();
+    assert!(line.starts_with("rootfs: delta against OLD's \"rootfs\", ") && line.contains("chunks patched"), "{out}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+
+    let (m, full) = (d.manifest("d.otter"), d.manifest("new.otter"));
+    let (p, n) = (&m["payloads"][0], &full["payloads"][0]);
+    assert_eq!((m["format_version"].as_str(), p["kind"].as_str()), (Some("1.2"), Some("slot-delta")), "{m}");
+    assert_eq!(full["format_version"], "1.1", "a full artifact stays 1.1");
+    // NEW's manifest fields and image, OLD's image as the base.
+    for field in ["compatible", "version", "security_version", "created"] {
+        assert_eq!(m[field], full[field], "{field}");
+    }
+    assert_eq!((&p["sha256"], &p["size"], &p["chunk_size"]), (&n["sha256"], &n["size"], &n["chunk_size"]));
+    assert_eq!(p["base"]["size"], d.old.len());
+    assert_eq!(p["base"]["sha256"], d.manifest("old.otter")["payloads"][0]["sha256"]);
+    // What is left is the 1000 inserted and 64 KiB changed bytes of noise, plus each chunk's frame overhead.
+    let (stored, new_stored) = (p["stored_size"].as_u64().unwrap(), n["stored_size"].as_u64().unwrap());
+    assert!(new_stored > 3 << 20, "noise does not compress: {new_stored}");
+    assert!(stored < new_stored / 20, "delta of {stored} bytes for a {new_stored}-byte artifact");
+    let patched = p["chunks"].as_array().unwrap().iter().filter(|c| c.get("reference").is_some()).count();
+    assert!(patched >= 45, "{patched} of 49 chunks patched");
+    assert!(line.contains(&format!("{stored} bytes stored, NEW stores {new_stored} bytes")), "{line}");
+
+    let text = ok(d.path(), &["inspect", "d.otter"]);
+    let base_line = format!(
+        "kind slot-delta: base of {} bytes in chunks of 64 KiB, sha256 {}",
+        d.old.len(),
+        p["base"]["sha256"].as_str().unwrap()
+    );
+    assert!(text.contains(&base_line) && text.contains(&format!("{patched} of 49 chunks patched")), "{text}");
+
+    let v = ok(d.path(), &["verify", "--key", "old.pub", "--base", "rootfs=old.img", "d.otter"]);
+    assert!(v.contains("d.otter: valid, version 3.1"), "{v}");
+    // `--trust-key` is `verify`'s `--key` too, as in `delta`.
+    ok(d.path(), &["verify", "--trust-key", "old.pub", "--base", "rootfs=old.img", "d.otter"]);
+
+    std::fs::write(d.path().join("slot.img"), noise(1 << 20, 7)).unwrap();
+    ok(d.path(), &["install", "--key", "old.pub", "--slot", "slot.img", "--base", "old.img", "d.otter"]);
+    assert!(d.read("slot.img") == d.new, "the slot holds NEW's image");
+}
+
+#[test]
+fn a_delta_over_another_image_is_refused_before_anything_is_written() {
+    let (d, _) = delta_setup();
+    let mut other = d.old.clone();
+    other[(3 << 20) / 2] ^= 1;
+    std::fs::write(d.path().join("other.img"), &other).unwrap();
+    let before = noise(4 << 20, 7);
+    std::fs::write(d.path().join("slot.img"), &before).unwrap();
+
+    let e = fails(d.path(), &["install", "--key", "old.pub", "--slot", "slot.img", "--base", "other.img", "d.otter"]);
+    assert!(e.contains("the base differs from the delta's at byte"), "{e}");
+    assert!(d.read("slot.img") == before, "the slot was written");
+    // A base shorter than the delta's is not it either.
+    std::fs::write(d.path().join("short.img"), &d.old[..2 << 20]).unwrap();
+    let e = fails(d.path(), &["install", "--key", "old.pub", "--slot", "slot.img", "--base", "short.img", "d.otter"]);
+    assert!(e.contains("the base differs from the delta's at byte"), "{e}");
+    // The slot being written cannot be the base it is read from.
+    let e = fails(d.path(), &["install", "--key", "old.pub", "--slot", "slot.img", "--base", "slot.img", "d.otter"]);
+    assert!(e.contains("is its target slot"), "{e}");
+    // Without a base, the error says how to give one.
+    let e = fails(d.path(), &["install", "--key", "old.pub", "--slot", "slot.img", "d.otter"]);
+    assert!(e.contains("is a delta") && e.contains("pass it with --base"), "{e}");
+    assert!(d.read("slot.img") == before, "the slot was written");
+}
+
+#[test]
+fn verifying_a_delta_needs_its_base() {
+    let (d, _) = delta_setup();
+    let e = fails(d.path(), &["verify", "--key", "old.pub", "d.otter"]);
+    assert!(e.contains("payload \"rootfs\" is a delta") && e.contains("pass it with --base rootfs=IMAGE"), "{e}");
+    // The wrong base (new.img has old.img's first MiB, then the inserted bytes), or one for a slot class the
+    // artifact has no payload of.
+    let e = fails(d.path(), &["verify", "--key", "old.pub", "--base", "rootfs=new.img", "d.otter"]);
+    assert!(e.contains("the base differs from the delta's at byte 1048576 "), "{e}");
+    let e = fails(d.path(), &["verify", "--key", "old.pub", "--base", "boot=old.img", "d.otter"]);
+    assert!(e.contains("no payload of slot class \"boot\""), "{e}");
+    // A damaged delta does not verify even with its base.
+    let mut bytes = d.read("d.otter");
+    let at = bytes.len() - 3000;
+    bytes[at] ^= 0x40;
+    std::fs::write(d.path().join("bad.otter"), bytes).unwrap();
+    let e = fails(d.path(), &["verify", "--key", "old.pub", "--base", "rootfs=old.img", "bad.otter"]);
+    assert!(e.contains("payload \"rootfs\""), "{e}");
+}
+
+#[test]
+fn delta_refuses_inputs_that_do_not_verify_or_are_not_full_artifacts_and_writes_nothing() {
+    let (d, _) = delta_setup();
+    // A byte of a payload flipped in OLD or in NEW: the signed stored hashes catch it.
+    for name in ["old.otter", "new.otter"] {
+        let mut bytes = d.read(name);
+        let at = bytes.len() - 5000;
+        bytes[at] ^= 0x40;
+        std::fs::write(d.path().join(format!("bad-{name}")), bytes).unwrap();
+    }
+    // NEW signed with a key the delta's maker does not trust.
+    create_from(d.path(), "new.key", "rootfs=new.img", "foreign.otter");
+    // A NEW with nothing in common with OLD.
+    create_from(d.path(), "old.key", "boot=new.img", "boot.otter");
+    let before = listing(d.path());
+    let cases = [
+        ("bad-old.otter", "new.otter", "old.pub", "OLD bad-old.otter"),
+        ("old.otter", "bad-new.otter", "old.pub", "NEW bad-new.otter"),
+        ("old.otter", "foreign.otter", "old.pub", "unknown keys"),
+        ("old.otter", "new.otter", "new.pub", "unknown keys"),
+        ("d.otter", "new.otter", "old.pub", "OLD d.otter: payload \"rootfs\" is a delta"),
+        ("old.otter", "d.otter", "old.pub", "NEW d.otter: payload \"rootfs\" is a delta"),
+        ("old.otter", "boot.otter", "old.pub", "OLD and NEW share no slot class (OLD has rootfs, NEW has boot)"),
+    ];
+    for (from, to, trust, want) in cases {
+        let e = fails(d.path(), &delta_args(from, to, "out.otter", trust));
+        assert!(e.contains(want), "{from} -> {to}: {e}");
+        assert_eq!(listing(d.path()), before, "{from} -> {to} left a file");
+    }
+    // An existing output is left alone too.
+    let e = fails(d.path(), &delta_args("bad-old.otter", "new.otter", "d.otter", "old.pub"));
+    assert!(e.contains("OLD bad-old.otter"), "{e}");
+    let m = d.manifest("d.otter");
+    assert_eq!(m["payloads"][0]["kind"], "slot-delta");
+}
+
+#[test]
+fn a_new_payload_without_an_old_counterpart_stays_a_full_payload() {
+    let (d, _) = delta_setup();
+    let args = ["create", "--key", "old.key", "--compatible", "gw-a", "--version", "4", "--level", "3"];
+    let images = ["--image", "rootfs=new.img", "--image", "boot=rootfs.img", "--chunk-size-kib", "64"];
+    ok(d.path(), &[&args[..], &images, &["-o", "two.otter"]].concat());
+    let out = ok(d.path(), &delta_args("old.otter", "two.otter", "d2.otter", "old.pub"));
+    assert!(out.lines().nth(1).unwrap().starts_with("boot: full (OLD has no slot class \"boot\"), "), "{out}");
+    let m = d.manifest("d2.otter");
+    assert_eq!(m["format_version"], "1.2");
+    let kinds: Vec<&str> = m["payloads"].as_array().unwrap().iter().map(|p| p["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["slot-delta", "slot-image"]);
+    assert!(m["payloads"][1].get("base").is_none());
+    // The full payload needs no base; the delta does.
+    ok(d.path(), &["verify", "--key", "old.pub", "--base", "rootfs=old.img", "d2.otter"]);
+    let e = fails(d.path(), &["verify", "--key", "old.pub", "--base", "boot=old.img", "d2.otter"]);
+    assert!(e.contains("pass it with --base rootfs=IMAGE"), "{e}");
 }
