@@ -8,5 +8,5 @@ otter_dev_A="virtio 0:2"
 otter_dev_B="virtio 0:3"
 otter_root_A=/dev/vda2
 otter_root_B=/dev/vda3
-otter_cmdline="console=ttyS0,115200 quiet panic=5"
+otter_cmdline="console=ttyS0,115200 quiet panic=5 ro"
 setenv otter_boot 'ext4load ${otter_dev} ${kernel_addr_r} /boot/vmlinuz && ext4load ${otter_dev} ${ramdisk_addr_r} /boot/initrd.img && zboot ${kernel_addr_r} 0 ${ramdisk_addr_r} ${filesize}'

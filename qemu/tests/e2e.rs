@@ -115,11 +115,12 @@ ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
-mkdir -p /mnt/boot /data
+# The root is read-only (as on a product): the site config goes to a tmpfs over conf.d.
+mount -t tmpfs -o mode=755 tmpfs /etc/otter/conf.d || echo "OTTER-E2E-ERROR=cannot mount conf.d"
 mount -t vfat /dev/vda1 /mnt/boot || echo "OTTER-E2E-ERROR=cannot mount the boot partition"
 mount -t ext4 /dev/vda4 /data || echo "OTTER-E2E-ERROR=cannot mount the data partition"
 state=/data/otter
-mkdir -p "$state" /etc/otter/conf.d
+mkdir -p "$state"
 # The site config holds the server token: owner-only, or otterd refuses it.
 site=/etc/otter/conf.d/90-site.toml
 (cp /mnt/boot/otter-e2e.toml "$site" && chmod 600 "$site") || echo "OTTER-E2E-ERROR=no site config"
@@ -155,6 +156,8 @@ struct Release {
     key: PathBuf,
     /// Slot B of the base image: the 2.0 root filesystem, the artifacts' payload.
     payload: PathBuf,
+    /// Slot A of the base image: the 1.0 root filesystem the device runs, the base of delta artifacts.
+    running: PathBuf,
     /// The same with `/etc/otter-e2e/unhealthy` added: 2.0 fails its health check.
     payload_unhealthy: PathBuf,
 }
@@ -224,6 +227,9 @@ fn build_release() -> Result<Release, String> {
     let payload = dir.join("rootfs-2.0.img");
     std::fs::write(&payload, base.read_partition(3).map_err(|e| e.to_string())?)
         .map_err(|e| format!("write {}: {e}", payload.display()))?;
+    let running = dir.join("rootfs-1.0.img");
+    std::fs::write(&running, base.read_partition(2).map_err(|e| e.to_string())?)
+        .map_err(|e| format!("write {}: {e}", running.display()))?;
 
     // The broken variant: the same filesystem with the marker, written with debugfs (no mount).
     let payload_unhealthy = dir.join("rootfs-2.0-unhealthy.img");
@@ -246,7 +252,7 @@ fn build_release() -> Result<Release, String> {
     if !String::from_utf8_lossy(&check.stdout).contains("set by the e2e suite") {
         return Err("debugfs did not add the unhealthy marker to the payload".to_owned());
     }
-    Ok(Release { disk: built.disk, key, payload, payload_unhealthy })
+    Ok(Release { disk: built.disk, key, payload, running, payload_unhealthy })
 }
 
 /// The `[server]` settings the hook copies from the boot partition into `conf.d`.
@@ -308,6 +314,21 @@ fn payload_offset(artifact: &[u8]) -> u64 {
     (at + 512) as u64
 }
 
+/// A signed artifact of `payload` (release 2.0): a delta against `base` if given, else full.
+fn build_artifact(payload: &Path, base: Option<&Path>) -> (Vec<u8>, Manifest) {
+    let mut opts = BuildOptions::new(vec![DEVICE_TYPE.into()], "2.0");
+    opts.chunk_size = CHUNK;
+    opts.compression = Compression::Zstd;
+    // Low: quick to build here and to decode under TCG; the empty space compresses anyway.
+    opts.level = 3;
+    let key = otter_artifact::keys::read_signing_key(&release().key).expect("signing key");
+    let base = base.map(|b| builder::DeltaBase { path: b.to_owned(), window: builder::DEFAULT_DELTA_WINDOW });
+    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: payload.to_owned(), base };
+    let mut artifact = Vec::new();
+    let manifest = builder::create(&opts, &[src], &[key], &mut artifact).expect("build the artifact");
+    (artifact, manifest)
+}
+
 /// One test's device (its own disk), hawkBit server and relay.
 struct Device {
     name: &'static str,
@@ -337,16 +358,7 @@ impl Device {
     /// Builds a signed artifact of `payload` (release 2.0), puts it on the server and creates a
     /// forced deployment of it for this device.
     fn publish(&self, payload: &Path) -> Update {
-        let mut opts = BuildOptions::new(vec![DEVICE_TYPE.into()], "2.0");
-        opts.chunk_size = CHUNK;
-        opts.compression = Compression::Zstd;
-        // Low: quick to build here and to decode under TCG; the empty space compresses anyway.
-        opts.level = 3;
-        let key = otter_artifact::keys::read_signing_key(&release().key).expect("signing key");
-        let src =
-            ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: payload.to_owned(), base: None };
-        let mut artifact = Vec::new();
-        let manifest = builder::create(&opts, &[src], &[key], &mut artifact).expect("build the artifact");
+        let (artifact, manifest) = build_artifact(payload, None);
         self.server.add_artifact(ARTIFACT, artifact.clone());
         let action = self.server.create_action(CONTROLLER, ActionSpec::new(ARTIFACT, "2.0"));
         eprintln!("{}: artifact of {} bytes, action {action}", self.name, artifact.len());
@@ -652,4 +664,50 @@ fn power_cut_during_the_download_resumes_after_the_next_boot() {
     let (env, backend) = dev.env();
     assert_eq!(env, vars(&[("BOOT_ORDER", "B A"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "3")]), "{logs}");
     assert_eq!(backend.slot_state(Slot::B), SlotState::Good);
+}
+
+/// The deployment offers the full 2.0 artifact and a delta of it against 1.0, which slot A runs
+/// (its root is mounted read-only, so the slot holds exactly the bytes the delta was made from):
+/// otterd downloads only the delta, checks slot A against the delta's signed base, patches 2.0
+/// into slot B from it, and the update is committed as with the full artifact.
+#[test]
+#[ignore = "boots QEMU with otterd (about a minute); run with qemu/run-tests"]
+fn update_by_delta_downloads_only_the_delta_and_is_committed() {
+    let mut dev = Device::new("e2e_update_by_delta");
+    let (full, _) = build_artifact(&release().payload, None);
+    let (delta, manifest) = build_artifact(&release().payload, Some(&release().running));
+    const DELTA: &str = "gateway-os-2.0-from-1.0.otter";
+    dev.server.add_artifact(ARTIFACT, full.clone());
+    dev.server.add_artifact(DELTA, delta.clone());
+    let mut spec = ActionSpec::new(ARTIFACT, "2.0");
+    spec.artifacts.push(DELTA.into());
+    let action = dev.server.create_action(CONTROLLER, spec);
+    eprintln!(
+        "{}: full artifact {} bytes, delta {} bytes ({:.1} %)",
+        dev.name,
+        full.len(),
+        delta.len(),
+        100.0 * delta.len() as f64 / full.len() as f64
+    );
+    let update = Update { action, artifact: delta, manifest };
+    let console = dev.run();
+    let logs = dev.logs();
+
+    assert_eq!(
+        dev.sequence(&update),
+        [pair("proceeding", "none"), pair("downloaded", "none"), pair("closed", "success")],
+        "feedback {:#?}; {logs}",
+        dev.action(&update).feedback
+    );
+    let downloads = dev.server.requests_to("/artifacts/");
+    let fetched: Vec<(&str, u16, u64)> =
+        downloads.iter().map(|r| (r.path.rsplit('/').next().unwrap_or(""), r.status, r.body_bytes_sent)).collect();
+    assert_eq!(fetched, [(DELTA, 200, update.artifact.len() as u64)], "only the delta is downloaded; {logs}");
+    assert!(update.artifact.len() * 2 < full.len(), "the delta is the smaller download");
+    assert_eq!(console.booted_slots(), ["A", "B"], "{logs}");
+    assert_eq!(console.markers("OTTER-E2E-VERSION"), ["1.0", "2.0"], "{logs}");
+    // Slot B holds the full artifact's image byte for byte.
+    assert_eq!(console.markers("OTTER-E2E-INACTIVE-SHA256"), [update.image_sha256()], "slot B; {logs}");
+    let (_, backend) = dev.env();
+    assert_eq!((backend.primary(), backend.slot_state(Slot::B)), (Some(Slot::B), SlotState::Good), "{logs}");
 }
