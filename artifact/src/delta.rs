@@ -156,22 +156,10 @@ pub fn check_base(payload: &Payload, file: &File) -> Result<(), ArtifactError> {
 mod tests {
     use super::*;
     use crate::builder::{self, BuildOptions, DeltaBase, ImageSource};
+    use crate::testing::noise;
     use crate::{ArtifactReader, Keyring, Manifest, Policy};
 
     const CHUNK: u64 = 64 << 10;
-
-    /// Incompressible bytes: only a patch against the base can make them small.
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
 
     struct Built {
         dir: tempfile::TempDir,

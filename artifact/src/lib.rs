@@ -14,6 +14,8 @@ pub mod keys;
 pub mod manifest;
 mod reader;
 pub mod tar;
+#[cfg(any(test, feature = "build-host"))]
+pub mod testing;
 
 pub use delta::BaseWindow;
 pub use error::ArtifactError;

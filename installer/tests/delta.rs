@@ -10,23 +10,11 @@ use std::time::Duration;
 use common::*;
 use otter_artifact::ArtifactError;
 use otter_artifact::builder::{self, DeltaBase, ImageSource};
+use otter_artifact::testing::noise;
 use otter_installer::{CancelToken, InstallError, InstallReport, Progress, Source};
 
 /// Not quite 48 chunks of 64 KiB: the last base chunk ends off any 4 KiB boundary, as direct reads must handle.
 const BASE_LEN: usize = 48 * CHUNK as usize - 1000;
-
-/// Incompressible bytes: only a patch against the base makes them small.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 struct Delta {
     f: Fixture,

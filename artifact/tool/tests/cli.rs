@@ -4,6 +4,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use otter_artifact::testing::noise;
+
 const BIN: &str = env!("CARGO_BIN_EXE_otter-artifact");
 
 fn run(dir: &Path, args: &[&str]) -> Output {
@@ -315,19 +317,6 @@ fn links_planted_at_the_output_temp_name_are_never_written_through() {
         std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     assert_eq!(names, ["x.otter", "x.otter.new", "x.otter.tmp", "y.otter", "y.otter.tmp"], "no temp file left");
-}
-
-/// Pseudo-random bytes: compression alone cannot shrink them, only a patch against a base can.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// `delta` from `from` to `to` into `out`, trusting `trust`, signed with old.key; small window, quick level. Level 4,
