@@ -167,3 +167,29 @@ fn a_delta_download_cut_twice_resumes_without_fetching_much_more_than_the_delta(
     let sent = server.body_bytes_sent.load(Ordering::SeqCst);
     assert!(sent <= d.artifact.len() as u64 * 105 / 100, "{sent} bytes sent for a {}-byte delta", d.artifact.len());
 }
+
+#[test]
+fn a_delta_install_cut_off_resumes_after_the_chunks_it_made_durable() {
+    let d = delta();
+    let slot = d.f.path("slot.img");
+    let record = d.f.path("resume.json");
+    let request = |artifact: &[u8]| {
+        let a = d.f.path("d.otter");
+        std::fs::write(&a, artifact).unwrap();
+        let mut req = d.f.request(Source::File(a), &slot);
+        req.targets[0].base = Some(d.running.clone());
+        req.resume_file = Some(record.clone());
+        req.checkpoint_interval = Duration::ZERO;
+        req
+    };
+    // The power fails (here: the stream ends) two thirds through the artifact.
+    let cut = &d.artifact[..d.artifact.len() * 2 / 3];
+    let res = otter_installer::install(&request(cut), &|_: &Progress| {}, &CancelToken::new());
+    assert!(matches!(res, Err(InstallError::Artifact(ArtifactError::Truncated { .. }))), "{res:?}");
+    let claimed = otter_installer::resume::Record::load(&record).expect("a resume record").payloads[0].chunks;
+    assert!(claimed > 10, "the first attempt made {claimed} chunks durable");
+    let report = otter_installer::install(&request(&d.artifact), &|_: &Progress| {}, &CancelToken::new()).unwrap();
+    assert_eq!(report.chunks_resumed, claimed as u64, "the chunks already written are read back, not decoded again");
+    assert!(std::fs::read(&slot).unwrap() == d.f.image, "the slot holds the new image");
+    assert!(!record.exists(), "a finished install removes its record");
+}
