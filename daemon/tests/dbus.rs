@@ -1004,3 +1004,46 @@ fn otterctl_ends_quietly_when_its_reader_closed_the_pipe() {
         assert_eq!(out.status.code(), Some(0), "{args:?}");
     }
 }
+
+#[test]
+fn otterctl_installs_a_delta_against_the_booted_slot_and_refuses_one_made_for_another_base() {
+    use std::os::unix::fs::FileExt;
+    let s = Setup::new("manual");
+    // Slot A runs the base; the delta brings it to a release that differs in 64 KiB.
+    let base = image_bytes(IMAGE_LEN, 3);
+    let mut new = base.clone();
+    new[(3 << 20) + 100..(3 << 20) + 100 + (64 << 10)].fill(9);
+    let (base_img, new_img) = (s.dir.path().join("base.img"), s.dir.path().join("new.img"));
+    std::fs::write(&base_img, &base).unwrap();
+    std::fs::write(&new_img, &new).unwrap();
+    let key = otter_artifact::keys::read_signing_key(&s.dir.path().join("release.key")).unwrap();
+    let mut opts = BuildOptions::new(vec![DEVICE_TYPE.into()], "2.1");
+    opts.chunk_size = 256 << 10;
+    opts.level = 3;
+    let window = 1 << 20;
+    let base_src = Some(builder::DeltaBase { path: base_img, window });
+    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: new_img, base: base_src };
+    let delta = s.dir.path().join("update-2.1-from-2.0.otter");
+    builder::create(&opts, &[src], std::slice::from_ref(&key), std::fs::File::create(&delta).unwrap()).unwrap();
+    assert!(std::fs::metadata(&delta).unwrap().len() < 256 << 10, "a delta of 64 KiB of change");
+    let slot_a = std::fs::OpenOptions::new().write(true).open(s.device.slot_file(Slot::A)).unwrap();
+    let slot_b_before = std::fs::read(s.device.slot_file(Slot::B)).unwrap();
+
+    // Slot A holds something else: refused before anything is written, and otterd stays ready.
+    let mut other = base.clone();
+    other[5 << 20] ^= 1;
+    slot_a.write_all_at(&other, 0).unwrap();
+    let out = s.otterctl(&["install", delta.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(said.contains("delta-base-mismatch") || said.contains("base differs"), "{said}");
+    assert!(std::fs::read(s.device.slot_file(Slot::B)).unwrap() == slot_b_before, "slot B untouched");
+    assert_eq!(s.status_json()["operation"], "idle");
+
+    // Slot A holds the base: slot B gets the new release from the delta.
+    slot_a.write_all_at(&base, 0).unwrap();
+    let out = s.otterctl(&["install", delta.to_str().unwrap()]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let image = std::fs::read(s.device.slot_file(Slot::B)).unwrap();
+    assert!(image[..IMAGE_LEN] == new[..], "slot B holds the new release");
+}
