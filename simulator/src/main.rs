@@ -12,10 +12,15 @@
 //! the inactive slot, and reports `proceeding`, `downloaded` and — after the reboot and the health check —
 //! `closed`; the timeline shows the feedback the server received.
 //!
-//! Three scenarios: a good update (A → B, health check passes, committed); a bad one (the new version's
-//! application is broken, the health check fails, B is marked bad and the device rolls back to A); and a good one
+//! Four scenarios: a good update (A → B, health check passes, committed); a bad one (the new version's
+//! application is broken, the health check fails, B is marked bad and the device rolls back to A); a good one
 //! whose slow download is cut by a power failure half-way: after the restart the install continues from the
-//! chunks already in the slot (one HTTP `Range` request) and the update is committed.
+//! chunks already in the slot (one HTTP `Range` request) and the update is committed. Scenario 4 is a monthly fix
+//! by delta: 1.1 is 1.0's image with a few blocks changed, and one action offers both its full artifact and a
+//! delta against 1.0's image. A device running 1.0 downloads only the delta, patches it against its running slot,
+//! and commits; a second device running another release (1.0.1) refuses the delta before writing anything, falls
+//! back to the full artifact and commits. The timeline checks the server's records: the bytes sent are the delta's
+//! size and the full artifact was never requested.
 //!
 //! `otter-simulate [--work DIR]`; `otter-simulate check-health ROOT` is the health check the simulated device
 //! runs (it reads the booted slot's image).
@@ -27,7 +32,7 @@ use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use otter_artifact::builder::{self, BuildOptions, ImageSource};
+use otter_artifact::builder::{self, BuildOptions, DeltaBase, ImageSource};
 use otter_ddi_server::{ActionSpec, ActionStatus, DdiServer, Fault};
 use otterd::engine::Outcome;
 use otterd::fixture::{Device, DeviceSpec};
@@ -41,6 +46,8 @@ const CONTROLLER: &str = "sim-gw-0001";
 const TOKEN: &str = "sim-target-token";
 /// Slot size, bytes (16 MiB: small enough for a quick run, large enough for real ext4 images).
 const SLOT_SIZE: u64 = 16 << 20;
+/// Bytes of the base on each side of a chunk that a delta's patch may refer to (see [`build`]).
+const DELTA_WINDOW: u64 = 1 << 20;
 
 struct Clock(Instant);
 
@@ -81,6 +88,32 @@ fn make_rootfs(dir: &Path, version: &str, app_ok: bool) -> Result<PathBuf> {
     let _ = std::fs::remove_file(&img);
     run(Process::new("truncate").arg("-s").arg("12M").arg(&img))?;
     run(Process::new("mkfs.ext4").args(["-q", "-F", "-L", "rootfs", "-d"]).arg(&tree).arg(&img))?;
+    Ok(img)
+}
+
+/// Makes release `version` as a small change of `base` (an image [`make_rootfs`] made): the same filesystem with
+/// `/etc/os-release` naming `version` and the files `added` (path, content) written into it in place with debugfs,
+/// so the two images differ in a few blocks — what a monthly fix changes.
+fn change_rootfs(dir: &Path, base: &Path, version: &str, added: &[(&str, &str)]) -> Result<PathBuf> {
+    let files = dir.join(format!("files-{version}"));
+    std::fs::create_dir_all(&files)?;
+    let os_release = format!("NAME=otter-sim\nVERSION_ID={version}\n");
+    let mut commands = String::from("rm /etc/os-release\n");
+    for (i, (path, content)) in
+        std::iter::once(("/etc/os-release", os_release.as_str())).chain(added.iter().copied()).enumerate()
+    {
+        let file = files.join(i.to_string());
+        std::fs::write(&file, content)?;
+        commands.push_str(&format!("write {} {path}\n", file.display()));
+    }
+    std::fs::write(files.join("commands"), commands)?;
+    let img = dir.join(format!("rootfs-{version}.ext4"));
+    std::fs::copy(base, &img)?;
+    run(Process::new("debugfs").arg("-w").arg("-f").arg(files.join("commands")).arg(&img))?;
+    // debugfs reports a failed command on stderr only: check the result.
+    if !debugfs_cat(&img, "/etc/os-release")?.contains(&format!("VERSION_ID={version}\n")) {
+        bail!("debugfs did not write /etc/os-release of {version} into {}", img.display());
+    }
     Ok(img)
 }
 
@@ -147,9 +180,10 @@ fn print_feedback(clock: &Clock, server: &DdiServer, seen: &mut usize) {
     let requests = server.requests();
     for r in requests.iter().skip(*seen) {
         if r.path.contains("/artifacts/") {
+            let name = requested_file(r);
             let what = match r.header("range") {
-                Some(range) => format!("{range} (the rest of the file)"),
-                None => "the whole file".into(),
+                Some(range) => format!("{range} (the rest of the file) of {name}"),
+                None => format!("the whole of {name}"),
             };
             clock.say(format!("server -> artifact download: {what} [HTTP {}]", r.status));
             continue;
@@ -187,7 +221,9 @@ struct Scenario<'a> {
     title: &'a str,
     dir: PathBuf,
     exe: &'a Path,
-    artifact: &'a Path,
+    /// The action's artifacts: the update (`update-VERSION.otter`), then any alternatives (a delta of it). The
+    /// device tries the smallest first.
+    artifacts: &'a [&'a Path],
     initial: &'a Path,
     public_key: &'a Path,
     /// Serve the artifact slowly and cut the power during the first install, once the installer has recorded a
@@ -195,22 +231,45 @@ struct Scenario<'a> {
     power_cut: bool,
 }
 
-fn scenario(sc: Scenario<'_>) -> Result<Outcome> {
-    let Scenario { title, dir, exe, artifact, initial, public_key, power_cut } = sc;
+/// How a scenario ended.
+struct Ended {
+    outcome: Outcome,
+    /// The version the job installed.
+    version: Option<String>,
+    /// The server's records of the artifact downloads.
+    downloads: Vec<otter_ddi_server::Request>,
+}
+
+/// The file an artifact download asked for.
+fn requested_file(r: &otter_ddi_server::Request) -> &str {
+    r.path.rsplit('/').next().unwrap_or("?")
+}
+
+fn scenario(sc: Scenario<'_>) -> Result<Ended> {
+    let Scenario { title, dir, exe, artifacts, initial, public_key, power_cut } = sc;
     let dir = dir.as_path();
     println!("\n=== {title} ===");
     let clock = Clock(Instant::now());
     let server = DdiServer::start()?;
     server.add_target(CONTROLLER, Some(TOKEN));
     server.require_auth(true);
-    let name = artifact.file_name().context("artifact name")?.to_string_lossy().into_owned();
-    let sha = server.add_artifact(&name, std::fs::read(artifact)?);
+    let mut offered = Vec::new();
+    for artifact in artifacts {
+        let name = artifact.file_name().context("artifact name")?.to_string_lossy().into_owned();
+        let sha = server.add_artifact(&name, std::fs::read(artifact)?);
+        offered.push(format!("{name} (sha256 {}...)", &sha[..16]));
+    }
+    let name = artifacts[0].file_name().context("artifact name")?.to_string_lossy().into_owned();
     let version = name.trim_start_matches("update-").trim_end_matches(".otter").to_owned();
-    let action = server.create_action(CONTROLLER, ActionSpec::new(&name, &version));
+    let mut spec = ActionSpec::new(&name, &version);
+    for other in &artifacts[1..] {
+        spec.artifacts.push(other.file_name().context("artifact name")?.to_string_lossy().into_owned());
+    }
+    let action = server.create_action(CONTROLLER, spec);
     clock.say(format!(
-        "hawkBit test server at {}: target {CONTROLLER}, action {action} (forced) with {name} (sha256 {}...)",
+        "hawkBit test server at {}: target {CONTROLLER}, action {action} (forced) with {}",
         server.url(),
-        &sha[..16]
+        offered.join(" and ")
     ));
     let root = dir.join("root");
     let (url, tenant) = (server.url(), server.tenant());
@@ -352,7 +411,9 @@ fn scenario(sc: Scenario<'_>) -> Result<Outcome> {
                     "server: hawkBit action {action} is now {:?}",
                     server.action(action).map(|a| a.status)
                 ));
-                return Ok(record.outcome);
+                let version = record.job.artifact.as_ref().map(|a| a.version.clone());
+                let downloads = server.requests_to("/artifacts/");
+                return Ok(Ended { outcome: record.outcome, version, downloads });
             }
             None => {
                 poller.stop();
@@ -405,44 +466,173 @@ fn main() -> Result<()> {
     let mut artifacts = Vec::new();
     for (version, ok) in [("2.0", true), ("2.1", false)] {
         let img = make_rootfs(&work, version, ok)?;
-        let mut opts = BuildOptions::new(vec![DEVICE_TYPE.into()], version);
-        opts.security_version = 1;
-        opts.chunk_size = 1 << 20;
-        let out = work.join(format!("update-{version}.otter"));
-        let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: img, base: None };
-        builder::create(&opts, &[src], std::slice::from_ref(&key), std::fs::File::create(&out)?)?;
-        artifacts.push(out);
+        artifacts.push(build(&work, version, &img, None)?);
     }
     let public = work.join("release.pub");
-    let sc = |title, dir: &str, artifact, power_cut| Scenario {
+    if args.iter().any(|a| a == "--fleet-only") {
+        return fleet::run(&work, &exe, &public, &v1, &artifacts[0], &artifacts[1]);
+    }
+    let (good_update, bad_update) = ([artifacts[0].as_path()], [artifacts[1].as_path()]);
+    let sc = |title, dir: &str, artifacts, power_cut| Scenario {
         title,
         dir: work.join(dir),
         exe: &exe,
-        artifact,
+        artifacts,
         initial: &v1,
         public_key: &public,
         power_cut,
     };
-    if args.iter().any(|a| a == "--fleet-only") {
-        return fleet::run(&work, &exe, &public, &v1, &artifacts[0], &artifacts[1]);
-    }
-    let good = scenario(sc("scenario 1: update 1.0 -> 2.0, healthy: commit", "good", &artifacts[0], false))?;
-    let bad = scenario(sc("scenario 2: update 1.0 -> 2.1, application broken: rollback", "bad", &artifacts[1], false))?;
+    let good = scenario(sc("scenario 1: update 1.0 -> 2.0, healthy: commit", "good", &good_update, false))?.outcome;
+    let bad =
+        scenario(sc("scenario 2: update 1.0 -> 2.1, application broken: rollback", "bad", &bad_update, false))?.outcome;
     let cut = scenario(sc(
         "scenario 3: update 1.0 -> 2.0 over a slow link, power failure mid-download: resume, commit",
         "power-cut",
-        &artifacts[0],
+        &good_update,
         true,
-    ))?;
+    ))?
+    .outcome;
     println!();
     match (&good, &bad, &cut) {
-        (Outcome::Committed, Outcome::RolledBack { .. }, Outcome::Committed) => {
-            println!(
-                "ok: the healthy update was committed, the broken one rolled back, the interrupted one resumed and \
-                 was committed"
-            );
-            fleet::run(&work, &exe, &public, &v1, &artifacts[0], &artifacts[1])
-        }
+        (Outcome::Committed, Outcome::RolledBack { .. }, Outcome::Committed) => println!(
+            "ok: the healthy update was committed, the broken one rolled back, the interrupted one resumed and was \
+             committed"
+        ),
         _ => bail!("unexpected outcomes: {good:?}, {bad:?}, {cut:?}"),
     }
+    monthly_fix(&work, &exe, &public, &v1)?;
+    fleet::run(&work, &exe, &public, &v1, &artifacts[0], &artifacts[1])
+}
+
+/// Builds the signed artifact of `version` from `image`, like a release pipeline: `update-VERSION.otter`, or with a
+/// `base` image a delta against it, `update-VERSION-from-BASE.otter`. Signed with the release key in `work`.
+fn build(work: &Path, version: &str, image: &Path, base: Option<(&str, &Path)>) -> Result<PathBuf> {
+    let key = otter_artifact::keys::read_signing_key(&work.join("release.key"))?;
+    let mut opts = BuildOptions::new(vec![DEVICE_TYPE.into()], version);
+    opts.security_version = 1;
+    opts.chunk_size = 1 << 20;
+    let out = match base {
+        Some((from, _)) => work.join(format!("update-{version}-from-{from}.otter")),
+        None => work.join(format!("update-{version}.otter")),
+    };
+    // The base is the image the devices run. A fix changes blocks in place, so 1 MiB around each chunk finds them
+    // (the default, 16 MiB, covers the whole 16 MiB slot: at level 19 each changed chunk then took seconds to
+    // patch, for a delta of the same size).
+    let base = base.map(|(_, path)| DeltaBase { path: path.to_owned(), window: DELTA_WINDOW });
+    let src = ImageSource { name: "rootfs".into(), slot_class: "rootfs".into(), path: image.to_owned(), base };
+    builder::create(&opts, &[src], std::slice::from_ref(&key), std::fs::File::create(&out)?)?;
+    Ok(out)
+}
+
+/// `12,345`: a byte count as people read it.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Requests for `name` among a scenario's artifact downloads, and the body bytes they were sent.
+fn downloads_of(ended: &Ended, name: &str) -> (usize, u64) {
+    let of: Vec<_> = ended.downloads.iter().filter(|r| requested_file(r) == name).collect();
+    (of.len(), of.iter().map(|r| r.body_bytes_sent).sum())
+}
+
+/// Scenario 4, a monthly fix by delta: 1.1 is 1.0 with a few blocks changed, offered in one action as the full
+/// artifact and as a delta against 1.0's image. A device running 1.0 downloads only the delta and commits; one
+/// running another release (1.0.1) refuses the delta before writing anything, downloads the full artifact and
+/// commits.
+fn monthly_fix(work: &Path, exe: &Path, public: &Path, v1: &Path) -> Result<()> {
+    println!(
+        "\nbuilding the monthly fix: 1.1 is 1.0's image with /etc/os-release rewritten and a small file added; its \
+         full artifact and a delta against 1.0's image"
+    );
+    let v11 = change_rootfs(work, v1, "1.1", &[("/etc/fixes", "2026-12: the monthly fix\n")])?;
+    let full = build(work, "1.1", &v11, None)?;
+    let delta = build(work, "1.1", &v11, Some(("1.0", v1)))?;
+    // Another release: 1.0 with a hotfix only some gateways got. It is not the delta's base.
+    let v101 = change_rootfs(work, v1, "1.0.1", &[("/etc/hotfix", "1.0.1: a hotfix for some gateways\n")])?;
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let (full_name, delta_name) = (name(&full), name(&delta));
+    let (full_size, delta_size) = (std::fs::metadata(&full)?.len(), std::fs::metadata(&delta)?.len());
+    println!("{full_name}: {} bytes; {delta_name}: {} bytes", thousands(full_size), thousands(delta_size));
+    let offer = [full.as_path(), delta.as_path()];
+    let sc = |title, dir: &str, initial| Scenario {
+        title,
+        dir: work.join(dir),
+        exe,
+        artifacts: &offer,
+        initial,
+        public_key: public,
+        power_cut: false,
+    };
+
+    let on_base = scenario(sc(
+        "scenario 4: a monthly fix by delta: 1.0 -> 1.1, the server offers the full artifact and a delta against \
+         1.0; the device runs 1.0",
+        "delta",
+        v1,
+    ))?;
+    let (full_requests, _) = downloads_of(&on_base, &full_name);
+    let downloaded: u64 = on_base.downloads.iter().map(|r| r.body_bytes_sent).sum();
+    if downloaded != delta_size {
+        bail!("the device downloaded {downloaded} bytes, the delta is {delta_size}");
+    }
+    println!(
+        "server records: downloaded {} bytes: the delta; the full artifact is {} bytes ({:.2} %)",
+        thousands(downloaded),
+        thousands(full_size),
+        downloaded as f64 * 100.0 / full_size as f64
+    );
+    if full_requests > 0 {
+        bail!("the device running the delta's base requested the full artifact {full_requests} times");
+    }
+    println!("server records: the full artifact was never requested");
+    if !matches!(on_base.outcome, Outcome::Committed) || on_base.version.as_deref() != Some("1.1") {
+        bail!("the device running 1.0 did not commit 1.1: {:?} ({:?})", on_base.outcome, on_base.version);
+    }
+
+    let elsewhere = scenario(sc(
+        "scenario 4, second device: it runs 1.0.1, not the delta's base: the same action falls back to the full \
+         artifact",
+        "delta-fallback",
+        &v101,
+    ))?;
+    let (delta_requests, delta_sent) = downloads_of(&elsewhere, &delta_name);
+    let (full_requests, full_sent) = downloads_of(&elsewhere, &full_name);
+    let ranged = elsewhere.downloads.iter().any(|r| r.header("range").is_some());
+    // otterd checks a delta's base against the running slot before it writes anything (daemon/tests/hawkbit.rs
+    // shows the slot untouched); here the server sees the delta opened once, then the full artifact from its first
+    // byte.
+    if delta_requests != 1 || full_requests != 1 || ranged || full_sent != full_size {
+        bail!(
+            "the device running 1.0.1: {delta_requests} requests for the delta, {full_requests} for the full \
+             artifact ({full_sent} of {full_size} bytes sent, a range asked: {ranged})"
+        );
+    }
+    println!(
+        "server records: the device opened the delta once ({} bytes sent), then downloaded the full artifact from its \
+         first byte: {} bytes in one request",
+        thousands(delta_sent),
+        thousands(full_sent)
+    );
+    println!(
+        "the delta is made for 1.0's image and slot A holds 1.0.1: otterd refused it before writing anything and \
+         installed the full artifact"
+    );
+    if !matches!(elsewhere.outcome, Outcome::Committed) || elsewhere.version.as_deref() != Some("1.1") {
+        bail!("the device running 1.0.1 did not commit 1.1: {:?} ({:?})", elsewhere.outcome, elsewhere.version);
+    }
+    println!(
+        "\nok: the device running 1.0 installed 1.1 from a {}-byte delta ({:.2} % of the full artifact) and \
+         committed; the one running 1.0.1 refused the delta, installed the full artifact and committed",
+        thousands(delta_size),
+        delta_size as f64 * 100.0 / full_size as f64
+    );
+    Ok(())
 }
