@@ -202,11 +202,19 @@ impl std::fmt::Display for DigestAlgorithm {
 }
 
 impl InstallError {
+    /// Whether the artifact is a delta that this device cannot apply as it is: its running slot is not the delta's
+    /// base, or it has none. Nothing was written; the same update in another form (the full artifact) may apply.
+    pub fn is_delta_for_another_base(&self) -> bool {
+        use otter_artifact::ArtifactError as A;
+        matches!(self, Self::Artifact(A::DeltaBaseMismatch { .. } | A::DeltaNeedsBase { .. }))
+    }
+
     /// Whether the artifact itself is at fault (malformed, not for this device, older than allowed, corrupt
     /// payload, failed here before), so that retrying the same artifact cannot succeed: an automatic job never
     /// retries it. Network, disk, key and cancellation errors are not the artifact's fault, nor is an artifact
     /// error this version does not know (it may be retried; never wrongly blacklisted), nor a delta whose base the
-    /// device does not run now (`delta-base-mismatch`: it applies again after a rollback to its base).
+    /// device does not run now ([`InstallError::is_delta_for_another_base`]: it applies again after a rollback to
+    /// its base).
     pub fn is_artifact_fault(&self) -> bool {
         use otter_artifact::ArtifactError as A;
         match self {

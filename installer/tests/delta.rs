@@ -103,6 +103,8 @@ fn a_device_not_running_the_base_refuses_before_writing_anything() {
         Err(e @ InstallError::Artifact(ArtifactError::DeltaBaseMismatch { offset, .. })) => {
             assert_eq!(offset, 40 * CHUNK);
             assert_eq!(e.code(), "delta-base-mismatch");
+            assert!(e.is_delta_for_another_base(), "the full artifact may be tried instead");
+            assert!(!e.is_artifact_fault(), "not blacklisted: the delta applies again once the device runs its base");
         }
         other => panic!("expected delta-base-mismatch, got {other:?}"),
     }

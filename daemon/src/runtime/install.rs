@@ -136,7 +136,7 @@ impl Runtime {
             for fallback in fallbacks {
                 // Only a delta made for another base is replaced, and it failed before writing anything.
                 match &result {
-                    Err(e) if matches!(e.code(), "delta-base-mismatch" | "delta-needs-base") => {
+                    Err(e) if e.is_delta_for_another_base() => {
                         tracing::info!("{e}; installing {} instead", otter_common::redact::url(&fallback.source));
                     }
                     _ => break,
