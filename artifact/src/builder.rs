@@ -101,8 +101,7 @@ impl OpenBase {
         let Some(reference) = self.reference_for(offset..offset + target.len() as u64, hash) else {
             return Ok((plain()?, None));
         };
-        let region = self.base.chunk_range(reference.first as usize).start
-            ..self.base.chunk_range((reference.first + reference.count - 1) as usize).end;
+        let region = self.base.region(reference);
         let mut prefix = vec![0u8; (region.end - region.start) as usize];
         self.file.read_exact_at(&mut prefix, region.start).map_err(io_err("reading the base image"))?;
         let window_log = (prefix.len() as u64 + target.len() as u64).next_power_of_two().trailing_zeros().max(10);

@@ -146,12 +146,6 @@ impl BaseWindow {
     }
 }
 
-/// Checks a base given as a file: [`BaseWindow::check`] through the page cache (build hosts, tests).
-pub fn check_base(payload: &Payload, file: &File) -> Result<(), ArtifactError> {
-    let file = file.try_clone().map_err(|source| ArtifactError::Io { context: "opening the base".into(), source })?;
-    BaseWindow::new(file, None).check(payload)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,7 +232,7 @@ mod tests {
         let mut r = b.reader();
         r.set_base(0, b.file("base", &b.old));
         assert!(read_all(&mut r).unwrap() == b.new, "the delta decodes to the new image");
-        check_base(p, &b.file("base", &b.old)).unwrap();
+        BaseWindow::new(b.file("base", &b.old), None).check(p).unwrap();
     }
 
     #[test]
@@ -254,8 +248,8 @@ mod tests {
             }
         }
         // The check before anything is written names the first base chunk that differs.
-        assert_eq!(at(check_base(&p, &b.file("other", &other))), 4 * CHUNK);
-        assert_eq!(at(check_base(&p, &b.file("short", &b.old[..900 << 10]))), 14 * CHUNK);
+        assert_eq!(at(BaseWindow::new(b.file("other", &other), None).check(&p)), 4 * CHUNK);
+        assert_eq!(at(BaseWindow::new(b.file("short", &b.old[..900 << 10]), None).check(&p)), 14 * CHUNK);
         // A reader given the wrong base refuses the first chunk whose reference covers the difference.
         let mut r = b.reader();
         r.set_base(0, b.file("other", &other));

@@ -116,6 +116,12 @@ impl Base {
         let start = index as u64 * self.chunk_size;
         start..(start + self.chunk_size).min(self.size)
     }
+
+    /// Byte range of the base chunks `reference` names.
+    pub fn region(&self, reference: Reference) -> std::ops::Range<u64> {
+        self.chunk_range(reference.first as usize).start
+            ..self.chunk_range((reference.first + reference.count - 1) as usize).end
+    }
 }
 
 /// The region of the base image a delta chunk's frame was compressed against: base chunks `first ..
@@ -192,9 +198,7 @@ impl Payload {
 
     /// Byte range of the base image that chunk `index` is patched against, if it is.
     pub fn reference_range(&self, index: usize) -> Option<std::ops::Range<u64>> {
-        let (base, r) = (self.base.as_ref()?, self.chunks[index].reference?);
-        let start = base.chunk_range(r.first as usize).start;
-        Some(start..base.chunk_range((r.first + r.count - 1) as usize).end)
+        Some(self.base.as_ref()?.region(self.chunks[index].reference?))
     }
 }
 
